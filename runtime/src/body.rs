@@ -1,0 +1,104 @@
+//! Request and response bodies at the ingress: a streaming size limit on
+//! what clients send, and the JSON error responses Skiff itself produces.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::quota::Outcome;
+
+/// Response header carrying the machine-readable reason of a failed request.
+pub const REASON_HEADER: &str = "x-skiff-reason";
+
+/// A request body that fails once more than `limit` bytes have streamed
+/// through it, and records that it did (so the failure can be answered with
+/// 413 rather than blamed on the guest). Nothing is buffered.
+pub struct LimitedBody<B> {
+    inner: B,
+    remaining: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl<B> LimitedBody<B> {
+    /// Wraps `inner`; `exceeded` is set if the limit is crossed.
+    pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            remaining: limit,
+            exceeded,
+        }
+    }
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.remaining {
+                        this.exceeded.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(
+                            wasmtime_wasi_http::Error::HttpRequestBodySize(None),
+                        )));
+                    }
+                    this.remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The JSON error response for a failed request: status and reason header
+/// from `outcome`, body `{"error":{"code","message","app"}}`.
+pub fn error_response(outcome: Outcome, app: Option<&str>) -> Response<HyperOutgoingBody> {
+    let body = serde_json::json!({
+        "error": { "code": outcome.reason(), "message": outcome.message(), "app": app }
+    });
+    let mut response = Response::new(
+        http_body_util::Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = outcome.status();
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(REASON_HEADER, HeaderValue::from_static(outcome.reason()));
+    if outcome == Outcome::Overloaded {
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}

@@ -1,0 +1,40 @@
+//! The Skiff node runtime: an embedded wasmtime host that serves `wasi:http`
+//! components under per-app quotas.
+//!
+//! One [`Runtime`] per process owns one wasmtime [`Engine`](wasmtime::Engine)
+//! (pooling allocator with copy-on-write memory when the address space allows,
+//! fuel metering, epoch interruption driven by a ticker thread), a
+//! content-addressed on-disk compile cache, and the deployed apps. Every HTTP
+//! request gets a fresh `Store` and instance from the app's pre-instantiated
+//! `ProxyPre`, with the app's [`Quota`](skiff_sdk::Quota) applied: memory via a
+//! [`ResourceLimiter`](wasmtime::ResourceLimiter), CPU via fuel, wall-clock
+//! time via an epoch deadline plus an outer timer, and concurrency via a
+//! semaphore. A request that breaks a quota gets a documented status and
+//! reason ([`Outcome`]); nothing it does affects the node or other apps.
+//!
+//! # Layout
+//!
+//! - [`engine`]: building the engine (pooling or on-demand) and the epoch ticker.
+//! - [`cache`]: compile-once component cache keyed by digest and engine.
+//! - [`quota`]: the memory limiter and the classification of failures.
+//! - [`host`]: per-request host state; what a guest is granted (little).
+//! - [`logs`]: guest stdout/stderr into per-app ring buffers and tracing.
+//! - [`body`]: streaming request-size limit and JSON error responses.
+//! - [`routing`]: `Host: <app>.<domain>` to app name.
+//! - [`runtime`]: the [`Runtime`]: apps, readiness, the per-request path.
+//! - [`ingress`]: the hyper server loop with graceful shutdown.
+
+pub mod body;
+pub mod cache;
+pub mod engine;
+mod error;
+pub mod host;
+pub mod ingress;
+pub mod logs;
+pub mod quota;
+pub mod routing;
+pub mod runtime;
+
+pub use error::RuntimeError;
+pub use quota::Outcome;
+pub use runtime::{AppSpec, AppStats, Runtime, RuntimeConfig};

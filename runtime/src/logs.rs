@@ -1,0 +1,253 @@
+//! Guest output: stdout and stderr of every instance of an app are captured
+//! line by line into a bounded per-app ring buffer (what a logs API serves)
+//! and emitted as `tracing` events tagged with the app.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::io::AsyncWrite;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+
+/// Default lines kept per app.
+pub const DEFAULT_LOG_LINES: usize = 1000;
+/// Longest line kept; longer output is split. Bounds memory per line and
+/// stops one guest from flooding the log with a single huge line.
+pub const MAX_LINE_BYTES: usize = 4096;
+
+/// Which stream a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One line of guest output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LogLine {
+    /// Monotonic sequence number within the app (for `follow` and gaps).
+    pub seq: u64,
+    /// When the line was completed.
+    pub time: SystemTime,
+    /// Which stream it came from.
+    pub stream: Stream,
+    /// The text, lossily decoded as UTF-8, without the newline.
+    pub line: String,
+}
+
+#[derive(Debug)]
+struct Ring {
+    lines: VecDeque<LogLine>,
+    next_seq: u64,
+}
+
+/// A bounded ring of an app's most recent output lines.
+#[derive(Debug)]
+pub struct LogBuffer {
+    app: Arc<str>,
+    capacity: usize,
+    ring: Mutex<Ring>,
+}
+
+impl LogBuffer {
+    /// An empty buffer for `app` that keeps the last `capacity` lines.
+    pub fn new(app: &str, capacity: usize) -> Self {
+        Self {
+            app: app.into(),
+            capacity: capacity.max(1),
+            ring: Mutex::new(Ring {
+                lines: VecDeque::new(),
+                next_seq: 0,
+            }),
+        }
+    }
+
+    fn push(&self, stream: Stream, bytes: &[u8]) {
+        let line = String::from_utf8_lossy(bytes).into_owned();
+        match stream {
+            Stream::Stdout => tracing::info!(app = %self.app, stream = "stdout", "{line}"),
+            Stream::Stderr => tracing::warn!(app = %self.app, stream = "stderr", "{line}"),
+        }
+        let Ok(mut ring) = self.ring.lock() else {
+            return;
+        };
+        let seq = ring.next_seq;
+        ring.next_seq += 1;
+        if ring.lines.len() == self.capacity {
+            ring.lines.pop_front();
+        }
+        ring.lines.push_back(LogLine {
+            seq,
+            time: SystemTime::now(),
+            stream,
+            line,
+        });
+    }
+
+    /// The lines kept, oldest first, with sequence numbers at or after `since`.
+    pub fn lines_since(&self, since: u64) -> Vec<LogLine> {
+        self.ring
+            .lock()
+            .map(|ring| {
+                ring.lines
+                    .iter()
+                    .filter(|l| l.seq >= since)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A writer for one instance's `stream`. Partial lines are kept per
+    /// writer, so concurrent instances never interleave within a line.
+    pub fn writer(self: &Arc<Self>, stream: Stream) -> GuestOutput {
+        GuestOutput {
+            buffer: self.clone(),
+            stream,
+            pending: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+}
+
+/// A guest's stdout or stderr: implements WASI's output stream traits and
+/// forwards complete lines to the app's [`LogBuffer`].
+#[derive(Clone)]
+pub struct GuestOutput {
+    buffer: Arc<LogBuffer>,
+    stream: Stream,
+    pending: Arc<Mutex<Vec<u8>>>,
+}
+
+impl GuestOutput {
+    fn write_bytes(&self, mut bytes: &[u8]) {
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        while !bytes.is_empty() {
+            match bytes.iter().position(|b| *b == b'\n') {
+                Some(i) if pending.len() + i <= MAX_LINE_BYTES => {
+                    pending.extend_from_slice(&bytes[..i]);
+                    self.buffer.push(self.stream, &pending);
+                    pending.clear();
+                    bytes = &bytes[i + 1..];
+                }
+                _ => {
+                    let room = MAX_LINE_BYTES - pending.len();
+                    let take = bytes.len().min(room);
+                    pending.extend_from_slice(&bytes[..take]);
+                    bytes = &bytes[take..];
+                    if pending.len() == MAX_LINE_BYTES {
+                        self.buffer.push(self.stream, &pending);
+                        pending.clear();
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for GuestOutput {
+    fn drop(&mut self) {
+        // The last clone flushes an unterminated final line.
+        if Arc::strong_count(&self.pending) == 1 {
+            if let Ok(pending) = self.pending.lock() {
+                if !pending.is_empty() {
+                    self.buffer.push(self.stream, &pending);
+                }
+            }
+        }
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for GuestOutput {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        self.write_bytes(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        // Always ready; the ring buffer bounds what is kept.
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for GuestOutput {
+    async fn ready(&mut self) {}
+}
+
+impl AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.write_bytes(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(buf: &LogBuffer) -> Vec<String> {
+        buf.lines_since(0).into_iter().map(|l| l.line).collect()
+    }
+
+    #[test]
+    fn lines_are_split_bounded_and_flushed_on_drop() {
+        let buf = Arc::new(LogBuffer::new("app", 3));
+        let out = buf.writer(Stream::Stdout);
+        out.write_bytes(b"one\ntw");
+        out.write_bytes(b"o\nthree\nfour\nfive");
+        drop(out);
+        // Capacity 3: the oldest lines were dropped, the tail was flushed.
+        assert_eq!(texts(&buf), ["three", "four", "five"]);
+        assert_eq!(buf.lines_since(4).len(), 1);
+    }
+
+    #[test]
+    fn long_lines_are_split() {
+        let buf = Arc::new(LogBuffer::new("app", 10));
+        let out = buf.writer(Stream::Stderr);
+        out.write_bytes(&vec![b'x'; MAX_LINE_BYTES + 10]);
+        drop(out);
+        let lines = texts(&buf);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].len(), MAX_LINE_BYTES);
+        assert_eq!(lines[1].len(), 10);
+    }
+}

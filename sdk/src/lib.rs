@@ -1,0 +1,20 @@
+//! The Skiff SDK: the public contract between users, the controller and nodes.
+//!
+//! It holds the wire types of the HTTP API (plain `serde` types), the parsers
+//! for the quantities users write (`64Mi`, `5s`), and, as the project grows,
+//! the `skiff.toml` manifest, bundle packaging and a typed client. The
+//! controller and the runtime depend on this crate; it depends on neither.
+//!
+//! # Layout
+//!
+//! - [`digest`]: `sha256:<hex>` content digests that name artifacts.
+//! - [`quantity`]: byte sizes (`64Mi`), durations (`5s`) and counts (`10k`).
+//! - [`quota`]: the per-app [`Quota`] (memory, fuel, timeout, concurrency).
+#![deny(missing_docs)]
+
+pub mod digest;
+pub mod quantity;
+pub mod quota;
+
+pub use digest::Digest;
+pub use quota::Quota;

@@ -1,0 +1,109 @@
+//! The per-app resource quota, enforced by every node for every request.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default memory limit per instance: 128 MiB holds any ordinary HTTP handler
+/// (hello uses ~1 MiB) while letting a small edge node host dozens of
+/// concurrent instances.
+pub const DEFAULT_MEMORY_BYTES: u64 = 128 << 20;
+/// Default fuel per request: 1e9 units is roughly a second of pure guest CPU,
+/// ~70,000 times what a hello request burns (~15k), so only runaway
+/// computation hits it.
+pub const DEFAULT_FUEL: u64 = 1_000_000_000;
+/// Default wall-clock limit per request, as in common reverse-proxy defaults.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+/// Default number of instances of one app serving at once on one replica.
+pub const DEFAULT_CONCURRENCY: u32 = 100;
+
+/// Resource limits for one app. Every request runs in a fresh instance that
+/// gets at most `memory_bytes` of linear memory, `fuel` units of CPU and
+/// `timeout_ms` of wall-clock time; at most `concurrency` instances run at
+/// once per replica. A node reserves `memory_bytes × concurrency` for a
+/// replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quota {
+    /// Maximum linear memory of one instance, in bytes.
+    pub memory_bytes: u64,
+    /// Fuel (roughly, Wasm instructions) one request may burn.
+    pub fuel: u64,
+    /// Wall-clock limit of one request, in milliseconds, whether the guest is
+    /// computing or waiting.
+    pub timeout_ms: u64,
+    /// Maximum instances of this app running at once on one replica.
+    pub concurrency: u32,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Self {
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            fuel: DEFAULT_FUEL,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
+}
+
+impl Quota {
+    /// The wall-clock limit as a [`Duration`].
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// Memory a node reserves for one replica of an app with this quota.
+    pub fn reservation_bytes(&self) -> u64 {
+        self.memory_bytes
+            .saturating_mul(u64::from(self.concurrency))
+    }
+
+    /// Checks that every limit is usable, naming the first field that is not.
+    pub fn validate(&self) -> Result<(), QuotaError> {
+        let bad = |field: &'static str, reason: &'static str| Err(QuotaError { field, reason });
+        if self.memory_bytes < 64 << 10 {
+            return bad("memory_bytes", "must be at least 64Ki (one Wasm page)");
+        }
+        if self.fuel == 0 {
+            return bad("fuel", "must be greater than zero");
+        }
+        if self.timeout_ms == 0 {
+            return bad("timeout_ms", "must be greater than zero");
+        }
+        if self.concurrency == 0 {
+            return bad("concurrency", "must be greater than zero");
+        }
+        Ok(())
+    }
+}
+
+/// A quota field that is out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("quota.{field} {reason}")]
+pub struct QuotaError {
+    /// The offending field.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_zero_fields_are_named() {
+        assert_eq!(Quota::default().validate(), Ok(()));
+        let q = Quota {
+            fuel: 0,
+            ..Quota::default()
+        };
+        assert_eq!(
+            q.validate().unwrap_err().to_string(),
+            "quota.fuel must be greater than zero"
+        );
+        let json = serde_json::json!({"memory_bytes": 1048576, "bogus": 1});
+        assert!(serde_json::from_value::<Quota>(json).is_err());
+    }
+}

@@ -1,0 +1,324 @@
+//! Helpers shared by the integration tests: the example guests, an
+//! in-process node on loopback, a minimal HTTP client, and a `skiff` process
+//! wrapper that reads the readiness line and prints logs on drop.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use skiff_runtime::{AppSpec, Runtime, RuntimeConfig};
+use skiff_sdk::Quota;
+use tokio_util::sync::CancellationToken;
+
+/// The workspace root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds the example guests once per test process (cargo makes concurrent
+/// builds from several test processes wait for each other) and returns the
+/// directory holding `<name>.wasm`.
+pub fn examples_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let output = Command::new(cargo)
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(root().join("examples/Cargo.toml"))
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .expect("running cargo to build the examples");
+        assert!(
+            output.status.success(),
+            "building the examples failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        root().join("examples/target/wasm32-wasip2/release")
+    })
+}
+
+/// The path of an example component.
+pub fn example_path(name: &str) -> PathBuf {
+    examples_dir().join(format!("{name}.wasm"))
+}
+
+/// The bytes of an example component.
+pub fn example(name: &str) -> Vec<u8> {
+    let path = example_path(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// A compile cache shared by all tests of this checkout, so each component
+/// is compiled once rather than once per test process.
+pub fn shared_cache_dir() -> PathBuf {
+    root().join("target").join("skiff-test-cache")
+}
+
+/// A runtime and its ingress, in this process, on 127.0.0.1:0.
+pub struct TestNode {
+    pub runtime: Arc<Runtime>,
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestNode {
+    /// Starts a node with `config` tweaks applied to the test defaults.
+    pub async fn start(tweak: impl FnOnce(&mut RuntimeConfig)) -> Self {
+        let mut config = RuntimeConfig::new(shared_cache_dir());
+        config.engine.max_instances = 200;
+        tweak(&mut config);
+        let runtime = Runtime::new(config).expect("runtime starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(skiff_runtime::ingress::run(
+            listener,
+            runtime.clone(),
+            shutdown.clone(),
+        ));
+        Self {
+            runtime,
+            addr,
+            shutdown,
+            server: Some(server),
+        }
+    }
+
+    /// Deploys example `example` as app `name` with `quota`, and warms it.
+    pub async fn deploy(&self, name: &str, example_name: &str, quota: Quota) {
+        let digest = self
+            .runtime
+            .store_component(&example(example_name))
+            .unwrap();
+        self.runtime
+            .deploy(AppSpec {
+                name: name.to_owned(),
+                digest,
+                quota,
+                env: vec![],
+            })
+            .unwrap();
+        self.runtime.warm(name).await.unwrap();
+    }
+
+    /// Sends a request for app `app`.
+    pub async fn send(&self, app: &str, method: Method, path: &str, body: &[u8]) -> Reply {
+        send(
+            self.addr,
+            &format!("{app}.localhost"),
+            method,
+            path,
+            Bytes::copy_from_slice(body),
+        )
+        .await
+    }
+
+    /// `GET path` on app `app`.
+    pub async fn get(&self, app: &str, path: &str) -> Reply {
+        self.send(app, Method::GET, path, b"").await
+    }
+
+    /// Stops accepting, drains, and waits for the server to finish.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn reason(&self) -> Option<&str> {
+        self.headers
+            .get("x-skiff-reason")
+            .and_then(|v| v.to_str().ok())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// One request on a new HTTP/1.1 connection.
+pub async fn send(addr: SocketAddr, host: &str, method: Method, path: &str, body: Bytes) -> Reply {
+    let mut client = Client::connect(addr).await;
+    client.send(host, method, path, body).await
+}
+
+/// An HTTP/1.1 client on one keep-alive connection.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Self { sender }
+    }
+
+    pub async fn send(&mut self, host: &str, method: Method, path: &str, body: Bytes) -> Reply {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, host)
+            .body(Full::new(body))
+            .unwrap();
+        self.sender.ready().await.unwrap();
+        let response = self.sender.send_request(req).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing after `deadline`.
+pub async fn eventually<T>(
+    deadline: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A `skiff` process. Its stdout's first line is the JSON readiness line;
+/// stderr is collected and printed when the process is dropped (killed).
+pub struct SkiffProcess {
+    pub child: Child,
+    pub ready: serde_json::Value,
+    stderr: Arc<std::sync::Mutex<String>>,
+}
+
+impl SkiffProcess {
+    /// Starts `skiff <args>` and waits (up to 60 s) for its readiness line.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(args)
+            .env("SKIFF_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning skiff");
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            for _ in lines {}
+        });
+        let ready = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Some(Ok(line))) => serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("readiness line {line:?}: {e}")),
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "skiff {args:?} never became ready ({other:?}); stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        Self {
+            child,
+            ready,
+            stderr,
+        }
+    }
+
+    /// The address from the readiness line.
+    pub fn addr(&self) -> SocketAddr {
+        self.ready["listening"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Resident set size of the process, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for SkiffProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- skiff stderr ----\n{}", self.stderr.lock().unwrap());
+        }
+    }
+}
