@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use skiff_runtime::engine::Allocator;
 use skiff_runtime::{AppSpec, Runtime, RuntimeConfig};
 use skiff_sdk::{Quota, quantity};
 use tokio_util::sync::CancellationToken;
@@ -167,10 +168,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!(
         "{}",
-        serde_json::json!({"listening": addr.to_string(), "role": "serve", "app": name, "digest": digest.to_string()})
+        serde_json::json!({
+            "listening": addr.to_string(),
+            "role": "serve",
+            "app": name,
+            "digest": digest.to_string(),
+            "allocator": match runtime.allocator() { Allocator::Pooling => "pooling", Allocator::OnDemand { .. } => "on-demand" },
+            "cache": { "compiled": runtime.cache_stats().compiled(), "loaded": runtime.cache_stats().deserialized() },
+        })
     );
     let shutdown = CancellationToken::new();
     on_shutdown_signal(shutdown.clone());
     skiff_runtime::ingress::run(listener, runtime, shutdown).await?;
+    tracing::info!("stopped");
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -106,12 +106,15 @@ impl AppStats {
     }
 }
 
+/// A component loaded on first use (or by [`Runtime::warm`]) and shared by
+/// every app that runs the same digest. A failure is kept too: the same
+/// bytes will never load differently.
+type Loaded = OnceCell<Result<ProxyPre<HostState>, Arc<RuntimeError>>>;
+
 struct App {
     spec: AppSpec,
     name: Arc<str>,
-    /// Loaded on first use (or by [`Runtime::warm`]); a failure is kept too,
-    /// since the same digest will never load differently.
-    pre: OnceCell<Result<ProxyPre<HostState>, Arc<RuntimeError>>>,
+    pre: Arc<Loaded>,
     permits: Arc<Semaphore>,
     stats: Arc<AppStats>,
     logs: Arc<LogBuffer>,
@@ -129,6 +132,8 @@ pub struct Runtime {
     linker: Linker<HostState>,
     cache: ComponentCache,
     apps: RwLock<HashMap<String, Arc<App>>>,
+    /// Loaded components by digest; an entry lives as long as an app uses it.
+    loaded: Mutex<HashMap<Digest, Weak<Loaded>>>,
     config: RuntimeConfig,
     allocator: Allocator,
     unrouted: AtomicU64,
@@ -160,6 +165,7 @@ impl Runtime {
             linker,
             cache,
             apps: RwLock::new(HashMap::new()),
+            loaded: Mutex::new(HashMap::new()),
             config,
             allocator,
             unrouted: AtomicU64::new(0),
@@ -213,10 +219,22 @@ impl Runtime {
                 Arc::new(LogBuffer::new(&spec.name, self.config.log_lines)),
             ),
         };
+        let pre = {
+            let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            loaded.retain(|_, cell| cell.strong_count() > 0);
+            match loaded.get(&spec.digest).and_then(Weak::upgrade) {
+                Some(cell) => cell,
+                None => {
+                    let cell = Arc::new(Loaded::new());
+                    loaded.insert(spec.digest, Arc::downgrade(&cell));
+                    cell
+                }
+            }
+        };
         let app = App {
             name: spec.name.as_str().into(),
             permits: Arc::new(Semaphore::new(spec.quota.concurrency as usize)),
-            pre: OnceCell::new(),
+            pre,
             stats,
             logs,
             spec,
