@@ -315,6 +315,48 @@ impl Runtime {
         }
     }
 
+    /// Creates a fresh store and instance of an app, exactly as a request
+    /// would, and drops them: a readiness probe that proves the component
+    /// instantiates under its quota. Returns how long store creation plus
+    /// instantiation took.
+    pub async fn instantiate_once(self: &Arc<Self>, name: &str) -> Result<Duration, RuntimeError> {
+        let app = self
+            .app(name)
+            .ok_or_else(|| RuntimeError::UnknownApp(name.to_owned()))?;
+        let pre = self
+            .ready(&app)
+            .await
+            .map_err(|source| RuntimeError::AppUnavailable {
+                app: name.to_owned(),
+                source,
+            })?;
+        let link_err = |source| RuntimeError::Link {
+            digest: app.spec.digest,
+            source,
+        };
+        let started = std::time::Instant::now();
+        let mut store = self.new_store(&app).map_err(link_err)?;
+        pre.instantiate_async(&mut store).await.map_err(link_err)?;
+        Ok(started.elapsed())
+    }
+
+    /// A store for one request of `app`, with every quota applied.
+    fn new_store(&self, app: &App) -> wasmtime::Result<Store<HostState>> {
+        let quota = app.spec.quota;
+        let limiter = Limiter::new(quota.memory_bytes);
+        let mut store = Store::new(
+            &self.engine,
+            HostState::new(&app.name, &app.spec.env, &app.logs, limiter),
+        );
+        store.limiter(|state| &mut state.limiter);
+        let tick = self.config.engine.epoch_tick.as_millis().max(1) as u64;
+        store.set_epoch_deadline(quota.timeout_ms.div_ceil(tick) + 1);
+        store.epoch_deadline_trap();
+        store.set_fuel(quota.fuel)?;
+        store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL))?;
+        Ok(store)
+    }
+
     /// Instances of an app running right now.
     pub fn in_flight(&self, name: &str) -> Option<usize> {
         self.app(name).map(|a| {
@@ -431,27 +473,10 @@ impl Runtime {
         };
 
         let quota = app.spec.quota;
-        let mut store = Store::new(
-            &self.engine,
-            HostState::new(
-                &app.name,
-                &app.spec.env,
-                &app.logs,
-                Limiter::new(quota.memory_bytes),
-            ),
-        );
-        store.limiter(|state| &mut state.limiter);
-        let tick = self.config.engine.epoch_tick.as_millis().max(1) as u64;
-        store.set_epoch_deadline(quota.timeout_ms.div_ceil(tick) + 1);
-        store.epoch_deadline_trap();
-        if store.set_fuel(quota.fuel).is_err()
-            || store
-                .fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL))
-                .is_err()
-        {
+        let Ok(mut store) = self.new_store(&app) else {
             // Only possible if the engine was built without fuel: a bug.
             return outcome_response(Outcome::Unavailable);
-        }
+        };
 
         let exceeded = Arc::new(AtomicBool::new(false));
         let mut req =
