@@ -1,6 +1,7 @@
 //! `skiff`: one binary for every role. This file parses arguments and wires
 //! the library crates together; it has no logic of its own.
 
+mod controller;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Serve one wasi:http component standalone, like `wasmtime serve`.
     Serve(serve::ServeArgs),
+    /// Run the controller: the HTTP API and the state store.
+    Controller(controller::ControllerArgs),
 }
 
 fn init_tracing() {
@@ -44,6 +47,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
+            Command::Controller(args) => controller::run(args).await,
         }
     });
     match result {

@@ -1,1 +1,66 @@
-//! stub
+//! The Skiff controller: the cluster's control plane and the only writer of
+//! its state, reached through an HTTP API.
+//!
+//! It stores apps and their immutable revisions, artifacts (by sha256),
+//! nodes, replicas and events in SQLite (default, a WAL file in the data
+//! directory) or PostgreSQL (for several controllers), behind one narrow
+//! [`Store`](store::Store) trait. It authenticates every `/v1` call with a
+//! bearer token and answers every error as
+//! `{"error":{"code","message","field"}}`. It never depends on wasmtime.
+//!
+//! # Layout
+//!
+//! - [`store`]: the `Store` trait and its SQL implementation (+ migrations).
+//! - [`api`]: axum routes, extractors, and the OpenAPI document.
+//! - [`auth`]: tokens, hashing, and who may call what.
+//! - [`error`]: the API error type, the only place that picks statuses.
+//! - [`lease`]: leader election over a lease row.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod lease;
+pub mod store;
+
+use std::path::PathBuf;
+
+/// Why the controller could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The store failed (including a failed migration).
+    #[error("state store")]
+    Store(#[source] store::StoreError),
+    /// A file in the data directory could not be used.
+    #[error("{doing} {}", path.display())]
+    Io {
+        /// What the controller was doing.
+        doing: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Formats an error with its whole `source` chain, `outer: inner: ...`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then lets
+/// in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: api::AppState,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}

@@ -7,11 +7,13 @@
 //!
 //! # Layout
 //!
+//! - [`api`]: wire types of the controller's HTTP API and name rules.
 //! - [`digest`]: `sha256:<hex>` content digests that name artifacts.
 //! - [`quantity`]: byte sizes (`64Mi`), durations (`5s`) and counts (`10k`).
 //! - [`quota`]: the per-app [`Quota`] (memory, fuel, timeout, concurrency).
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod digest;
 pub mod quantity;
 pub mod quota;

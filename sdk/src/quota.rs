@@ -22,7 +22,7 @@ pub const DEFAULT_CONCURRENCY: u32 = 100;
 /// `timeout_ms` of wall-clock time; at most `concurrency` instances run at
 /// once per replica. A node reserves `memory_bytes × concurrency` for a
 /// replica.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Quota {
     /// Maximum linear memory of one instance, in bytes.

@@ -1,0 +1,184 @@
+//! `/v1/apps`: apply, read, delete, revisions, rollback, scale.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use skiff_sdk::api::{App, AppSpec, ErrorBody, Revision, RollbackRequest, ScaleRequest, validate_name};
+
+use super::{AppState, Auth, JsonBody, etag, if_match};
+use crate::error::ApiError;
+
+/// Most replicas one app may ask for; a typo of `30000` should not flood
+/// the scheduler.
+pub const MAX_REPLICAS: u32 = 1000;
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    validate_name(name).map_err(|e| ApiError::invalid("invalid_name", "name", e.to_string()))
+}
+
+/// Validates a spec beyond what its types guarantee, naming the field.
+async fn validate_spec(state: &AppState, spec: &AppSpec) -> Result<(), ApiError> {
+    if spec.replicas > MAX_REPLICAS {
+        return Err(ApiError::invalid("invalid_field", "replicas", format!("at most {MAX_REPLICAS} replicas")));
+    }
+    spec.quota
+        .validate()
+        .map_err(|e| ApiError::invalid("invalid_field", &format!("quota.{}", e.field), e.to_string()))?;
+    for (i, host) in spec.hosts.iter().enumerate() {
+        let ok = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| validate_name(label).is_ok() || label.bytes().all(|b| b.is_ascii_digit()));
+        if !ok {
+            return Err(ApiError::invalid("invalid_field", &format!("hosts[{i}]"), format!("{host:?} is not a DNS name")));
+        }
+    }
+    for key in spec.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(ApiError::invalid("invalid_field", &format!("env.{key}"), "not a valid variable name"));
+        }
+    }
+    if let Some(health) = &spec.health {
+        if !health.path.starts_with('/') {
+            return Err(ApiError::invalid("invalid_field", "health.path", "must start with '/'"));
+        }
+        if health.interval_ms == 0 || health.failure_threshold == 0 {
+            return Err(ApiError::invalid("invalid_field", "health", "interval_ms and failure_threshold must be > 0"));
+        }
+    }
+    let exists = state
+        .store
+        .artifact(&spec.artifact)
+        .await
+        .map_err(ApiError::store("looking up an artifact"))?
+        .is_some();
+    if !exists {
+        return Err(ApiError::invalid(
+            "unknown_artifact",
+            "artifact",
+            format!("artifact {} has not been uploaded (POST /v1/artifacts)", spec.artifact),
+        ));
+    }
+    Ok(())
+}
+
+/// Create or update an app. A changed spec makes a new revision; the same
+/// spec makes none.
+#[utoipa::path(put, path = "/v1/apps/{name}", request_body = AppSpec,
+    params(("name" = String, Path, description = "App name (DNS label)")),
+    responses((status = 200, body = App, description = "Updated or unchanged"), (status = 201, body = App, description = "Created"),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn apply(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    JsonBody(spec): JsonBody<AppSpec>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require_admin()?;
+    check_name(&name)?;
+    let expected = if_match(&headers)?;
+    validate_spec(&state, &spec).await?;
+    let applied = state.store.apply_app(&name, &spec, expected).await.map_err(ApiError::store("applying an app"))?;
+    state.changed();
+    let status = if applied.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, etag(applied.app.version), Json(applied.app)))
+}
+
+/// All apps.
+#[utoipa::path(get, path = "/v1/apps", responses((status = 200, body = Vec<App>)))]
+pub async fn list(State(state): State<AppState>, Auth(who): Auth) -> Result<Json<Vec<App>>, ApiError> {
+    who.require_admin()?;
+    Ok(Json(state.store.apps().await.map_err(ApiError::store("listing apps"))?))
+}
+
+async fn load(state: &AppState, name: &str) -> Result<App, ApiError> {
+    state
+        .store
+        .app(name)
+        .await
+        .map_err(ApiError::store("reading an app"))?
+        .ok_or_else(|| ApiError::NotFound(format!("app {name:?} not found")))
+}
+
+/// One app: spec and status.
+#[utoipa::path(get, path = "/v1/apps/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = App), (status = 404, body = ErrorBody)))]
+pub async fn show(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require_admin()?;
+    let app = load(&state, &name).await?;
+    Ok((etag(app.version), Json(app)))
+}
+
+/// Delete an app and its replicas.
+#[utoipa::path(delete, path = "/v1/apps/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    who.require_admin()?;
+    let expected = if_match(&headers)?;
+    state.store.delete_app(&name, expected).await.map_err(ApiError::store("deleting an app"))?;
+    state.changed();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An app's kept revisions, oldest first.
+#[utoipa::path(get, path = "/v1/apps/{name}/revisions", params(("name" = String, Path)),
+    responses((status = 200, body = Vec<Revision>), (status = 404, body = ErrorBody)))]
+pub async fn revisions(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<Revision>>, ApiError> {
+    who.require_admin()?;
+    Ok(Json(state.store.revisions(&name).await.map_err(ApiError::store("listing revisions"))?))
+}
+
+/// Return to the previous revision, or to `revision`.
+#[utoipa::path(post, path = "/v1/apps/{name}/rollback", params(("name" = String, Path)), request_body = RollbackRequest,
+    responses((status = 200, body = App), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn rollback(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<RollbackRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require_admin()?;
+    let expected = if_match(&headers)?;
+    let app = state
+        .store
+        .rollback_app(&name, req.revision, expected)
+        .await
+        .map_err(ApiError::store("rolling back an app"))?;
+    state.changed();
+    Ok((etag(app.version), Json(app)))
+}
+
+/// Set the desired replica count.
+#[utoipa::path(post, path = "/v1/apps/{name}/scale", params(("name" = String, Path)), request_body = ScaleRequest,
+    responses((status = 200, body = App), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn scale(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<ScaleRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require_admin()?;
+    if req.replicas > MAX_REPLICAS {
+        return Err(ApiError::invalid("invalid_field", "replicas", format!("at most {MAX_REPLICAS} replicas")));
+    }
+    let expected = if_match(&headers)?;
+    let app = state.store.scale_app(&name, req.replicas, expected).await.map_err(ApiError::store("scaling an app"))?;
+    state.changed();
+    Ok((etag(app.version), Json(app)))
+}

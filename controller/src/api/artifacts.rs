@@ -1,0 +1,104 @@
+//! `/v1/artifacts`: content-addressed component uploads and downloads.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use skiff_sdk::Digest;
+use skiff_sdk::api::{Artifact, ErrorBody};
+
+use super::{AppState, Auth};
+use crate::error::ApiError;
+
+/// Checks that `bytes` are a valid Wasm component, with wasmparser's own
+/// message when they are not.
+pub fn validate_component(bytes: &[u8]) -> Result<(), String> {
+    if !wasmparser::Parser::is_component(bytes) {
+        return Err(if wasmparser::Parser::is_core_wasm(bytes) {
+            "this is a core Wasm module, not a component (build for wasm32-wasip2)".to_owned()
+        } else {
+            "not a Wasm component (bad magic number or version)".to_owned()
+        });
+    }
+    let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
+    validator.validate_all(bytes).map(drop).map_err(|e| e.to_string())
+}
+
+/// Upload a component. Idempotent: the same bytes give the same digest.
+#[utoipa::path(post, path = "/v1/artifacts", request_body(content = Vec<u8>, content_type = "application/wasm"),
+    responses((status = 201, body = Artifact, description = "Stored"), (status = 200, body = Artifact, description = "Already stored"),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn upload(State(state): State<AppState>, Auth(who): Auth, req: Request) -> Result<Response, ApiError> {
+    who.require_admin()?;
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/wasm") && !mime.eq_ignore_ascii_case("application/octet-stream") {
+        return Err(ApiError::UnsupportedMediaType(
+            "upload the component as Content-Type: application/wasm (or application/octet-stream)".into(),
+        ));
+    }
+    let limit = state.config.max_artifact_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || ApiError::TooLarge(format!("artifacts are limited to {limit} bytes"));
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| too_large())?;
+    validate_component(&bytes).map_err(|message| ApiError::Invalid {
+        code: "invalid_component",
+        message: format!("the upload is not a valid Wasm component: {message}"),
+        field: None,
+    })?;
+    let digest = Digest::of(&bytes);
+    let created = state.store.put_artifact(&digest, &bytes).await.map_err(ApiError::store("storing an artifact"))?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(Artifact { digest, size: bytes.len() as u64 })).into_response())
+}
+
+/// Download a component, streamed chunk by chunk (`HEAD` for its size).
+#[utoipa::path(get, path = "/v1/artifacts/{digest}", params(("digest" = String, Path, description = "sha256:<hex>")),
+    responses((status = 200, content_type = "application/wasm", body = Vec<u8>), (status = 404, body = ErrorBody)))]
+pub async fn download(
+    State(state): State<AppState>,
+    Auth(_who): Auth,
+    Path(digest): Path<String>,
+) -> Result<Response, ApiError> {
+    // Any authenticated caller: nodes pull the artifacts they run.
+    let digest: Digest = digest.parse().map_err(|e: skiff_sdk::digest::DigestParseError| {
+        ApiError::invalid("invalid_digest", "digest", e.to_string())
+    })?;
+    let info = state
+        .store
+        .artifact(&digest)
+        .await
+        .map_err(ApiError::store("reading an artifact"))?
+        .ok_or_else(|| ApiError::NotFound(format!("artifact {digest} not found")))?;
+    let store = state.store.clone();
+    let chunks = futures::stream::unfold(0u64, move |seq| {
+        let store = store.clone();
+        async move {
+            if seq >= info.chunks {
+                return None;
+            }
+            let item = match store.artifact_chunk(&digest, seq).await {
+                Ok(Some(data)) => Ok(bytes::Bytes::from(data)),
+                Ok(None) => Err(std::io::Error::other("artifact chunk missing")),
+                Err(e) => Err(std::io::Error::other(e)),
+            };
+            Some((item, seq + 1))
+        }
+    });
+    let mut response = Response::new(Body::from_stream(chunks));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/wasm"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(info.size));
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+        headers.insert(header::ETAG, v);
+    }
+    Ok(response)
+}

@@ -1,0 +1,244 @@
+//! The HTTP API: routes under `/v1`, the extractors that enforce auth and
+//! turn malformed input into clear 4xx errors, and the OpenAPI document.
+
+mod apps;
+mod artifacts;
+mod nodes;
+mod system;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+
+use crate::auth::{Principal, authenticate};
+use crate::error::ApiError;
+use crate::store::Store;
+
+/// Default largest artifact accepted: 64 MiB, far above any real component
+/// (hello is ~240 KiB) yet bounded, since uploads are held in memory while
+/// they are validated.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: usize = 64 << 20;
+/// Largest JSON body: specs are small; this bounds what a client can make
+/// the controller parse.
+pub const MAX_JSON_BYTES: usize = 1 << 20;
+/// Longest an assignments long-poll may wait.
+pub const MAX_WATCH: Duration = Duration::from_secs(60);
+/// Default assignments long-poll wait.
+pub const DEFAULT_WATCH: Duration = Duration::from_secs(30);
+/// How often a waiting long-poll re-reads the store, to see changes made by
+/// other controllers sharing the database.
+pub const WATCH_RECHECK: Duration = Duration::from_millis(500);
+
+/// API settings.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Largest artifact accepted, in bytes.
+    pub max_artifact_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES }
+    }
+}
+
+/// Responses by status class, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    by_class: [AtomicU64; 5],
+}
+
+/// Shared state of the API handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Settings.
+    pub config: Arc<ApiConfig>,
+    /// Bumped after every write by this controller, to wake long-polls.
+    pub changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Response counters.
+    pub http: Arc<HttpStats>,
+    /// Whether this controller holds the leader lease.
+    pub leader: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// State over `store`.
+    pub fn new(store: Arc<dyn Store>, config: ApiConfig, leader: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self {
+            store,
+            config: Arc::new(config),
+            changes: Arc::new(tokio::sync::watch::channel(0).0),
+            http: Arc::default(),
+            leader,
+        }
+    }
+
+    /// Wakes long-polls after a write.
+    pub fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+}
+
+/// The authenticated caller of a `/v1` route.
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authenticate(state.store.as_ref(), &parts.headers).await.map(Auth)
+    }
+}
+
+/// A JSON body: `application/json`, at most [`MAX_JSON_BYTES`], no unknown
+/// fields. Errors name the field at fault (`quota.fuel`).
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &AppState) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType("the body must be JSON (Content-Type: application/json)".into()));
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_JSON_BYTES)
+            .await
+            .map_err(|_| ApiError::TooLarge(format!("the JSON body is larger than {MAX_JSON_BYTES} bytes")))?;
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = (path != ".").then_some(path);
+            let inner = e.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Data => {
+                    ApiError::Invalid { code: "invalid_field", message: inner.to_string(), field }
+                }
+                _ => ApiError::BadRequest { code: "malformed_json", message: inner.to_string(), field },
+            }
+        })?;
+        de.end()
+            .map_err(|e| ApiError::BadRequest { code: "malformed_json", message: e.to_string(), field: None })?;
+        Ok(JsonBody(value))
+    }
+}
+
+/// Query parameters; unknown or malformed ones are a 400 naming them.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequestParts<AppState> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(query).map(QueryParams).map_err(|e| ApiError::BadRequest {
+            code: "invalid_query",
+            message: format!("invalid query string: {e}"),
+            field: None,
+        })
+    }
+}
+
+/// The `If-Match` precondition: a version number, quoted or not.
+pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(axum::http::header::IF_MATCH) else { return Ok(None) };
+    value
+        .to_str()
+        .ok()
+        .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
+        .and_then(|v| v.parse().ok())
+        .map(Some)
+        .ok_or_else(|| ApiError::BadRequest {
+            code: "invalid_if_match",
+            message: "If-Match must be an object version such as \"3\"".into(),
+            field: Some("If-Match".into()),
+        })
+}
+
+/// An `ETag` header value for a version.
+pub fn etag(version: u64) -> [(axum::http::HeaderName, String); 1] {
+    [(axum::http::header::ETAG, format!("\"{version}\""))]
+}
+
+async fn count_responses(axum::extract::State(state): axum::extract::State<AppState>, req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let class = (response.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+    state.http.by_class[class].fetch_add(1, Ordering::Relaxed);
+    response
+}
+
+/// The OpenAPI document of the API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Skiff controller API", description = "Manage apps, artifacts and nodes of a Skiff cluster."),
+    paths(
+        artifacts::upload, artifacts::download,
+        apps::apply, apps::list, apps::show, apps::delete, apps::revisions, apps::rollback, apps::scale,
+        nodes::register, nodes::heartbeat, nodes::list, nodes::show, nodes::cordon, nodes::uncordon,
+        nodes::drain, nodes::delete, nodes::assignments,
+        system::events,
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The API router.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/artifacts", post(artifacts::upload))
+        .route("/artifacts/{digest}", get(artifacts::download))
+        .route("/apps", get(apps::list))
+        .route("/apps/{name}", put(apps::apply).get(apps::show).delete(apps::delete))
+        .route("/apps/{name}/revisions", get(apps::revisions))
+        .route("/apps/{name}/rollback", post(apps::rollback))
+        .route("/apps/{name}/scale", post(apps::scale))
+        .route("/nodes", post(nodes::register).get(nodes::list))
+        .route("/nodes/{name}", get(nodes::show).delete(nodes::delete))
+        .route("/nodes/{name}/heartbeat", put(nodes::heartbeat))
+        .route("/nodes/{name}/cordon", post(nodes::cordon))
+        .route("/nodes/{name}/uncordon", post(nodes::uncordon))
+        .route("/nodes/{name}/drain", post(nodes::drain))
+        .route("/nodes/{name}/assignments", get(nodes::assignments))
+        .route("/events", get(system::events))
+        .route("/openapi.json", get(system::openapi))
+        .layer(axum::extract::DefaultBodyLimit::max(state.config.max_artifact_bytes));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .route("/metrics", get(system::metrics))
+        .fallback(system::not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), count_responses))
+        .with_state(state)
+}

@@ -1,0 +1,197 @@
+//! `/v1/nodes`: registration, heartbeats, flags, and assignment watches.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use skiff_sdk::api::{Assignments, ErrorBody, Heartbeat, Node, NodeRegistration, RegisterNode, validate_name};
+
+use super::{AppState, Auth, DEFAULT_WATCH, JsonBody, MAX_WATCH, QueryParams, WATCH_RECHECK, etag, if_match};
+use crate::auth::{hash_secret, new_secret};
+use crate::error::ApiError;
+
+/// Join (or rejoin) the cluster; answers the node's credential.
+#[utoipa::path(post, path = "/v1/nodes", request_body = RegisterNode,
+    responses((status = 201, body = NodeRegistration), (status = 200, body = NodeRegistration, description = "Re-registered"),
+        (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn register(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    JsonBody(req): JsonBody<RegisterNode>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require_join()?;
+    validate_name(&req.name).map_err(|e| ApiError::invalid("invalid_name", "name", e.to_string()))?;
+    if req.capacity.memory_bytes == 0 {
+        return Err(ApiError::invalid("invalid_field", "capacity.memory_bytes", "must be greater than zero"));
+    }
+    let ingress_ok = req
+        .ingress
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if !ingress_ok {
+        return Err(ApiError::invalid("invalid_field", "ingress", format!("{:?} is not host:port", req.ingress)));
+    }
+    for key in req.labels.keys() {
+        if key.is_empty() || key.len() > 63 {
+            return Err(ApiError::invalid("invalid_field", &format!("labels.{key}"), "label keys are 1 to 63 characters"));
+        }
+    }
+    let existed = state.store.node(&req.name).await.map_err(ApiError::store("reading a node"))?.is_some();
+    let credential = new_secret("skiff_node");
+    let node = state
+        .store
+        .register_node(&req, &hash_secret(&credential))
+        .await
+        .map_err(ApiError::store("registering a node"))?;
+    state.changed();
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(NodeRegistration { node, credential })))
+}
+
+/// Renew the node's lease and report its replicas.
+#[utoipa::path(put, path = "/v1/nodes/{name}/heartbeat", params(("name" = String, Path)), request_body = Heartbeat,
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+    JsonBody(hb): JsonBody<Heartbeat>,
+) -> Result<StatusCode, ApiError> {
+    who.require_node(&name)?;
+    state.store.heartbeat(&name, &hb).await.map_err(ApiError::store("recording a heartbeat"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// All nodes.
+#[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = Vec<Node>)))]
+pub async fn list(State(state): State<AppState>, Auth(who): Auth) -> Result<Json<Vec<Node>>, ApiError> {
+    who.require_admin()?;
+    Ok(Json(state.store.nodes().await.map_err(ApiError::store("listing nodes"))?))
+}
+
+/// One node (the admin, or the node itself).
+#[utoipa::path(get, path = "/v1/nodes/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = Node), (status = 404, body = ErrorBody)))]
+pub async fn show(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require_node(&name)?;
+    let node = state
+        .store
+        .node(&name)
+        .await
+        .map_err(ApiError::store("reading a node"))?
+        .ok_or_else(|| ApiError::NotFound(format!("node {name:?} not found")))?;
+    Ok((etag(node.version), Json(node)))
+}
+
+async fn set_flags(
+    state: AppState,
+    who: crate::auth::Principal,
+    name: String,
+    headers: HeaderMap,
+    cordoned: Option<bool>,
+    draining: Option<bool>,
+) -> Result<([(axum::http::HeaderName, String); 1], Json<Node>), ApiError> {
+    who.require_admin()?;
+    let expected = if_match(&headers)?;
+    let node = state
+        .store
+        .set_node_flags(&name, cordoned, draining, expected)
+        .await
+        .map_err(ApiError::store("updating a node"))?;
+    state.changed();
+    Ok((etag(node.version), Json(node)))
+}
+
+/// Stop placing new replicas on the node.
+#[utoipa::path(post, path = "/v1/nodes/{name}/cordon", params(("name" = String, Path)), responses((status = 200, body = Node)))]
+pub async fn cordon(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    set_flags(state, who, name, headers, Some(true), None).await
+}
+
+/// Allow placing replicas on the node again (ends a drain too).
+#[utoipa::path(post, path = "/v1/nodes/{name}/uncordon", params(("name" = String, Path)), responses((status = 200, body = Node)))]
+pub async fn uncordon(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    set_flags(state, who, name, headers, Some(false), Some(false)).await
+}
+
+/// Move the node's replicas elsewhere, then keep it cordoned.
+#[utoipa::path(post, path = "/v1/nodes/{name}/drain", params(("name" = String, Path)), responses((status = 200, body = Node)))]
+pub async fn drain(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    set_flags(state, who, name, headers, Some(true), Some(true)).await
+}
+
+/// Remove a node and its replicas.
+#[utoipa::path(delete, path = "/v1/nodes/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    who.require_admin()?;
+    let expected = if_match(&headers)?;
+    state.store.delete_node(&name, expected).await.map_err(ApiError::store("deleting a node"))?;
+    state.changed();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Query of the assignments watch.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WatchQuery {
+    /// Answer once the version is greater than this (absent: at once).
+    after: Option<u64>,
+    /// Longest wait in milliseconds (default 30,000, at most 60,000).
+    timeout_ms: Option<u64>,
+}
+
+/// The node's desired replicas; long-polls with `after`.
+#[utoipa::path(get, path = "/v1/nodes/{name}/assignments", params(("name" = String, Path), WatchQuery),
+    responses((status = 200, body = Assignments), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn assignments(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+    QueryParams(query): QueryParams<WatchQuery>,
+) -> Result<Json<Assignments>, ApiError> {
+    who.require_node(&name)?;
+    let wait = query.timeout_ms.map(Duration::from_millis).unwrap_or(DEFAULT_WATCH).min(MAX_WATCH);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = state.changes.subscribe();
+    loop {
+        let current = state.store.assignments(&name).await.map_err(ApiError::store("reading assignments"))?;
+        if query.after.is_none_or(|after| current.version > after) || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(current));
+        }
+        // Wake on a local write, on a periodic re-check (writes by other
+        // controllers), or at the deadline.
+        let recheck = tokio::time::Instant::now() + WATCH_RECHECK;
+        tokio::select! {
+            _ = changes.changed() => {}
+            () = tokio::time::sleep_until(recheck.min(deadline)) => {}
+        }
+    }
+}

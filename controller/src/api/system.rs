@@ -1,0 +1,90 @@
+//! Health, readiness, metrics, events and the OpenAPI document.
+
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use skiff_sdk::api::{ErrorBody, Event, NodeState};
+use utoipa::OpenApi;
+
+use super::{ApiDoc, AppState, Auth, QueryParams};
+use crate::error::ApiError;
+use crate::store::TokenKind;
+
+/// Liveness: the process answers.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the store answers.
+pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state.store.token_hash(TokenKind::Admin).await.map_err(ApiError::store("checking the store"))?;
+    Ok("ready\n")
+}
+
+/// Unknown routes, in the API's error format.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+/// Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let apps = state.store.apps().await.map_err(ApiError::store("counting apps"))?;
+    let nodes = state.store.nodes().await.map_err(ApiError::store("counting nodes"))?;
+    let ready_nodes = nodes.iter().filter(|n| n.state == NodeState::Ready).count();
+    let desired: u64 = apps.iter().map(|a| u64::from(a.status.desired_replicas)).sum();
+    let ready: u64 = apps.iter().map(|a| u64::from(a.status.ready_replicas)).sum();
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
+    };
+    gauge("skiff_apps", "Apps stored.", apps.len() as u64);
+    gauge("skiff_nodes", "Nodes registered.", nodes.len() as u64);
+    gauge("skiff_nodes_ready", "Nodes heartbeating within the grace period.", ready_nodes as u64);
+    gauge("skiff_replicas_desired", "Desired replicas over all apps.", desired);
+    gauge("skiff_replicas_ready", "Ready replicas over all apps.", ready);
+    gauge("skiff_controller_leader", "1 if this controller holds the leader lease.", u64::from(*state.leader.borrow()));
+    out.push_str("# HELP skiff_http_responses_total API responses by status class.\n# TYPE skiff_http_responses_total counter\n");
+    for (i, n) in state.http.by_class.iter().enumerate() {
+        out.push_str(&format!("skiff_http_responses_total{{class=\"{}xx\"}} {}\n", i + 1, n.load(Ordering::Relaxed)));
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}
+
+/// Query of `GET /v1/events`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    /// Only events of this app.
+    app: Option<String>,
+    /// Only events with a greater id.
+    since: Option<u64>,
+    /// At most this many (default and maximum 1,000).
+    limit: Option<u32>,
+}
+
+/// Recent events, oldest first.
+#[utoipa::path(get, path = "/v1/events", params(EventQuery),
+    responses((status = 200, body = Vec<Event>), (status = 401, body = ErrorBody)))]
+pub async fn events(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    QueryParams(q): QueryParams<EventQuery>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    who.require_admin()?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 1000);
+    let events = state
+        .store
+        .events(q.app.as_deref(), q.since.unwrap_or(0), limit)
+        .await
+        .map_err(ApiError::store("reading events"))?;
+    Ok(Json(events))
+}
+
+/// The OpenAPI document (any valid token).
+pub async fn openapi(Auth(_who): Auth) -> impl IntoResponse {
+    (StatusCode::OK, Json(ApiDoc::openapi()))
+}

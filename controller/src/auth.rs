@@ -1,0 +1,174 @@
+//! Bearer-token authentication and who may do what.
+//!
+//! Three kinds of credential: the admin token (everything), the node join
+//! token (only `POST /v1/nodes`), and per-node credentials issued at
+//! registration (only that node's own heartbeat, assignments and record).
+//! Only sha256 hashes are stored; secrets are 256-bit random values.
+
+use std::path::Path;
+
+use axum::http::HeaderMap;
+use rand::RngCore;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::store::{Store, TokenKind};
+
+/// Who is calling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// The operator.
+    Admin,
+    /// A node that wants to join.
+    Joiner,
+    /// A registered node, by name.
+    Node(String),
+}
+
+/// A new random secret: 256 bits, hex, with a prefix saying what it is.
+pub fn new_secret(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{prefix}_{}", hex::encode(bytes))
+}
+
+/// The stored form of a secret.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer <token> header".into()))?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be \"Bearer <token>\"".into()))
+}
+
+fn matches(stored: Option<&str>, presented: &str) -> bool {
+    stored.is_some_and(|h| bool::from(h.as_bytes().ct_eq(presented.as_bytes())))
+}
+
+/// Identifies the caller from its bearer token.
+pub async fn authenticate(store: &dyn Store, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let token = bearer(headers)?;
+    let hash = hash_secret(token);
+    let admin = store.token_hash(TokenKind::Admin).await.map_err(ApiError::store("reading tokens"))?;
+    if matches(admin.as_deref(), &hash) {
+        return Ok(Principal::Admin);
+    }
+    let join = store.token_hash(TokenKind::Join).await.map_err(ApiError::store("reading tokens"))?;
+    if matches(join.as_deref(), &hash) {
+        return Ok(Principal::Joiner);
+    }
+    // Looked up by hash: the lookup time reveals nothing about the secret.
+    match store.node_for_credential(&hash).await.map_err(ApiError::store("reading node credentials"))? {
+        Some(node) => Ok(Principal::Node(node)),
+        None => Err(ApiError::Unauthorized("unknown token".into())),
+    }
+}
+
+impl Principal {
+    /// Only the admin.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Principal::Admin => Ok(()),
+            _ => Err(ApiError::Forbidden("this route needs the admin token".into())),
+        }
+    }
+
+    /// The admin, or the node `name` itself.
+    pub fn require_node(&self, name: &str) -> Result<(), ApiError> {
+        match self {
+            Principal::Admin => Ok(()),
+            Principal::Node(own) if own == name => Ok(()),
+            Principal::Node(own) => Err(ApiError::Forbidden(format!("node {own:?} may not act for node {name:?}"))),
+            Principal::Joiner => Err(ApiError::Forbidden("the join token may only register nodes".into())),
+        }
+    }
+
+    /// The admin or the join token (registering nodes).
+    pub fn require_join(&self) -> Result<(), ApiError> {
+        match self {
+            Principal::Admin | Principal::Joiner => Ok(()),
+            Principal::Node(_) => Err(ApiError::Forbidden("a node credential cannot register nodes".into())),
+        }
+    }
+}
+
+/// Tokens as written to the data directory on first start.
+#[derive(Debug)]
+pub struct TokenFiles {
+    /// Path of the admin token file.
+    pub admin: std::path::PathBuf,
+    /// Path of the join token file.
+    pub join: std::path::PathBuf,
+    /// Whether this start created them.
+    pub created: bool,
+}
+
+/// On first start, generates the admin and join tokens, stores their hashes,
+/// and writes them to `<data_dir>/admin.token` and `join.token` (mode 0600).
+/// Later starts (or other controllers on the same database) find them
+/// installed and write nothing.
+pub async fn bootstrap_tokens(store: &dyn Store, data_dir: &Path) -> Result<TokenFiles, crate::ControllerError> {
+    let files = TokenFiles { admin: data_dir.join("admin.token"), join: data_dir.join("join.token"), created: false };
+    let admin = new_secret("skiff_admin");
+    let join = new_secret("skiff_join");
+    let created = store
+        .install_tokens(&hash_secret(&admin), &hash_secret(&join))
+        .await
+        .map_err(crate::ControllerError::Store)?;
+    if created {
+        write_secret(&files.admin, &admin)?;
+        write_secret(&files.join, &join)?;
+    }
+    Ok(TokenFiles { created, ..files })
+}
+
+fn write_secret(path: &Path, secret: &str) -> Result<(), crate::ControllerError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| crate::ControllerError::Io { doing: "writing a token file", path: path.to_owned(), source };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(format!("{secret}\n").as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_long_random_and_hashes_compare() {
+        let a = new_secret("x");
+        let b = new_secret("x");
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 2 + 64);
+        assert!(matches(Some(&hash_secret(&a)), &hash_secret(&a)));
+        assert!(!matches(Some(&hash_secret(&a)), &hash_secret(&b)));
+        assert!(!matches(None, &hash_secret(&a)));
+    }
+
+    #[test]
+    fn scopes() {
+        let node = Principal::Node("n1".into());
+        assert!(node.require_node("n1").is_ok());
+        assert!(matches!(node.require_node("n2"), Err(ApiError::Forbidden(_))));
+        assert!(matches!(node.require_admin(), Err(ApiError::Forbidden(_))));
+        assert!(Principal::Joiner.require_join().is_ok());
+        assert!(Principal::Joiner.require_node("n1").is_err());
+    }
+}

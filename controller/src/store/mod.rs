@@ -1,0 +1,235 @@
+//! The state store: a narrow [`Store`] trait in domain words, implemented
+//! once with sqlx's `Any` driver for both SQLite and PostgreSQL
+//! ([`SqlStore`]), chosen by URL scheme.
+//!
+//! Guarantees every implementation gives:
+//! - each method is one transaction: nothing is ever half-written, and the
+//!   event that describes a change is written with it;
+//! - mutable rows carry a `version`; a write with an expected version that
+//!   is no longer current, or one that breaks a unique key, fails with
+//!   [`StoreError::Conflict`];
+//! - growth is bounded: heartbeats renew one row per node in place, events
+//!   are capped, each app keeps its last [`KEEP_REVISIONS`] revisions plus
+//!   the current one.
+
+mod sql;
+
+use async_trait::async_trait;
+use skiff_sdk::Digest;
+use skiff_sdk::api::{App, AppSpec, Assignments, Condition, Event, Heartbeat, Node, RegisterNode, ReplicaState, Revision};
+
+pub use sql::{SqlStore, StoreOptions};
+
+/// Revisions kept per app besides the current one.
+pub const KEEP_REVISIONS: u64 = 10;
+/// Events kept in all; older ones are dropped.
+pub const DEFAULT_EVENT_CAP: u64 = 10_000;
+/// Artifacts are stored in chunks of this size so they can be streamed out
+/// without holding a whole artifact in memory.
+pub const ARTIFACT_CHUNK: usize = 1 << 20;
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object does not exist.
+    #[error("{kind} {name:?} not found")]
+    NotFound {
+        /// e.g. "app", "node", "revision".
+        kind: &'static str,
+        /// Its name or number.
+        name: String,
+    },
+    /// A version or uniqueness conflict: someone else changed it first.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database URL names no supported backend.
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    /// Running the migrations failed; the controller must not start.
+    #[error("migrating the database schema")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// A stored document could not be decoded (a bug or manual tampering).
+    #[error("decoding stored {what}")]
+    Corrupt {
+        /// Which document.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The database failed.
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e.as_database_error() {
+            Some(db) if db.is_unique_violation() => StoreError::Conflict(db.message().to_owned()),
+            _ => StoreError::Database(e),
+        }
+    }
+}
+
+/// Result of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which shared secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Full API access.
+    Admin,
+    /// May only register nodes.
+    Join,
+}
+
+impl TokenKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Admin => "admin",
+            TokenKind::Join => "join",
+        }
+    }
+}
+
+/// What applying a spec did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The app after the apply.
+    pub app: App,
+    /// The app did not exist before.
+    pub created: bool,
+    /// A new revision was created (the spec changed beyond `replicas`).
+    pub new_revision: bool,
+}
+
+/// A stored artifact's size and chunk count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArtifactInfo {
+    /// Bytes.
+    pub size: u64,
+    /// Number of chunks of [`ARTIFACT_CHUNK`] bytes (the last may be shorter).
+    pub chunks: u64,
+}
+
+/// A replica as the scheduler placed it and its node last reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaRecord {
+    /// Id.
+    pub id: String,
+    /// App.
+    pub app: String,
+    /// Revision number.
+    pub revision: u64,
+    /// Node it is assigned to.
+    pub node: String,
+    /// Last reported state.
+    pub state: ReplicaState,
+    /// Why, when failed.
+    pub reason: Option<String>,
+}
+
+/// An event to record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewEvent {
+    /// App concerned.
+    pub app: Option<String>,
+    /// Node concerned.
+    pub node: Option<String>,
+    /// Kind, e.g. `AppApplied`.
+    pub kind: String,
+    /// Message.
+    pub message: String,
+}
+
+/// The controller's state, in domain words. One method, one transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores the hashes of the admin and join tokens unless tokens exist
+    /// already; returns whether these were stored (the first start).
+    async fn install_tokens(&self, admin_hash: &str, join_hash: &str) -> Result<bool>;
+    /// The stored hash of a token.
+    async fn token_hash(&self, kind: TokenKind) -> Result<Option<String>>;
+
+    /// Stores an artifact (idempotent); returns whether it was new.
+    async fn put_artifact(&self, digest: &Digest, bytes: &[u8]) -> Result<bool>;
+    /// Size and chunking of an artifact.
+    async fn artifact(&self, digest: &Digest) -> Result<Option<ArtifactInfo>>;
+    /// One chunk of an artifact.
+    async fn artifact_chunk(&self, digest: &Digest, seq: u64) -> Result<Option<Vec<u8>>>;
+
+    /// Creates or updates an app. A spec that differs from the current one
+    /// other than in `replicas` creates a new revision; the same spec
+    /// changes nothing. With `if_version`, fails with a conflict unless the
+    /// app is at that version (0 means "must not exist").
+    async fn apply_app(&self, name: &str, spec: &AppSpec, if_version: Option<u64>) -> Result<Applied>;
+    /// One app.
+    async fn app(&self, name: &str) -> Result<Option<App>>;
+    /// All apps, by name.
+    async fn apps(&self) -> Result<Vec<App>>;
+    /// Deletes an app, its revisions and its replicas.
+    async fn delete_app(&self, name: &str, if_version: Option<u64>) -> Result<()>;
+    /// An app's kept revisions, oldest first.
+    async fn revisions(&self, name: &str) -> Result<Vec<Revision>>;
+    /// Makes the spec of revision `to` (default: the one before the current)
+    /// current again, as a new revision; keeps the replica count.
+    async fn rollback_app(&self, name: &str, to: Option<u64>, if_version: Option<u64>) -> Result<App>;
+    /// Sets the desired replica count.
+    async fn scale_app(&self, name: &str, replicas: u32, if_version: Option<u64>) -> Result<App>;
+    /// Records the app's conditions (written by the reconciler).
+    async fn set_app_conditions(&self, name: &str, conditions: &[Condition]) -> Result<()>;
+
+    /// Registers a node, or re-registers it under the same name with a new
+    /// credential hash, keeping its replicas.
+    async fn register_node(&self, node: &RegisterNode, credential_hash: &str) -> Result<Node>;
+    /// One node.
+    async fn node(&self, name: &str) -> Result<Option<Node>>;
+    /// All nodes, by name.
+    async fn nodes(&self) -> Result<Vec<Node>>;
+    /// The node a credential hash belongs to.
+    async fn node_for_credential(&self, credential_hash: &str) -> Result<Option<String>>;
+    /// Sets a node's cordoned/draining flags (absent: unchanged).
+    async fn set_node_flags(
+        &self,
+        name: &str,
+        cordoned: Option<bool>,
+        draining: Option<bool>,
+        if_version: Option<u64>,
+    ) -> Result<Node>;
+    /// Deletes a node and its replicas.
+    async fn delete_node(&self, name: &str, if_version: Option<u64>) -> Result<()>;
+    /// Renews the node's lease row in place and records the states of its
+    /// replicas that changed.
+    async fn heartbeat(&self, name: &str, heartbeat: &Heartbeat) -> Result<()>;
+
+    /// Assigns a new replica to a node (bumps the node's assignments version).
+    async fn assign_replica(&self, id: &str, app: &str, revision: u64, node: &str) -> Result<()>;
+    /// Removes a replica (bumps its node's assignments version).
+    async fn remove_replica(&self, id: &str) -> Result<()>;
+    /// The replicas a node should run, with their specs, and their version.
+    async fn assignments(&self, node: &str) -> Result<Assignments>;
+    /// Replicas, of one app or of all.
+    async fn replicas(&self, app: Option<&str>) -> Result<Vec<ReplicaRecord>>;
+
+    /// Records an event (and drops the oldest beyond the cap).
+    async fn record_event(&self, event: NewEvent) -> Result<()>;
+    /// Events with id greater than `since`, oldest first, at most `limit`.
+    async fn events(&self, app: Option<&str>, since: u64, limit: u32) -> Result<Vec<Event>>;
+
+    /// Takes or renews the named lease for `holder` for `ttl_ms`; true if
+    /// `holder` holds it now. Another holder's lease is taken only once it
+    /// has expired.
+    async fn try_acquire_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool>;
+    /// Gives the lease up if `holder` has it.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
+    /// Current holder of a lease that has not expired.
+    async fn lease_holder(&self, name: &str) -> Result<Option<String>>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,822 @@
+//! [`Store`] on SQLite or PostgreSQL through sqlx's `Any` driver.
+//!
+//! Queries are checked at run time (no database at build time) and written
+//! in the SQL both dialects share: `$n` placeholders (numbered in order of
+//! first use, which SQLite requires), `ON CONFLICT ... DO UPDATE`,
+//! `RETURNING`, integers as `i64`, JSON as text. Only the schema differs,
+//! in `migrations/<dialect>/`.
+//!
+//! SQLite allows one writer at a time, so its pool has a single connection:
+//! requests queue in the pool instead of failing with `SQLITE_BUSY`, and a
+//! read-then-write transaction can never deadlock. In WAL mode with
+//! `synchronous=NORMAL` a commit survives a process crash (`kill -9`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use skiff_sdk::Digest;
+use skiff_sdk::api::{
+    App, AppSpec, AppStatus, Assignment, Assignments, Condition, Event, Heartbeat, Node, NodeCapacity, NodeState,
+    RegisterNode, ReplicaState, Revision,
+};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+
+use super::{
+    ARTIFACT_CHUNK, Applied, ArtifactInfo, DEFAULT_EVENT_CAP, KEEP_REVISIONS, NewEvent, ReplicaRecord, Result, Store,
+    StoreError, TokenKind, now_ms,
+};
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+/// Knobs of the SQL store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// A node whose last heartbeat is older than this is `NotReady`.
+    pub node_grace: Duration,
+    /// Events kept.
+    pub event_cap: u64,
+    /// Pool size for PostgreSQL (SQLite always uses one connection).
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { node_grace: Duration::from_secs(3), event_cap: DEFAULT_EVENT_CAP, max_connections: 16 }
+    }
+}
+
+/// The SQL implementation of [`Store`].
+#[derive(Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    options: StoreOptions,
+    dialect: Dialect,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    // Serialising plain data structures to a string cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|source| StoreError::Corrupt { what, source })
+}
+
+fn state_str(state: ReplicaState) -> &'static str {
+    match state {
+        ReplicaState::Pending => "Pending",
+        ReplicaState::Starting => "Starting",
+        ReplicaState::Ready => "Ready",
+        ReplicaState::Failed => "Failed",
+    }
+}
+
+fn parse_state(s: &str) -> ReplicaState {
+    match s {
+        "Starting" => ReplicaState::Starting,
+        "Ready" => ReplicaState::Ready,
+        "Failed" => ReplicaState::Failed,
+        _ => ReplicaState::Pending,
+    }
+}
+
+fn not_found(kind: &'static str, name: &str) -> StoreError {
+    StoreError::NotFound { kind, name: name.to_owned() }
+}
+
+/// Checks an optimistic-concurrency precondition against the current version.
+fn check_version(kind: &str, name: &str, current: Option<u64>, expected: Option<u64>) -> Result<()> {
+    match (expected, current) {
+        (None, _) => Ok(()),
+        (Some(0), None) => Ok(()),
+        (Some(e), Some(c)) if e == c => Ok(()),
+        (Some(e), None) => Err(StoreError::Conflict(format!("{kind} {name:?} does not exist (expected version {e})"))),
+        (Some(e), Some(c)) => Err(StoreError::Conflict(format!("{kind} {name:?} is at version {c}, not {e}"))),
+    }
+}
+
+/// The spec with `replicas` neutralised: revisions differ only in the rest.
+fn revision_identity(spec: &AppSpec) -> AppSpec {
+    AppSpec { replicas: 0, ..spec.clone() }
+}
+
+impl SqlStore {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://...`), runs the
+    /// migrations of that dialect, and returns the store. A failed
+    /// migration is an error: the controller must not start on a schema it
+    /// does not know.
+    pub async fn connect(url: &str, options: StoreOptions) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let (dialect, pool) = if let Some(rest) = url.strip_prefix("sqlite:") {
+            // Create the file if missing unless the URL says otherwise.
+            let url = if rest.contains("mode=") {
+                url.to_owned()
+            } else if rest.contains('?') {
+                format!("{url}&mode=rwc")
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        conn.execute(
+                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                             PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .connect(&url)
+                .await?;
+            (Dialect::Sqlite, pool)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = AnyPoolOptions::new().max_connections(options.max_connections).connect(url).await?;
+            (Dialect::Postgres, pool)
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        };
+        let migrator = match dialect {
+            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
+        };
+        migrator.run(&pool).await.map_err(StoreError::Migrate)?;
+        Ok(Self { pool, options, dialect })
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+
+    /// Closes the pool (waits for connections to be returned).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn event_in(&self, tx: &mut Tx<'_>, event: NewEvent) -> Result<()> {
+        let now = now_ms();
+        let row = sqlx::query("INSERT INTO events (time, app, node, kind, message) VALUES ($1, $2, $3, $4, $5) RETURNING id")
+            .bind(now)
+            .bind(event.app)
+            .bind(event.node)
+            .bind(event.kind)
+            .bind(event.message)
+            .fetch_one(&mut **tx)
+            .await?;
+        let id: i64 = row.try_get("id")?;
+        let floor = id - to_i64(self.options.event_cap);
+        if floor > 0 {
+            // An indexed range delete of (usually) one row keeps the cap.
+            sqlx::query("DELETE FROM events WHERE id <= $1").bind(floor).execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    fn app_from_row(&self, row: &AnyRow, ready: u32) -> Result<App> {
+        let mut spec: AppSpec = parse("app spec", &row.try_get::<String, _>("spec")?)?;
+        let replicas = u32::try_from(row.try_get::<i64, _>("replicas")?).unwrap_or(0);
+        spec.replicas = replicas;
+        let conditions: Vec<Condition> = parse("app conditions", &row.try_get::<String, _>("conditions")?)?;
+        Ok(App {
+            name: row.try_get("name")?,
+            spec,
+            revision: to_u64(row.try_get("revision")?),
+            version: to_u64(row.try_get("version")?),
+            status: AppStatus { desired_replicas: replicas, ready_replicas: ready, conditions },
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+
+    async fn load_app(&self, tx: &mut Tx<'_>, name: &str) -> Result<Option<App>> {
+        let Some(row) = sqlx::query("SELECT * FROM apps WHERE name = $1").bind(name).fetch_optional(&mut **tx).await?
+        else {
+            return Ok(None);
+        };
+        let ready: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM replicas WHERE app = $1 AND revision = $2 AND state = 'Ready'",
+        )
+        .bind(name)
+        .bind(row.try_get::<i64, _>("revision")?)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("n")?;
+        self.app_from_row(&row, u32::try_from(ready).unwrap_or(0)).map(Some)
+    }
+
+    async fn insert_revision(&self, tx: &mut Tx<'_>, name: &str, number: u64, spec: &AppSpec, now: i64) -> Result<()> {
+        sqlx::query("INSERT INTO revisions (app, number, spec, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(name)
+            .bind(to_i64(number))
+            .bind(json(spec))
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM revisions WHERE app = $1 AND number < $2")
+            .bind(name)
+            .bind(to_i64(number.saturating_sub(KEEP_REVISIONS)))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a new spec/revision/replica count for an existing app row.
+    async fn update_app(
+        &self,
+        tx: &mut Tx<'_>,
+        current: &App,
+        spec: &AppSpec,
+        revision: u64,
+        now: i64,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE apps SET spec = $1, replicas = $2, revision = $3, version = version + 1, updated_at = $4 \
+             WHERE name = $5 AND version = $6",
+        )
+        .bind(json(&revision_identity(spec)))
+        .bind(i64::from(spec.replicas))
+        .bind(to_i64(revision))
+        .bind(now)
+        .bind(&current.name)
+        .bind(to_i64(current.version))
+        .execute(&mut **tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!("app {:?} changed concurrently", current.name)));
+        }
+        Ok(())
+    }
+
+    fn node_from_row(&self, row: &AnyRow) -> Result<Node> {
+        let labels: BTreeMap<String, String> = parse("node labels", &row.try_get::<String, _>("labels")?)?;
+        let last: Option<i64> = row.try_get("renewed_at")?;
+        let grace = i64::try_from(self.options.node_grace.as_millis()).unwrap_or(i64::MAX);
+        let ready = last.is_some_and(|t| now_ms() - t <= grace);
+        Ok(Node {
+            name: row.try_get("name")?,
+            labels,
+            capacity: NodeCapacity { memory_bytes: to_u64(row.try_get("memory_bytes")?) },
+            ingress: row.try_get("ingress")?,
+            state: if ready { NodeState::Ready } else { NodeState::NotReady },
+            cordoned: row.try_get::<i64, _>("cordoned")? != 0,
+            draining: row.try_get::<i64, _>("draining")? != 0,
+            version: to_u64(row.try_get("version")?),
+            last_heartbeat: last,
+            registered_at: row.try_get("registered_at")?,
+        })
+    }
+
+    async fn load_node(&self, tx: &mut Tx<'_>, name: &str) -> Result<Option<Node>> {
+        let row = sqlx::query(
+            "SELECT n.*, l.renewed_at AS renewed_at FROM nodes n LEFT JOIN node_leases l ON l.node = n.name WHERE n.name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?;
+        row.map(|r| self.node_from_row(&r)).transpose()
+    }
+
+    async fn bump_assignments(&self, tx: &mut Tx<'_>, node: &str) -> Result<()> {
+        sqlx::query("UPDATE nodes SET assign_version = assign_version + 1 WHERE name = $1")
+            .bind(node)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn install_tokens(&self, admin_hash: &str, join_hash: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let mut installed = 0;
+        for (kind, hash) in [(TokenKind::Admin, admin_hash), (TokenKind::Join, join_hash)] {
+            installed += sqlx::query(
+                "INSERT INTO tokens (kind, hash, created_at) VALUES ($1, $2, $3) ON CONFLICT (kind) DO NOTHING",
+            )
+            .bind(kind.as_str())
+            .bind(hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        if installed == 2 {
+            tx.commit().await?;
+            Ok(true)
+        } else {
+            // Another controller (or an earlier start) installed them.
+            tx.rollback().await?;
+            Ok(false)
+        }
+    }
+
+    async fn token_hash(&self, kind: TokenKind) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT hash FROM tokens WHERE kind = $1")
+            .bind(kind.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("hash")).transpose()?)
+    }
+
+    async fn put_artifact(&self, digest: &Digest, bytes: &[u8]) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let key = digest.to_string();
+        let chunks = bytes.len().div_ceil(ARTIFACT_CHUNK) as u64;
+        let inserted = sqlx::query(
+            "INSERT INTO artifacts (digest, size, chunks, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(&key)
+        .bind(to_i64(bytes.len() as u64))
+        .bind(to_i64(chunks))
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for (seq, chunk) in bytes.chunks(ARTIFACT_CHUNK).enumerate() {
+            sqlx::query("INSERT INTO artifact_chunks (digest, seq, data) VALUES ($1, $2, $3)")
+                .bind(&key)
+                .bind(seq as i64)
+                .bind(chunk.to_vec())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn artifact(&self, digest: &Digest) -> Result<Option<ArtifactInfo>> {
+        let row = sqlx::query("SELECT size, chunks FROM artifacts WHERE digest = $1")
+            .bind(digest.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok(ArtifactInfo { size: to_u64(r.try_get("size")?), chunks: to_u64(r.try_get("chunks")?) }))
+            .transpose()
+    }
+
+    async fn artifact_chunk(&self, digest: &Digest, seq: u64) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT data FROM artifact_chunks WHERE digest = $1 AND seq = $2")
+            .bind(digest.to_string())
+            .bind(to_i64(seq))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("data")).transpose()?)
+    }
+
+    async fn apply_app(&self, name: &str, spec: &AppSpec, if_version: Option<u64>) -> Result<Applied> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let current = self.load_app(&mut tx, name).await?;
+        check_version("app", name, current.as_ref().map(|a| a.version), if_version)?;
+        let (created, new_revision, message) = match &current {
+            None => {
+                sqlx::query(
+                    "INSERT INTO apps (name, spec, replicas, revision, conditions, version, created_at, updated_at) \
+                     VALUES ($1, $2, $3, 1, '[]', 1, $4, $4)",
+                )
+                .bind(name)
+                .bind(json(&revision_identity(spec)))
+                .bind(i64::from(spec.replicas))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                self.insert_revision(&mut tx, name, 1, spec, now).await?;
+                (true, true, format!("app created at revision 1 with {} replicas", spec.replicas))
+            }
+            Some(app) if revision_identity(&app.spec) == revision_identity(spec) => {
+                if app.spec.replicas == spec.replicas {
+                    let app = app.clone();
+                    tx.rollback().await?;
+                    return Ok(Applied { app, created: false, new_revision: false });
+                }
+                self.update_app(&mut tx, app, spec, app.revision, now).await?;
+                (false, false, format!("replicas {} -> {}", app.spec.replicas, spec.replicas))
+            }
+            Some(app) => {
+                let number = app.revision + 1;
+                self.update_app(&mut tx, app, spec, number, now).await?;
+                self.insert_revision(&mut tx, name, number, spec, now).await?;
+                (false, true, format!("revision {number} applied"))
+            }
+        };
+        let kind = if created { "AppCreated" } else { "AppUpdated" };
+        self.event_in(&mut tx, NewEvent { app: Some(name.into()), node: None, kind: kind.into(), message }).await?;
+        let app = self.load_app(&mut tx, name).await?.ok_or_else(|| not_found("app", name))?;
+        tx.commit().await?;
+        Ok(Applied { app, created, new_revision })
+    }
+
+    async fn app(&self, name: &str) -> Result<Option<App>> {
+        let mut tx = self.pool.begin().await?;
+        let app = self.load_app(&mut tx, name).await?;
+        tx.commit().await?;
+        Ok(app)
+    }
+
+    async fn apps(&self) -> Result<Vec<App>> {
+        let rows = sqlx::query(
+            "SELECT a.*, (SELECT COUNT(*) FROM replicas r WHERE r.app = a.name AND r.revision = a.revision \
+             AND r.state = 'Ready') AS ready FROM apps a ORDER BY a.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| self.app_from_row(r, u32::try_from(r.try_get::<i64, _>("ready")?).unwrap_or(0)))
+            .collect()
+    }
+
+    async fn delete_app(&self, name: &str, if_version: Option<u64>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let current = self.load_app(&mut tx, name).await?.ok_or_else(|| not_found("app", name))?;
+        check_version("app", name, Some(current.version), if_version)?;
+        let nodes = sqlx::query("SELECT DISTINCT node FROM replicas WHERE app = $1").bind(name).fetch_all(&mut *tx).await?;
+        for row in nodes {
+            self.bump_assignments(&mut tx, &row.try_get::<String, _>("node")?).await?;
+        }
+        sqlx::query("DELETE FROM replicas WHERE app = $1").bind(name).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM revisions WHERE app = $1").bind(name).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM apps WHERE name = $1").bind(name).execute(&mut *tx).await?;
+        let event = NewEvent { app: Some(name.into()), node: None, kind: "AppDeleted".into(), message: "app deleted".into() };
+        self.event_in(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn revisions(&self, name: &str) -> Result<Vec<Revision>> {
+        let mut tx = self.pool.begin().await?;
+        if self.load_app(&mut tx, name).await?.is_none() {
+            return Err(not_found("app", name));
+        }
+        let rows = sqlx::query("SELECT * FROM revisions WHERE app = $1 ORDER BY number")
+            .bind(name)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Revision {
+                    app: r.try_get("app")?,
+                    number: to_u64(r.try_get("number")?),
+                    spec: parse("revision spec", &r.try_get::<String, _>("spec")?)?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn rollback_app(&self, name: &str, to: Option<u64>, if_version: Option<u64>) -> Result<App> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let current = self.load_app(&mut tx, name).await?.ok_or_else(|| not_found("app", name))?;
+        check_version("app", name, Some(current.version), if_version)?;
+        let target = to.unwrap_or(current.revision.saturating_sub(1));
+        let row = sqlx::query("SELECT spec FROM revisions WHERE app = $1 AND number = $2")
+            .bind(name)
+            .bind(to_i64(target))
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| not_found("revision", &format!("{name}@{target}")))?;
+        let mut spec: AppSpec = parse("revision spec", &row.try_get::<String, _>("spec")?)?;
+        spec.replicas = current.spec.replicas;
+        let number = current.revision + 1;
+        self.update_app(&mut tx, &current, &spec, number, now).await?;
+        self.insert_revision(&mut tx, name, number, &spec, now).await?;
+        let message = format!("rolled back to the spec of revision {target} as revision {number}");
+        let event = NewEvent { app: Some(name.into()), node: None, kind: "AppRolledBack".into(), message };
+        self.event_in(&mut tx, event).await?;
+        let app = self.load_app(&mut tx, name).await?.ok_or_else(|| not_found("app", name))?;
+        tx.commit().await?;
+        Ok(app)
+    }
+
+    async fn scale_app(&self, name: &str, replicas: u32, if_version: Option<u64>) -> Result<App> {
+        let mut tx = self.pool.begin().await?;
+        let current = self.load_app(&mut tx, name).await?.ok_or_else(|| not_found("app", name))?;
+        check_version("app", name, Some(current.version), if_version)?;
+        if current.spec.replicas != replicas {
+            let spec = AppSpec { replicas, ..current.spec.clone() };
+            self.update_app(&mut tx, &current, &spec, current.revision, now_ms()).await?;
+            let message = format!("scaled from {} to {replicas} replicas", current.spec.replicas);
+            let event = NewEvent { app: Some(name.into()), node: None, kind: "AppScaled".into(), message };
+            self.event_in(&mut tx, event).await?;
+        }
+        let app = self.load_app(&mut tx, name).await?.ok_or_else(|| not_found("app", name))?;
+        tx.commit().await?;
+        Ok(app)
+    }
+
+    async fn set_app_conditions(&self, name: &str, conditions: &[Condition]) -> Result<()> {
+        sqlx::query("UPDATE apps SET conditions = $1 WHERE name = $2")
+            .bind(json(&conditions))
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn register_node(&self, node: &RegisterNode, credential_hash: &str) -> Result<Node> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let existed = self.load_node(&mut tx, &node.name).await?.is_some();
+        sqlx::query(
+            "INSERT INTO nodes (name, labels, memory_bytes, ingress, credential_hash, version, registered_at) \
+             VALUES ($1, $2, $3, $4, $5, 1, $6) \
+             ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, memory_bytes = excluded.memory_bytes, \
+             ingress = excluded.ingress, credential_hash = excluded.credential_hash, version = nodes.version + 1",
+        )
+        .bind(&node.name)
+        .bind(json(&node.labels))
+        .bind(to_i64(node.capacity.memory_bytes))
+        .bind(&node.ingress)
+        .bind(credential_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO node_leases (node, renewed_at) VALUES ($1, $2) \
+             ON CONFLICT (node) DO UPDATE SET renewed_at = excluded.renewed_at",
+        )
+        .bind(&node.name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let (kind, message) = if existed {
+            ("NodeReregistered", format!("node re-registered with ingress {}", node.ingress))
+        } else {
+            ("NodeRegistered", format!("node registered with ingress {}", node.ingress))
+        };
+        let event = NewEvent { app: None, node: Some(node.name.clone()), kind: kind.into(), message };
+        self.event_in(&mut tx, event).await?;
+        let stored = self.load_node(&mut tx, &node.name).await?.ok_or_else(|| not_found("node", &node.name))?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn node(&self, name: &str) -> Result<Option<Node>> {
+        let mut tx = self.pool.begin().await?;
+        let node = self.load_node(&mut tx, name).await?;
+        tx.commit().await?;
+        Ok(node)
+    }
+
+    async fn nodes(&self) -> Result<Vec<Node>> {
+        let rows = sqlx::query(
+            "SELECT n.*, l.renewed_at AS renewed_at FROM nodes n LEFT JOIN node_leases l ON l.node = n.name ORDER BY n.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| self.node_from_row(r)).collect()
+    }
+
+    async fn node_for_credential(&self, credential_hash: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT name FROM nodes WHERE credential_hash = $1")
+            .bind(credential_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("name")).transpose()?)
+    }
+
+    async fn set_node_flags(
+        &self,
+        name: &str,
+        cordoned: Option<bool>,
+        draining: Option<bool>,
+        if_version: Option<u64>,
+    ) -> Result<Node> {
+        let mut tx = self.pool.begin().await?;
+        let node = self.load_node(&mut tx, name).await?.ok_or_else(|| not_found("node", name))?;
+        check_version("node", name, Some(node.version), if_version)?;
+        let cordoned = cordoned.unwrap_or(node.cordoned);
+        let draining = draining.unwrap_or(node.draining);
+        if (cordoned, draining) != (node.cordoned, node.draining) {
+            sqlx::query("UPDATE nodes SET cordoned = $1, draining = $2, version = version + 1 WHERE name = $3")
+                .bind(i64::from(cordoned))
+                .bind(i64::from(draining))
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            let message = format!("cordoned={cordoned} draining={draining}");
+            let event = NewEvent { app: None, node: Some(name.into()), kind: "NodeUpdated".into(), message };
+            self.event_in(&mut tx, event).await?;
+        }
+        let node = self.load_node(&mut tx, name).await?.ok_or_else(|| not_found("node", name))?;
+        tx.commit().await?;
+        Ok(node)
+    }
+
+    async fn delete_node(&self, name: &str, if_version: Option<u64>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let node = self.load_node(&mut tx, name).await?.ok_or_else(|| not_found("node", name))?;
+        check_version("node", name, Some(node.version), if_version)?;
+        sqlx::query("DELETE FROM replicas WHERE node = $1").bind(name).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM node_leases WHERE node = $1").bind(name).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM nodes WHERE name = $1").bind(name).execute(&mut *tx).await?;
+        let event = NewEvent { app: None, node: Some(name.into()), kind: "NodeDeleted".into(), message: "node deleted".into() };
+        self.event_in(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self, name: &str, heartbeat: &Heartbeat) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let renewed = sqlx::query("UPDATE node_leases SET renewed_at = $1 WHERE node = $2")
+            .bind(now)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if renewed == 0 {
+            return Err(not_found("node", name));
+        }
+        for replica in &heartbeat.replicas {
+            // Only this node's replicas, and only rows whose state changed.
+            sqlx::query(
+                "UPDATE replicas SET state = $1, reason = $2, updated_at = $3 \
+                 WHERE id = $4 AND node = $5 AND (state <> $1 OR COALESCE(reason, '') <> COALESCE($2, ''))",
+            )
+            .bind(state_str(replica.state))
+            .bind(replica.reason.clone())
+            .bind(now)
+            .bind(&replica.id)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn assign_replica(&self, id: &str, app: &str, revision: u64, node: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        if self.load_node(&mut tx, node).await?.is_none() {
+            return Err(not_found("node", node));
+        }
+        sqlx::query(
+            "INSERT INTO replicas (id, app, revision, node, state, reason, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'Pending', NULL, $5, $5)",
+        )
+        .bind(id)
+        .bind(app)
+        .bind(to_i64(revision))
+        .bind(node)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        self.bump_assignments(&mut tx, node).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_replica(&self, id: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("DELETE FROM replicas WHERE id = $1 RETURNING node")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| not_found("replica", id))?;
+        self.bump_assignments(&mut tx, &row.try_get::<String, _>("node")?).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn assignments(&self, node: &str) -> Result<Assignments> {
+        let mut tx = self.pool.begin().await?;
+        let version: i64 = sqlx::query("SELECT assign_version FROM nodes WHERE name = $1")
+            .bind(node)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| not_found("node", node))?
+            .try_get("assign_version")?;
+        let rows = sqlx::query(
+            "SELECT r.id, r.app, r.revision, v.spec, a.replicas FROM replicas r \
+             JOIN revisions v ON v.app = r.app AND v.number = r.revision \
+             JOIN apps a ON a.name = r.app WHERE r.node = $1 ORDER BY r.id",
+        )
+        .bind(node)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let replicas = rows
+            .iter()
+            .map(|r| {
+                let mut spec: AppSpec = parse("revision spec", &r.try_get::<String, _>("spec")?)?;
+                spec.replicas = u32::try_from(r.try_get::<i64, _>("replicas")?).unwrap_or(0);
+                Ok(Assignment { id: r.try_get("id")?, app: r.try_get("app")?, revision: to_u64(r.try_get("revision")?), spec })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Assignments { version: to_u64(version), replicas })
+    }
+
+    async fn replicas(&self, app: Option<&str>) -> Result<Vec<ReplicaRecord>> {
+        let rows = match app {
+            Some(app) => sqlx::query("SELECT * FROM replicas WHERE app = $1 ORDER BY id").bind(app).fetch_all(&self.pool).await?,
+            None => sqlx::query("SELECT * FROM replicas ORDER BY id").fetch_all(&self.pool).await?,
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(ReplicaRecord {
+                    id: r.try_get("id")?,
+                    app: r.try_get("app")?,
+                    revision: to_u64(r.try_get("revision")?),
+                    node: r.try_get("node")?,
+                    state: parse_state(&r.try_get::<String, _>("state")?),
+                    reason: r.try_get("reason")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_event(&self, event: NewEvent) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        self.event_in(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn events(&self, app: Option<&str>, since: u64, limit: u32) -> Result<Vec<Event>> {
+        let query = match app {
+            Some(app) => sqlx::query("SELECT * FROM events WHERE app = $1 AND id > $2 ORDER BY id LIMIT $3")
+                .bind(app.to_owned())
+                .bind(to_i64(since))
+                .bind(i64::from(limit)),
+            None => sqlx::query("SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(to_i64(since))
+                .bind(i64::from(limit)),
+        };
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Event {
+                    id: to_u64(r.try_get("id")?),
+                    time: r.try_get("time")?,
+                    app: r.try_get("app")?,
+                    node: r.try_get("node")?,
+                    kind: r.try_get("kind")?,
+                    message: r.try_get("message")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn try_acquire_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "INSERT INTO leases (name, holder, expires_at, renewed_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, \
+             renewed_at = excluded.renewed_at WHERE leases.holder = excluded.holder OR leases.expires_at < excluded.renewed_at",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now + ttl_ms)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn lease_holder(&self, name: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT holder FROM leases WHERE name = $1 AND expires_at >= $2")
+            .bind(name)
+            .bind(now_ms())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("holder")).transpose()?)
+    }
+}

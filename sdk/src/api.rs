@@ -1,0 +1,452 @@
+//! Wire types of the controller's HTTP API (`/v1`). Plain data with `serde`
+//! (unknown fields are rejected) and OpenAPI schemas. Timestamps are Unix
+//! milliseconds.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{Digest, Quota};
+
+/// Default number of replicas of an app.
+pub const DEFAULT_REPLICAS: u32 = 1;
+
+/// The error body of every failed API call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, for programs (`code`, `field`) and people (`message`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `invalid_name`, `conflict`.
+    pub code: String,
+    /// A sentence for humans.
+    pub message: String,
+    /// The request field at fault, as a dotted path, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// A stored artifact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// `sha256:<hex>` of the bytes.
+    #[schema(value_type = String, example = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")]
+    pub digest: Digest,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A count or a percentage of the desired replicas (`1`, `"25%"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum IntOrPercent {
+    /// An absolute number of replicas.
+    Count(u32),
+    /// A percentage of the desired replicas, written `"NN%"`.
+    #[schema(value_type = String, example = "25%")]
+    Percent(#[serde(with = "percent")] u32),
+}
+
+mod percent {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &u32, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{value}%"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let s = String::deserialize(d)?;
+        s.strip_suffix('%')
+            .and_then(|n| n.parse::<u32>().ok())
+            .filter(|n| *n <= 100)
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a percentage like \"25%\"")))
+    }
+}
+
+impl IntOrPercent {
+    /// The number of replicas this stands for out of `total`, rounding a
+    /// percentage up (`round_up`) or down.
+    pub fn resolve(self, total: u32, round_up: bool) -> u32 {
+        match self {
+            IntOrPercent::Count(n) => n,
+            IntOrPercent::Percent(p) => {
+                let scaled = u64::from(total) * u64::from(p);
+                let n = if round_up { scaled.div_ceil(100) } else { scaled / 100 };
+                u32::try_from(n).unwrap_or(u32::MAX)
+            }
+        }
+    }
+}
+
+/// How a new revision replaces the old one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateStrategy {
+    /// Replicas that may exist above the desired count during an update.
+    pub max_surge: IntOrPercent,
+    /// Replicas that may be missing below the desired count during an update.
+    pub max_unavailable: IntOrPercent,
+}
+
+impl Default for UpdateStrategy {
+    fn default() -> Self {
+        Self { max_surge: IntOrPercent::Count(1), max_unavailable: IntOrPercent::Count(0) }
+    }
+}
+
+/// Where replicas may run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Placement {
+    /// Only nodes with all these labels are eligible.
+    pub node_selector: BTreeMap<String, String>,
+    /// Spread replicas across nodes and `zone` labels (on by default).
+    pub spread: Option<bool>,
+}
+
+/// An HTTP health check run by the node against each replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Path requested with `GET`; any 2xx is healthy.
+    pub path: String,
+    /// Milliseconds between checks.
+    #[serde(default = "default_health_interval_ms")]
+    pub interval_ms: u64,
+    /// Consecutive failures before the replica is unhealthy.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+}
+
+fn default_health_interval_ms() -> u64 {
+    1000
+}
+
+fn default_failure_threshold() -> u32 {
+    3
+}
+
+fn default_replicas() -> u32 {
+    DEFAULT_REPLICAS
+}
+
+/// The desired state of an app, as applied with `PUT /v1/apps/{name}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    /// The component to run (uploaded with `POST /v1/artifacts`).
+    #[schema(value_type = String)]
+    pub artifact: Digest,
+    /// Desired number of replicas.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    /// Resource limits per request.
+    #[serde(default)]
+    pub quota: Quota,
+    /// Extra host names (besides `<name>.<domain>`) the app answers to.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Environment variables the guest sees.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Where replicas may run.
+    #[serde(default)]
+    pub placement: Placement,
+    /// How updates roll out.
+    #[serde(default)]
+    pub strategy: UpdateStrategy,
+    /// Optional health check.
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
+}
+
+/// One condition of an app, Kubernetes style.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// e.g. `Available`, `Progressing`, `Scheduled`.
+    pub kind: String,
+    /// Whether the condition holds.
+    pub status: bool,
+    /// One-word reason, e.g. `Unschedulable`.
+    pub reason: String,
+    /// Explanation for humans.
+    pub message: String,
+}
+
+/// Observed state of an app.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppStatus {
+    /// Desired replicas.
+    pub desired_replicas: u32,
+    /// Replicas reported ready by their nodes.
+    pub ready_replicas: u32,
+    /// Current conditions.
+    pub conditions: Vec<Condition>,
+}
+
+/// An app as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    /// The app's name (a DNS label).
+    pub name: String,
+    /// The desired state.
+    pub spec: AppSpec,
+    /// The revision the spec belongs to.
+    pub revision: u64,
+    /// Optimistic-concurrency version; send it as `If-Match` to update.
+    pub version: u64,
+    /// Observed state.
+    pub status: AppStatus,
+    /// Creation time (Unix ms).
+    pub created_at: i64,
+    /// Last change (Unix ms).
+    pub updated_at: i64,
+}
+
+/// An immutable, numbered snapshot of an app's spec (replica count aside).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Revision {
+    /// The app.
+    pub app: String,
+    /// 1, 2, 3, ...
+    pub number: u64,
+    /// The spec of this revision.
+    pub spec: AppSpec,
+    /// Creation time (Unix ms).
+    pub created_at: i64,
+}
+
+/// Body of `POST /v1/apps/{name}/scale`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// New desired replica count.
+    pub replicas: u32,
+}
+
+/// Body of `POST /v1/apps/{name}/rollback`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// Revision to return to; the previous one when absent.
+    #[serde(default)]
+    pub revision: Option<u64>,
+}
+
+/// Resources a node offers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeCapacity {
+    /// Memory for replicas, in bytes.
+    pub memory_bytes: u64,
+}
+
+/// Body of `POST /v1/nodes`: a node joining (or rejoining) the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterNode {
+    /// The node's name (a DNS label); a restart reuses it.
+    pub name: String,
+    /// Labels used by node selectors and spreading (e.g. `zone`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// What it offers.
+    pub capacity: NodeCapacity,
+    /// Address of its ingress, `host:port`.
+    pub ingress: String,
+}
+
+/// Answer to a registration: the node and its credential (shown once).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRegistration {
+    /// The node as stored.
+    pub node: Node,
+    /// Bearer token for this node's own routes only.
+    pub credential: String,
+}
+
+/// Whether a node is heartbeating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum NodeState {
+    /// Heartbeating within the grace period.
+    Ready,
+    /// No heartbeat within the grace period.
+    NotReady,
+}
+
+/// A node as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Capacity.
+    pub capacity: NodeCapacity,
+    /// Ingress address.
+    pub ingress: String,
+    /// Ready or not.
+    pub state: NodeState,
+    /// No new replicas are placed here.
+    pub cordoned: bool,
+    /// Replicas are being moved off.
+    pub draining: bool,
+    /// Optimistic-concurrency version.
+    pub version: u64,
+    /// Last heartbeat (Unix ms), if any.
+    pub last_heartbeat: Option<i64>,
+    /// First registration (Unix ms).
+    pub registered_at: i64,
+}
+
+/// Lifecycle state of a replica on its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum ReplicaState {
+    /// Assigned, not yet started.
+    Pending,
+    /// Loading and pre-instantiating.
+    Starting,
+    /// Serving.
+    Ready,
+    /// Could not start or stopped working.
+    Failed,
+}
+
+/// A replica's state as a node observes it (sent with heartbeats).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaStatus {
+    /// Replica id from the assignment.
+    pub id: String,
+    /// State.
+    pub state: ReplicaState,
+    /// Why, when `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Body of `PUT /v1/nodes/{name}/heartbeat`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Observed replicas.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// One replica a node should run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Assignment {
+    /// Replica id.
+    pub id: String,
+    /// App name.
+    pub app: String,
+    /// Revision number.
+    pub revision: u64,
+    /// The revision's spec.
+    pub spec: AppSpec,
+}
+
+/// A node's desired replicas at a version (`GET .../assignments`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Assignments {
+    /// Changes whenever the set changes; pass as `after` to wait for the next.
+    pub version: u64,
+    /// The replicas.
+    pub replicas: Vec<Assignment>,
+}
+
+/// Something that happened, for `GET /v1/events`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// Increasing id; pass as `since` to page.
+    pub id: u64,
+    /// When (Unix ms).
+    pub time: i64,
+    /// The app concerned, if any.
+    pub app: Option<String>,
+    /// The node concerned, if any.
+    pub node: Option<String>,
+    /// Short kind, e.g. `AppApplied`, `NodeRegistered`.
+    pub kind: String,
+    /// Explanation.
+    pub message: String,
+}
+
+/// Why a name is not a valid DNS label.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{name:?} is not a valid name: {reason}")]
+pub struct NameError {
+    /// The name given.
+    pub name: String,
+    /// The rule it breaks.
+    pub reason: &'static str,
+}
+
+/// Checks the DNS-label rules (RFC 1123) that app and node names follow:
+/// 1–63 characters, lowercase letters, digits and `-`, starting with a
+/// letter and ending with a letter or digit.
+pub fn validate_name(name: &str) -> Result<(), NameError> {
+    let err = |reason| Err(NameError { name: name.to_owned(), reason });
+    if name.is_empty() || name.len() > 63 {
+        return err("it must be 1 to 63 characters long");
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return err("only lowercase letters, digits and '-' are allowed");
+    }
+    if !name.as_bytes()[0].is_ascii_lowercase() {
+        return err("it must start with a lowercase letter");
+    }
+    if name.ends_with('-') {
+        return err("it must end with a letter or digit");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_dns_label_rules() {
+        for ok in ["a", "hello", "hello-2", "a1"] {
+            assert_eq!(validate_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "Hello", "1abc", "abc-", "a_b", "a.b", &"x".repeat(64)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn specs_default_and_reject_unknown_fields() {
+        let digest = Digest::of(b"x").to_string();
+        let spec: AppSpec = serde_json::from_value(serde_json::json!({ "artifact": digest })).unwrap();
+        assert_eq!(spec.replicas, 1);
+        assert_eq!(spec.strategy, UpdateStrategy::default());
+        let bad = serde_json::json!({ "artifact": digest, "replica": 3 });
+        let err = serde_json::from_value::<AppSpec>(bad).unwrap_err().to_string();
+        assert!(err.contains("unknown field `replica`"), "{err}");
+        let pct: UpdateStrategy =
+            serde_json::from_value(serde_json::json!({"max_surge": "25%", "max_unavailable": 0})).unwrap();
+        assert_eq!(pct.max_surge, IntOrPercent::Percent(25));
+        assert_eq!(pct.max_surge.resolve(10, true), 3);
+        assert!(serde_json::from_value::<UpdateStrategy>(serde_json::json!({"max_surge": "250%"})).is_err());
+    }
+}

@@ -1,0 +1,129 @@
+//! `skiff controller`: the control plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use skiff_controller::api::{ApiConfig, AppState};
+use skiff_controller::store::{SqlStore, StoreOptions};
+use skiff_sdk::quantity;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Default API address: loopback only; expose it deliberately.
+const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Default data directory (SQLite database and token files).
+const DEFAULT_DATA_DIR: &str = "skiff-data";
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Address of the HTTP API (port 0 picks a free port; the readiness
+    /// line on stdout says which).
+    #[arg(long, env = "SKIFF_LISTEN", default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Directory for the SQLite database and the token files.
+    #[arg(long, env = "SKIFF_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Database URL: `sqlite://PATH` or `postgres://USER:PASS@HOST/DB`.
+    /// Defaults to `sqlite://<data-dir>/skiff.db` (WAL mode).
+    #[arg(long, env = "SKIFF_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Largest artifact accepted, e.g. `64Mi`.
+    #[arg(long, env = "SKIFF_MAX_ARTIFACT", default_value = "64Mi", value_parser = quantity::parse_bytes)]
+    max_artifact: u64,
+    /// A node without a heartbeat for this long is NotReady, e.g. `3s`.
+    #[arg(long, env = "SKIFF_NODE_GRACE", default_value = "3s", value_parser = quantity::parse_duration)]
+    node_grace: Duration,
+    /// Leader lease duration; a dead leader is replaced within it.
+    #[arg(long, env = "SKIFF_LEASE_TTL", default_value = "5s", value_parser = quantity::parse_duration)]
+    lease_ttl: Duration,
+    /// Identity in the leader lease (default: hostname and pid).
+    #[arg(long, env = "SKIFF_CONTROLLER_ID")]
+    id: Option<String>,
+}
+
+pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+    let url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("skiff.db").display()));
+    let options = StoreOptions { node_grace: args.node_grace, ..StoreOptions::default() };
+    let store = SqlStore::connect(&url, options)
+        .await
+        .map_err(|e| anyhow::anyhow!(skiff_controller::error_chain(&e)))
+        .with_context(|| format!("opening the state store ({})", redact(&url)))?;
+    let backend = store.backend();
+    let store: Arc<dyn skiff_controller::store::Store> = Arc::new(store);
+    let tokens = skiff_controller::auth::bootstrap_tokens(store.as_ref(), &args.data_dir)
+        .await
+        .map_err(|e| anyhow::anyhow!(skiff_controller::error_chain(&e)))?;
+    if tokens.created {
+        tracing::info!(admin = %tokens.admin.display(), join = %tokens.join.display(), "generated the admin and node join tokens");
+    }
+
+    let shutdown = CancellationToken::new();
+    crate::serve::on_shutdown_signal(shutdown.clone());
+    let tasks = TaskTracker::new();
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+    let id = args.id.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    tasks.spawn(skiff_controller::lease::run_election(
+        store.clone(),
+        id.clone(),
+        args.lease_ttl,
+        leader_tx,
+        shutdown.clone(),
+    ));
+
+    let config = ApiConfig { max_artifact_bytes: usize::try_from(args.max_artifact).unwrap_or(usize::MAX) };
+    let state = AppState::new(store, config, leader_rx);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "listening": addr.to_string(),
+            "role": "controller",
+            "id": id,
+            "backend": backend,
+            "admin_token_file": tokens.admin,
+            "join_token_file": tokens.join,
+        })
+    );
+    eprintln!(
+        "skiff controller on http://{addr} ({backend}); admin token in {}, node join token in {}",
+        tokens.admin.display(),
+        tokens.join.display()
+    );
+    skiff_controller::serve(listener, state, shutdown.clone()).await?;
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "controller".to_owned())
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
