@@ -4,6 +4,7 @@
 //! without the network. Prints p50/p99 and checks the instantiation target.
 //!
 //! Run: `cargo bench --bench instantiate` (set `SKIFF_BENCH_ITERATIONS`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the report
 
 #[path = "../tests/common/mod.rs"]
 mod common;

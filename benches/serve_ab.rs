@@ -5,9 +5,11 @@
 //! Run: `cargo bench --bench serve_ab`. Needs `wrk` (`apt-get install wrk`);
 //! uses `wasmtime` from `$SKIFF_BENCH_WASMTIME`, `$PATH` or `~/.cargo/bin`
 //! (`cargo install wasmtime-cli --version 48.0.8 --locked`) and measures
-//! Skiff alone if it is missing. Knobs: `SKIFF_BENCH_ROUNDS` (default 3),
+//! Skiff alone if it is missing. Extra `wasmtime serve` flags (e.g.
+//! `-O pooling-allocator=y`) come from `SKIFF_BENCH_WASMTIME_ARGS`. Knobs: `SKIFF_BENCH_ROUNDS` (default 3),
 //! `SKIFF_BENCH_SECONDS` (5), `SKIFF_BENCH_CONNECTIONS` (32),
 //! `SKIFF_BENCH_THREADS` (2).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the report
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -55,6 +57,11 @@ impl WasmtimeServe {
             .unwrap();
         let child = Command::new(bin)
             .args(["serve", "-S", "cli", "--addr", &addr.to_string()])
+            .args(
+                std::env::var("SKIFF_BENCH_WASMTIME_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .arg(component)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

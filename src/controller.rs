@@ -52,7 +52,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("skiff.db").display()));
-    let options = StoreOptions { node_grace: args.node_grace, ..StoreOptions::default() };
+    let options = StoreOptions {
+        node_grace: args.node_grace,
+        ..StoreOptions::default()
+    };
     let store = SqlStore::connect(&url, options)
         .await
         .map_err(|e| anyhow::anyhow!(skiff_controller::error_chain(&e)))
@@ -70,7 +73,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     crate::serve::on_shutdown_signal(shutdown.clone());
     let tasks = TaskTracker::new();
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
-    let id = args.id.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
     tasks.spawn(skiff_controller::lease::run_election(
         store.clone(),
         id.clone(),
@@ -79,7 +85,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    let config = ApiConfig { max_artifact_bytes: usize::try_from(args.max_artifact).unwrap_or(usize::MAX) };
+    let config = ApiConfig {
+        max_artifact_bytes: usize::try_from(args.max_artifact).unwrap_or(usize::MAX),
+    };
     let state = AppState::new(store, config, leader_rx);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

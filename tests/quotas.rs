@@ -1,5 +1,6 @@
 //! Every quota, obeyed and violated, on a real runtime serving real guests
 //! over loopback. Each violated case must fail if the quota is not enforced.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the report
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! `skiff serve` as a real process: readiness line, any-host routing, the
 //! compile cache across restarts, graceful stop, bad input, and memory
 //! stability over many requests.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the report
 
 mod common;
 
@@ -133,4 +134,30 @@ fn bad_input_gets_a_clear_message_and_exit_code() {
     let (code, err) = skiff(&["serve", "x.wasm", "--memory", "64Mb"]);
     assert_eq!(code, 2);
     assert!(err.contains("did you mean \"64Mi\"?"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_address_space_falls_back_to_on_demand_allocation() {
+    let cache = tempfile::tempdir().unwrap();
+    let script = format!(
+        "ulimit -v 3000000 && exec {} serve {} --addr 127.0.0.1:0 --cache-dir {}",
+        env!("CARGO_BIN_EXE_skiff"),
+        example_path("hello").display(),
+        cache.path().display()
+    );
+    let mut command = Command::new("sh");
+    command.args(["-c", &script]);
+    let skiff = SkiffProcess::spawn(command);
+    assert_eq!(skiff.ready["allocator"], "on-demand", "{}", skiff.ready);
+    for _ in 0..20 {
+        let reply = common::send(
+            skiff.addr(),
+            "hello.localhost",
+            Method::GET,
+            "/",
+            Default::default(),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
 }

@@ -1,5 +1,6 @@
 //! Serving behaviour on an in-process node over loopback: streaming bodies,
 //! guest output capture, the compile cache, and lazy registration.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the report
 
 mod common;
 
@@ -165,4 +166,30 @@ async fn registering_many_components_compiles_nothing_and_a_restart_reuses_the_c
     runtime.warm("hello").await.unwrap();
     assert_eq!(runtime.cache_stats().compiled(), 0);
     assert_eq!(runtime.cache_stats().deserialized(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_prior_knowledge_is_served() {
+    let node = TestNode::start(|_| {}).await;
+    node.deploy("hello", "hello", Quota::default()).await;
+    let stream = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = Request::builder()
+            .uri("http://hello.localhost/")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(req).await.unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.starts_with(b"Hello from Skiff!"));
+    }
+    node.stop().await;
 }

@@ -41,34 +41,67 @@ pub fn hash_secret(secret: &str) -> String {
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let value = headers
         .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer <token> header".into()))?;
+        .ok_or_else(|| {
+            ApiError::Unauthorized("missing Authorization: Bearer <token> header".into())
+        })?;
     value
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be \"Bearer <token>\"".into()))
+        .ok_or_else(|| {
+            ApiError::Unauthorized("the Authorization header must be \"Bearer <token>\"".into())
+        })
 }
 
 fn matches(stored: Option<&str>, presented: &str) -> bool {
     stored.is_some_and(|h| bool::from(h.as_bytes().ct_eq(presented.as_bytes())))
 }
 
+/// The stored hashes of the admin and join tokens. They never change after
+/// the first start, so the API reads them once.
+#[derive(Clone, Debug, Default)]
+pub struct TokenHashes {
+    /// Hash of the admin token.
+    pub admin: Option<String>,
+    /// Hash of the node join token.
+    pub join: Option<String>,
+}
+
+impl TokenHashes {
+    /// Reads both hashes from the store.
+    pub async fn load(store: &dyn Store) -> Result<Self, ApiError> {
+        let read = ApiError::store("reading tokens");
+        let admin = store.token_hash(TokenKind::Admin).await.map_err(read)?;
+        let join = store
+            .token_hash(TokenKind::Join)
+            .await
+            .map_err(ApiError::store("reading tokens"))?;
+        Ok(Self { admin, join })
+    }
+}
+
 /// Identifies the caller from its bearer token.
-pub async fn authenticate(store: &dyn Store, headers: &HeaderMap) -> Result<Principal, ApiError> {
+pub async fn authenticate(
+    store: &dyn Store,
+    tokens: &TokenHashes,
+    headers: &HeaderMap,
+) -> Result<Principal, ApiError> {
     let token = bearer(headers)?;
     let hash = hash_secret(token);
-    let admin = store.token_hash(TokenKind::Admin).await.map_err(ApiError::store("reading tokens"))?;
-    if matches(admin.as_deref(), &hash) {
+    if matches(tokens.admin.as_deref(), &hash) {
         return Ok(Principal::Admin);
     }
-    let join = store.token_hash(TokenKind::Join).await.map_err(ApiError::store("reading tokens"))?;
-    if matches(join.as_deref(), &hash) {
+    if matches(tokens.join.as_deref(), &hash) {
         return Ok(Principal::Joiner);
     }
     // Looked up by hash: the lookup time reveals nothing about the secret.
-    match store.node_for_credential(&hash).await.map_err(ApiError::store("reading node credentials"))? {
+    match store
+        .node_for_credential(&hash)
+        .await
+        .map_err(ApiError::store("reading node credentials"))?
+    {
         Some(node) => Ok(Principal::Node(node)),
         None => Err(ApiError::Unauthorized("unknown token".into())),
     }
@@ -79,7 +112,9 @@ impl Principal {
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self {
             Principal::Admin => Ok(()),
-            _ => Err(ApiError::Forbidden("this route needs the admin token".into())),
+            _ => Err(ApiError::Forbidden(
+                "this route needs the admin token".into(),
+            )),
         }
     }
 
@@ -88,8 +123,12 @@ impl Principal {
         match self {
             Principal::Admin => Ok(()),
             Principal::Node(own) if own == name => Ok(()),
-            Principal::Node(own) => Err(ApiError::Forbidden(format!("node {own:?} may not act for node {name:?}"))),
-            Principal::Joiner => Err(ApiError::Forbidden("the join token may only register nodes".into())),
+            Principal::Node(own) => Err(ApiError::Forbidden(format!(
+                "node {own:?} may not act for node {name:?}"
+            ))),
+            Principal::Joiner => Err(ApiError::Forbidden(
+                "the join token may only register nodes".into(),
+            )),
         }
     }
 
@@ -97,7 +136,9 @@ impl Principal {
     pub fn require_join(&self) -> Result<(), ApiError> {
         match self {
             Principal::Admin | Principal::Joiner => Ok(()),
-            Principal::Node(_) => Err(ApiError::Forbidden("a node credential cannot register nodes".into())),
+            Principal::Node(_) => Err(ApiError::Forbidden(
+                "a node credential cannot register nodes".into(),
+            )),
         }
     }
 }
@@ -117,8 +158,15 @@ pub struct TokenFiles {
 /// and writes them to `<data_dir>/admin.token` and `join.token` (mode 0600).
 /// Later starts (or other controllers on the same database) find them
 /// installed and write nothing.
-pub async fn bootstrap_tokens(store: &dyn Store, data_dir: &Path) -> Result<TokenFiles, crate::ControllerError> {
-    let files = TokenFiles { admin: data_dir.join("admin.token"), join: data_dir.join("join.token"), created: false };
+pub async fn bootstrap_tokens(
+    store: &dyn Store,
+    data_dir: &Path,
+) -> Result<TokenFiles, crate::ControllerError> {
+    let files = TokenFiles {
+        admin: data_dir.join("admin.token"),
+        join: data_dir.join("join.token"),
+        created: false,
+    };
     let admin = new_secret("skiff_admin");
     let join = new_secret("skiff_join");
     let created = store
@@ -135,7 +183,11 @@ pub async fn bootstrap_tokens(store: &dyn Store, data_dir: &Path) -> Result<Toke
 fn write_secret(path: &Path, secret: &str) -> Result<(), crate::ControllerError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| crate::ControllerError::Io { doing: "writing a token file", path: path.to_owned(), source };
+    let io = |source| crate::ControllerError::Io {
+        doing: "writing a token file",
+        path: path.to_owned(),
+        source,
+    };
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -143,7 +195,8 @@ fn write_secret(path: &Path, secret: &str) -> Result<(), crate::ControllerError>
         .mode(0o600)
         .open(path)
         .map_err(io)?;
-    file.write_all(format!("{secret}\n").as_bytes()).map_err(io)?;
+    file.write_all(format!("{secret}\n").as_bytes())
+        .map_err(io)?;
     file.sync_all().map_err(io)
 }
 
@@ -166,7 +219,10 @@ mod tests {
     fn scopes() {
         let node = Principal::Node("n1".into());
         assert!(node.require_node("n1").is_ok());
-        assert!(matches!(node.require_node("n2"), Err(ApiError::Forbidden(_))));
+        assert!(matches!(
+            node.require_node("n2"),
+            Err(ApiError::Forbidden(_))
+        ));
         assert!(matches!(node.require_admin(), Err(ApiError::Forbidden(_))));
         assert!(Principal::Joiner.require_join().is_ok());
         assert!(Principal::Joiner.require_node("n1").is_err());

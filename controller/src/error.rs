@@ -64,28 +64,45 @@ pub enum ApiError {
 impl ApiError {
     /// 422 with a field.
     pub fn invalid(code: &'static str, field: &str, message: impl Into<String>) -> Self {
-        ApiError::Invalid { code, message: message.into(), field: Some(field.to_owned()) }
+        ApiError::Invalid {
+            code,
+            message: message.into(),
+            field: Some(field.to_owned()),
+        }
     }
 
     /// Maps a store error met while `doing` something.
     pub fn store(doing: &'static str) -> impl FnOnce(StoreError) -> ApiError {
         move |e| match e {
-            StoreError::NotFound { kind, name } => ApiError::NotFound(format!("{kind} {name:?} not found")),
+            StoreError::NotFound { kind, name } => {
+                ApiError::NotFound(format!("{kind} {name:?} not found"))
+            }
             StoreError::Conflict(message) => ApiError::Conflict(message),
-            other => ApiError::Internal { doing, source: Box::new(other) },
+            other => ApiError::Internal {
+                doing,
+                source: Box::new(other),
+            },
         }
     }
 
     fn parts(&self) -> (StatusCode, &'static str, Option<String>) {
         match self {
-            ApiError::BadRequest { code, field, .. } => (StatusCode::BAD_REQUEST, code, field.clone()),
+            ApiError::BadRequest { code, field, .. } => {
+                (StatusCode::BAD_REQUEST, code, field.clone())
+            }
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
-            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", None),
-            ApiError::Invalid { code, field, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code, field.clone()),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                None,
+            ),
+            ApiError::Invalid { code, field, .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, code, field.clone())
+            }
             ApiError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
     }
@@ -100,12 +117,22 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        let mut response = (status, Json(ErrorBody { error: ErrorDetail { code: code.to_owned(), message, field } }))
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: ErrorDetail {
+                    code: code.to_owned(),
+                    message,
+                    field,
+                },
+            }),
+        )
             .into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
         }
         response
     }

@@ -62,5 +62,7 @@ pub async fn serve(
     state: api::AppState,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }

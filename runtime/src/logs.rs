@@ -157,12 +157,11 @@ impl GuestOutput {
 impl Drop for GuestOutput {
     fn drop(&mut self) {
         // The last clone flushes an unterminated final line.
-        if Arc::strong_count(&self.pending) == 1 {
-            if let Ok(pending) = self.pending.lock() {
-                if !pending.is_empty() {
-                    self.buffer.push(self.stream, &pending);
-                }
-            }
+        if Arc::strong_count(&self.pending) == 1
+            && let Ok(pending) = self.pending.lock()
+            && !pending.is_empty()
+        {
+            self.buffer.push(self.stream, &pending);
         }
     }
 }

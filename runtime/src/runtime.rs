@@ -481,12 +481,12 @@ impl Runtime {
         let exceeded = Arc::new(AtomicBool::new(false));
         let mut req =
             req.map(|b| LimitedBody::new(b, self.config.max_request_body, exceeded.clone()));
-        if !req.headers().contains_key(http::header::HOST) && req.uri().authority().is_none() {
-            if let Ok(value) =
+        if !req.headers().contains_key(http::header::HOST)
+            && req.uri().authority().is_none()
+            && let Ok(value) =
                 http::HeaderValue::from_str(&format!("{}.{}", app.name, self.config.domain))
-            {
-                req.headers_mut().insert(http::header::HOST, value);
-            }
+        {
+            req.headers_mut().insert(http::header::HOST, value);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let set = Arc::new(AtomicU8::new(SET_NONE));

@@ -67,7 +67,9 @@ mod percent {
         s.strip_suffix('%')
             .and_then(|n| n.parse::<u32>().ok())
             .filter(|n| *n <= 100)
-            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a percentage like \"25%\"")))
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("{s:?} is not a percentage like \"25%\""))
+            })
     }
 }
 
@@ -79,7 +81,11 @@ impl IntOrPercent {
             IntOrPercent::Count(n) => n,
             IntOrPercent::Percent(p) => {
                 let scaled = u64::from(total) * u64::from(p);
-                let n = if round_up { scaled.div_ceil(100) } else { scaled / 100 };
+                let n = if round_up {
+                    scaled.div_ceil(100)
+                } else {
+                    scaled / 100
+                };
                 u32::try_from(n).unwrap_or(u32::MAX)
             }
         }
@@ -98,7 +104,10 @@ pub struct UpdateStrategy {
 
 impl Default for UpdateStrategy {
     fn default() -> Self {
-        Self { max_surge: IntOrPercent::Count(1), max_unavailable: IntOrPercent::Count(0) }
+        Self {
+            max_surge: IntOrPercent::Count(1),
+            max_unavailable: IntOrPercent::Count(0),
+        }
     }
 }
 
@@ -404,11 +413,19 @@ pub struct NameError {
 /// 1–63 characters, lowercase letters, digits and `-`, starting with a
 /// letter and ending with a letter or digit.
 pub fn validate_name(name: &str) -> Result<(), NameError> {
-    let err = |reason| Err(NameError { name: name.to_owned(), reason });
+    let err = |reason| {
+        Err(NameError {
+            name: name.to_owned(),
+            reason,
+        })
+    };
     if name.is_empty() || name.len() > 63 {
         return err("it must be 1 to 63 characters long");
     }
-    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return err("only lowercase letters, digits and '-' are allowed");
     }
     if !name.as_bytes()[0].is_ascii_lowercase() {
@@ -437,16 +454,23 @@ mod tests {
     #[test]
     fn specs_default_and_reject_unknown_fields() {
         let digest = Digest::of(b"x").to_string();
-        let spec: AppSpec = serde_json::from_value(serde_json::json!({ "artifact": digest })).unwrap();
+        let spec: AppSpec =
+            serde_json::from_value(serde_json::json!({ "artifact": digest })).unwrap();
         assert_eq!(spec.replicas, 1);
         assert_eq!(spec.strategy, UpdateStrategy::default());
         let bad = serde_json::json!({ "artifact": digest, "replica": 3 });
-        let err = serde_json::from_value::<AppSpec>(bad).unwrap_err().to_string();
+        let err = serde_json::from_value::<AppSpec>(bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `replica`"), "{err}");
         let pct: UpdateStrategy =
-            serde_json::from_value(serde_json::json!({"max_surge": "25%", "max_unavailable": 0})).unwrap();
+            serde_json::from_value(serde_json::json!({"max_surge": "25%", "max_unavailable": 0}))
+                .unwrap();
         assert_eq!(pct.max_surge, IntOrPercent::Percent(25));
         assert_eq!(pct.max_surge.resolve(10, true), 3);
-        assert!(serde_json::from_value::<UpdateStrategy>(serde_json::json!({"max_surge": "250%"})).is_err());
+        assert!(
+            serde_json::from_value::<UpdateStrategy>(serde_json::json!({"max_surge": "250%"}))
+                .is_err()
+        );
     }
 }

@@ -123,7 +123,7 @@ pub fn parse_count(input: &str) -> Result<u64, QuantityError> {
 /// binary unit that divides it exactly (`134217728` becomes `128Mi`).
 pub fn format_bytes(n: u64) -> String {
     for (shift, unit) in [(40, "Ti"), (30, "Gi"), (20, "Mi"), (10, "Ki")] {
-        if n != 0 && n % (1u64 << shift) == 0 {
+        if n != 0 && n.is_multiple_of(1u64 << shift) {
             return format!("{}{unit}", n >> shift);
         }
     }

@@ -240,8 +240,15 @@ pub struct SkiffProcess {
 impl SkiffProcess {
     /// Starts `skiff <args>` and waits (up to 60 s) for its readiness line.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(args)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        command.args(args);
+        Self::spawn(command)
+    }
+
+    /// Runs `command` (which must run skiff) and waits for its readiness line.
+    pub fn spawn(mut command: Command) -> Self {
+        let args = format!("{command:?}");
+        let mut child = command
             .env("SKIFF_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -4,7 +4,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use skiff_sdk::api::{App, AppSpec, ErrorBody, Revision, RollbackRequest, ScaleRequest, validate_name};
+use skiff_sdk::api::{
+    App, AppSpec, ErrorBody, Revision, RollbackRequest, ScaleRequest, validate_name,
+};
 
 use super::{AppState, Auth, JsonBody, etag, if_match};
 use crate::error::ApiError;
@@ -20,30 +22,56 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 /// Validates a spec beyond what its types guarantee, naming the field.
 async fn validate_spec(state: &AppState, spec: &AppSpec) -> Result<(), ApiError> {
     if spec.replicas > MAX_REPLICAS {
-        return Err(ApiError::invalid("invalid_field", "replicas", format!("at most {MAX_REPLICAS} replicas")));
+        return Err(ApiError::invalid(
+            "invalid_field",
+            "replicas",
+            format!("at most {MAX_REPLICAS} replicas"),
+        ));
     }
-    spec.quota
-        .validate()
-        .map_err(|e| ApiError::invalid("invalid_field", &format!("quota.{}", e.field), e.to_string()))?;
+    spec.quota.validate().map_err(|e| {
+        ApiError::invalid(
+            "invalid_field",
+            &format!("quota.{}", e.field),
+            e.to_string(),
+        )
+    })?;
     for (i, host) in spec.hosts.iter().enumerate() {
         let ok = !host.is_empty()
             && host.len() <= 253
-            && host.split('.').all(|label| validate_name(label).is_ok() || label.bytes().all(|b| b.is_ascii_digit()));
+            && host.split('.').all(|label| {
+                validate_name(label).is_ok() || label.bytes().all(|b| b.is_ascii_digit())
+            });
         if !ok {
-            return Err(ApiError::invalid("invalid_field", &format!("hosts[{i}]"), format!("{host:?} is not a DNS name")));
+            return Err(ApiError::invalid(
+                "invalid_field",
+                &format!("hosts[{i}]"),
+                format!("{host:?} is not a DNS name"),
+            ));
         }
     }
     for key in spec.env.keys() {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(ApiError::invalid("invalid_field", &format!("env.{key}"), "not a valid variable name"));
+            return Err(ApiError::invalid(
+                "invalid_field",
+                &format!("env.{key}"),
+                "not a valid variable name",
+            ));
         }
     }
     if let Some(health) = &spec.health {
         if !health.path.starts_with('/') {
-            return Err(ApiError::invalid("invalid_field", "health.path", "must start with '/'"));
+            return Err(ApiError::invalid(
+                "invalid_field",
+                "health.path",
+                "must start with '/'",
+            ));
         }
         if health.interval_ms == 0 || health.failure_threshold == 0 {
-            return Err(ApiError::invalid("invalid_field", "health", "interval_ms and failure_threshold must be > 0"));
+            return Err(ApiError::invalid(
+                "invalid_field",
+                "health",
+                "interval_ms and failure_threshold must be > 0",
+            ));
         }
     }
     let exists = state
@@ -56,7 +84,10 @@ async fn validate_spec(state: &AppState, spec: &AppSpec) -> Result<(), ApiError>
         return Err(ApiError::invalid(
             "unknown_artifact",
             "artifact",
-            format!("artifact {} has not been uploaded (POST /v1/artifacts)", spec.artifact),
+            format!(
+                "artifact {} has not been uploaded (POST /v1/artifacts)",
+                spec.artifact
+            ),
         ));
     }
     Ok(())
@@ -79,17 +110,34 @@ pub async fn apply(
     check_name(&name)?;
     let expected = if_match(&headers)?;
     validate_spec(&state, &spec).await?;
-    let applied = state.store.apply_app(&name, &spec, expected).await.map_err(ApiError::store("applying an app"))?;
+    let applied = state
+        .store
+        .apply_app(&name, &spec, expected)
+        .await
+        .map_err(ApiError::store("applying an app"))?;
     state.changed();
-    let status = if applied.created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if applied.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, etag(applied.app.version), Json(applied.app)))
 }
 
 /// All apps.
 #[utoipa::path(get, path = "/v1/apps", responses((status = 200, body = Vec<App>)))]
-pub async fn list(State(state): State<AppState>, Auth(who): Auth) -> Result<Json<Vec<App>>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+) -> Result<Json<Vec<App>>, ApiError> {
     who.require_admin()?;
-    Ok(Json(state.store.apps().await.map_err(ApiError::store("listing apps"))?))
+    Ok(Json(
+        state
+            .store
+            .apps()
+            .await
+            .map_err(ApiError::store("listing apps"))?,
+    ))
 }
 
 async fn load(state: &AppState, name: &str) -> Result<App, ApiError> {
@@ -125,7 +173,11 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     who.require_admin()?;
     let expected = if_match(&headers)?;
-    state.store.delete_app(&name, expected).await.map_err(ApiError::store("deleting an app"))?;
+    state
+        .store
+        .delete_app(&name, expected)
+        .await
+        .map_err(ApiError::store("deleting an app"))?;
     state.changed();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -139,7 +191,13 @@ pub async fn revisions(
     Path(name): Path<String>,
 ) -> Result<Json<Vec<Revision>>, ApiError> {
     who.require_admin()?;
-    Ok(Json(state.store.revisions(&name).await.map_err(ApiError::store("listing revisions"))?))
+    Ok(Json(
+        state
+            .store
+            .revisions(&name)
+            .await
+            .map_err(ApiError::store("listing revisions"))?,
+    ))
 }
 
 /// Return to the previous revision, or to `revision`.
@@ -175,10 +233,18 @@ pub async fn scale(
 ) -> Result<impl IntoResponse, ApiError> {
     who.require_admin()?;
     if req.replicas > MAX_REPLICAS {
-        return Err(ApiError::invalid("invalid_field", "replicas", format!("at most {MAX_REPLICAS} replicas")));
+        return Err(ApiError::invalid(
+            "invalid_field",
+            "replicas",
+            format!("at most {MAX_REPLICAS} replicas"),
+        ));
     }
     let expected = if_match(&headers)?;
-    let app = state.store.scale_app(&name, req.replicas, expected).await.map_err(ApiError::store("scaling an app"))?;
+    let app = state
+        .store
+        .scale_app(&name, req.replicas, expected)
+        .await
+        .map_err(ApiError::store("scaling an app"))?;
     state.changed();
     Ok((etag(app.version), Json(app)))
 }

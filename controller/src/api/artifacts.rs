@@ -22,20 +22,34 @@ pub fn validate_component(bytes: &[u8]) -> Result<(), String> {
         });
     }
     let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
-    validator.validate_all(bytes).map(drop).map_err(|e| e.to_string())
+    validator
+        .validate_all(bytes)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// Upload a component. Idempotent: the same bytes give the same digest.
 #[utoipa::path(post, path = "/v1/artifacts", request_body(content = Vec<u8>, content_type = "application/wasm"),
     responses((status = 201, body = Artifact, description = "Stored"), (status = 200, body = Artifact, description = "Already stored"),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn upload(State(state): State<AppState>, Auth(who): Auth, req: Request) -> Result<Response, ApiError> {
+pub async fn upload(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    req: Request,
+) -> Result<Response, ApiError> {
     who.require_admin()?;
-    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
-    if !mime.eq_ignore_ascii_case("application/wasm") && !mime.eq_ignore_ascii_case("application/octet-stream") {
+    if !mime.eq_ignore_ascii_case("application/wasm")
+        && !mime.eq_ignore_ascii_case("application/octet-stream")
+    {
         return Err(ApiError::UnsupportedMediaType(
-            "upload the component as Content-Type: application/wasm (or application/octet-stream)".into(),
+            "upload the component as Content-Type: application/wasm (or application/octet-stream)"
+                .into(),
         ));
     }
     let limit = state.config.max_artifact_bytes;
@@ -48,16 +62,33 @@ pub async fn upload(State(state): State<AppState>, Auth(who): Auth, req: Request
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| too_large())?;
+    let bytes = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| too_large())?;
     validate_component(&bytes).map_err(|message| ApiError::Invalid {
         code: "invalid_component",
         message: format!("the upload is not a valid Wasm component: {message}"),
         field: None,
     })?;
     let digest = Digest::of(&bytes);
-    let created = state.store.put_artifact(&digest, &bytes).await.map_err(ApiError::store("storing an artifact"))?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(Artifact { digest, size: bytes.len() as u64 })).into_response())
+    let created = state
+        .store
+        .put_artifact(&digest, &bytes)
+        .await
+        .map_err(ApiError::store("storing an artifact"))?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(Artifact {
+            digest,
+            size: bytes.len() as u64,
+        }),
+    )
+        .into_response())
 }
 
 /// Download a component, streamed chunk by chunk (`HEAD` for its size).
@@ -69,9 +100,11 @@ pub async fn download(
     Path(digest): Path<String>,
 ) -> Result<Response, ApiError> {
     // Any authenticated caller: nodes pull the artifacts they run.
-    let digest: Digest = digest.parse().map_err(|e: skiff_sdk::digest::DigestParseError| {
-        ApiError::invalid("invalid_digest", "digest", e.to_string())
-    })?;
+    let digest: Digest = digest
+        .parse()
+        .map_err(|e: skiff_sdk::digest::DigestParseError| {
+            ApiError::invalid("invalid_digest", "digest", e.to_string())
+        })?;
     let info = state
         .store
         .artifact(&digest)
@@ -95,7 +128,10 @@ pub async fn download(
     });
     let mut response = Response::new(Body::from_stream(chunks));
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/wasm"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/wasm"),
+    );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(info.size));
     if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
         headers.insert(header::ETAG, v);

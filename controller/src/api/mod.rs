@@ -20,7 +20,7 @@ use axum::routing::{get, post, put};
 use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 
-use crate::auth::{Principal, authenticate};
+use crate::auth::{Principal, TokenHashes, authenticate};
 use crate::error::ApiError;
 use crate::store::Store;
 
@@ -48,7 +48,9 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES }
+        Self {
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+        }
     }
 }
 
@@ -71,17 +73,24 @@ pub struct AppState {
     pub http: Arc<HttpStats>,
     /// Whether this controller holds the leader lease.
     pub leader: tokio::sync::watch::Receiver<bool>,
+    /// The admin and join token hashes, read on first use.
+    tokens: Arc<tokio::sync::OnceCell<TokenHashes>>,
 }
 
 impl AppState {
     /// State over `store`.
-    pub fn new(store: Arc<dyn Store>, config: ApiConfig, leader: tokio::sync::watch::Receiver<bool>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: ApiConfig,
+        leader: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         Self {
             store,
             config: Arc::new(config),
             changes: Arc::new(tokio::sync::watch::channel(0).0),
             http: Arc::default(),
             leader,
+            tokens: Arc::default(),
         }
     }
 
@@ -98,7 +107,13 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        authenticate(state.store.as_ref(), &parts.headers).await.map(Auth)
+        let tokens = state
+            .tokens
+            .get_or_try_init(|| TokenHashes::load(state.store.as_ref()))
+            .await?;
+        authenticate(state.store.as_ref(), tokens, &parts.headers)
+            .await
+            .map(Auth)
     }
 }
 
@@ -117,25 +132,40 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             .and_then(|v| v.split(';').next())
             .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
         if !is_json {
-            return Err(ApiError::UnsupportedMediaType("the body must be JSON (Content-Type: application/json)".into()));
+            return Err(ApiError::UnsupportedMediaType(
+                "the body must be JSON (Content-Type: application/json)".into(),
+            ));
         }
         let bytes = axum::body::to_bytes(req.into_body(), MAX_JSON_BYTES)
             .await
-            .map_err(|_| ApiError::TooLarge(format!("the JSON body is larger than {MAX_JSON_BYTES} bytes")))?;
+            .map_err(|_| {
+                ApiError::TooLarge(format!(
+                    "the JSON body is larger than {MAX_JSON_BYTES} bytes"
+                ))
+            })?;
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
             let field = (path != ".").then_some(path);
             let inner = e.into_inner();
             match inner.classify() {
-                serde_json::error::Category::Data => {
-                    ApiError::Invalid { code: "invalid_field", message: inner.to_string(), field }
-                }
-                _ => ApiError::BadRequest { code: "malformed_json", message: inner.to_string(), field },
+                serde_json::error::Category::Data => ApiError::Invalid {
+                    code: "invalid_field",
+                    message: inner.to_string(),
+                    field,
+                },
+                _ => ApiError::BadRequest {
+                    code: "malformed_json",
+                    message: inner.to_string(),
+                    field,
+                },
             }
         })?;
-        de.end()
-            .map_err(|e| ApiError::BadRequest { code: "malformed_json", message: e.to_string(), field: None })?;
+        de.end().map_err(|e| ApiError::BadRequest {
+            code: "malformed_json",
+            message: e.to_string(),
+            field: None,
+        })?;
         Ok(JsonBody(value))
     }
 }
@@ -148,17 +178,21 @@ impl<T: DeserializeOwned> FromRequestParts<AppState> for QueryParams<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or("");
-        serde_urlencoded::from_str(query).map(QueryParams).map_err(|e| ApiError::BadRequest {
-            code: "invalid_query",
-            message: format!("invalid query string: {e}"),
-            field: None,
-        })
+        serde_urlencoded::from_str(query)
+            .map(QueryParams)
+            .map_err(|e| ApiError::BadRequest {
+                code: "invalid_query",
+                message: format!("invalid query string: {e}"),
+                field: None,
+            })
     }
 }
 
 /// The `If-Match` precondition: a version number, quoted or not.
 pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(value) = headers.get(axum::http::header::IF_MATCH) else { return Ok(None) };
+    let Some(value) = headers.get(axum::http::header::IF_MATCH) else {
+        return Ok(None);
+    };
     value
         .to_str()
         .ok()
@@ -177,7 +211,11 @@ pub fn etag(version: u64) -> [(axum::http::HeaderName, String); 1] {
     [(axum::http::header::ETAG, format!("\"{version}\""))]
 }
 
-async fn count_responses(axum::extract::State(state): axum::extract::State<AppState>, req: Request, next: Next) -> Response {
+async fn count_responses(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
     let response = next.run(req).await;
     let class = (response.status().as_u16() / 100).clamp(1, 5) as usize - 1;
     state.http.by_class[class].fetch_add(1, Ordering::Relaxed);
@@ -219,7 +257,10 @@ pub fn router(state: AppState) -> Router {
         .route("/artifacts", post(artifacts::upload))
         .route("/artifacts/{digest}", get(artifacts::download))
         .route("/apps", get(apps::list))
-        .route("/apps/{name}", put(apps::apply).get(apps::show).delete(apps::delete))
+        .route(
+            "/apps/{name}",
+            put(apps::apply).get(apps::show).delete(apps::delete),
+        )
         .route("/apps/{name}/revisions", get(apps::revisions))
         .route("/apps/{name}/rollback", post(apps::rollback))
         .route("/apps/{name}/scale", post(apps::scale))
@@ -232,13 +273,18 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/{name}/assignments", get(nodes::assignments))
         .route("/events", get(system::events))
         .route("/openapi.json", get(system::openapi))
-        .layer(axum::extract::DefaultBodyLimit::max(state.config.max_artifact_bytes));
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.max_artifact_bytes,
+        ));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
         .fallback(system::not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), count_responses))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
+        ))
         .with_state(state)
 }

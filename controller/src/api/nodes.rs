@@ -7,9 +7,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
-use skiff_sdk::api::{Assignments, ErrorBody, Heartbeat, Node, NodeRegistration, RegisterNode, validate_name};
+use skiff_sdk::api::{
+    Assignments, ErrorBody, Heartbeat, Node, NodeRegistration, RegisterNode, validate_name,
+};
 
-use super::{AppState, Auth, DEFAULT_WATCH, JsonBody, MAX_WATCH, QueryParams, WATCH_RECHECK, etag, if_match};
+use super::{
+    AppState, Auth, DEFAULT_WATCH, JsonBody, MAX_WATCH, QueryParams, WATCH_RECHECK, etag, if_match,
+};
 use crate::auth::{hash_secret, new_secret};
 use crate::error::ApiError;
 
@@ -23,23 +27,41 @@ pub async fn register(
     JsonBody(req): JsonBody<RegisterNode>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require_join()?;
-    validate_name(&req.name).map_err(|e| ApiError::invalid("invalid_name", "name", e.to_string()))?;
+    validate_name(&req.name)
+        .map_err(|e| ApiError::invalid("invalid_name", "name", e.to_string()))?;
     if req.capacity.memory_bytes == 0 {
-        return Err(ApiError::invalid("invalid_field", "capacity.memory_bytes", "must be greater than zero"));
+        return Err(ApiError::invalid(
+            "invalid_field",
+            "capacity.memory_bytes",
+            "must be greater than zero",
+        ));
     }
     let ingress_ok = req
         .ingress
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
     if !ingress_ok {
-        return Err(ApiError::invalid("invalid_field", "ingress", format!("{:?} is not host:port", req.ingress)));
+        return Err(ApiError::invalid(
+            "invalid_field",
+            "ingress",
+            format!("{:?} is not host:port", req.ingress),
+        ));
     }
     for key in req.labels.keys() {
         if key.is_empty() || key.len() > 63 {
-            return Err(ApiError::invalid("invalid_field", &format!("labels.{key}"), "label keys are 1 to 63 characters"));
+            return Err(ApiError::invalid(
+                "invalid_field",
+                &format!("labels.{key}"),
+                "label keys are 1 to 63 characters",
+            ));
         }
     }
-    let existed = state.store.node(&req.name).await.map_err(ApiError::store("reading a node"))?.is_some();
+    let existed = state
+        .store
+        .node(&req.name)
+        .await
+        .map_err(ApiError::store("reading a node"))?
+        .is_some();
     let credential = new_secret("skiff_node");
     let node = state
         .store
@@ -47,7 +69,11 @@ pub async fn register(
         .await
         .map_err(ApiError::store("registering a node"))?;
     state.changed();
-    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(NodeRegistration { node, credential })))
 }
 
@@ -61,15 +87,28 @@ pub async fn heartbeat(
     JsonBody(hb): JsonBody<Heartbeat>,
 ) -> Result<StatusCode, ApiError> {
     who.require_node(&name)?;
-    state.store.heartbeat(&name, &hb).await.map_err(ApiError::store("recording a heartbeat"))?;
+    state
+        .store
+        .heartbeat(&name, &hb)
+        .await
+        .map_err(ApiError::store("recording a heartbeat"))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// All nodes.
 #[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = Vec<Node>)))]
-pub async fn list(State(state): State<AppState>, Auth(who): Auth) -> Result<Json<Vec<Node>>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+) -> Result<Json<Vec<Node>>, ApiError> {
     who.require_admin()?;
-    Ok(Json(state.store.nodes().await.map_err(ApiError::store("listing nodes"))?))
+    Ok(Json(
+        state
+            .store
+            .nodes()
+            .await
+            .map_err(ApiError::store("listing nodes"))?,
+    ))
 }
 
 /// One node (the admin, or the node itself).
@@ -153,7 +192,11 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     who.require_admin()?;
     let expected = if_match(&headers)?;
-    state.store.delete_node(&name, expected).await.map_err(ApiError::store("deleting a node"))?;
+    state
+        .store
+        .delete_node(&name, expected)
+        .await
+        .map_err(ApiError::store("deleting a node"))?;
     state.changed();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -178,12 +221,22 @@ pub async fn assignments(
     QueryParams(query): QueryParams<WatchQuery>,
 ) -> Result<Json<Assignments>, ApiError> {
     who.require_node(&name)?;
-    let wait = query.timeout_ms.map(Duration::from_millis).unwrap_or(DEFAULT_WATCH).min(MAX_WATCH);
+    let wait = query
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_WATCH)
+        .min(MAX_WATCH);
     let deadline = tokio::time::Instant::now() + wait;
     let mut changes = state.changes.subscribe();
     loop {
-        let current = state.store.assignments(&name).await.map_err(ApiError::store("reading assignments"))?;
-        if query.after.is_none_or(|after| current.version > after) || tokio::time::Instant::now() >= deadline {
+        let current = state
+            .store
+            .assignments(&name)
+            .await
+            .map_err(ApiError::store("reading assignments"))?;
+        if query.after.is_none_or(|after| current.version > after)
+            || tokio::time::Instant::now() >= deadline
+        {
             return Ok(Json(current));
         }
         // Wake on a local write, on a periodic re-check (writes by other

@@ -21,7 +21,11 @@ pub async fn healthz() -> &'static str {
 
 /// Readiness: the store answers.
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    state.store.token_hash(TokenKind::Admin).await.map_err(ApiError::store("checking the store"))?;
+    state
+        .store
+        .token_hash(TokenKind::Admin)
+        .await
+        .map_err(ApiError::store("checking the store"))?;
     Ok("ready\n")
 }
 
@@ -32,24 +36,60 @@ pub async fn not_found() -> ApiError {
 
 /// Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let apps = state.store.apps().await.map_err(ApiError::store("counting apps"))?;
-    let nodes = state.store.nodes().await.map_err(ApiError::store("counting nodes"))?;
+    let apps = state
+        .store
+        .apps()
+        .await
+        .map_err(ApiError::store("counting apps"))?;
+    let nodes = state
+        .store
+        .nodes()
+        .await
+        .map_err(ApiError::store("counting nodes"))?;
     let ready_nodes = nodes.iter().filter(|n| n.state == NodeState::Ready).count();
-    let desired: u64 = apps.iter().map(|a| u64::from(a.status.desired_replicas)).sum();
-    let ready: u64 = apps.iter().map(|a| u64::from(a.status.ready_replicas)).sum();
+    let desired: u64 = apps
+        .iter()
+        .map(|a| u64::from(a.status.desired_replicas))
+        .sum();
+    let ready: u64 = apps
+        .iter()
+        .map(|a| u64::from(a.status.ready_replicas))
+        .sum();
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: u64| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
     };
     gauge("skiff_apps", "Apps stored.", apps.len() as u64);
     gauge("skiff_nodes", "Nodes registered.", nodes.len() as u64);
-    gauge("skiff_nodes_ready", "Nodes heartbeating within the grace period.", ready_nodes as u64);
-    gauge("skiff_replicas_desired", "Desired replicas over all apps.", desired);
-    gauge("skiff_replicas_ready", "Ready replicas over all apps.", ready);
-    gauge("skiff_controller_leader", "1 if this controller holds the leader lease.", u64::from(*state.leader.borrow()));
+    gauge(
+        "skiff_nodes_ready",
+        "Nodes heartbeating within the grace period.",
+        ready_nodes as u64,
+    );
+    gauge(
+        "skiff_replicas_desired",
+        "Desired replicas over all apps.",
+        desired,
+    );
+    gauge(
+        "skiff_replicas_ready",
+        "Ready replicas over all apps.",
+        ready,
+    );
+    gauge(
+        "skiff_controller_leader",
+        "1 if this controller holds the leader lease.",
+        u64::from(*state.leader.borrow()),
+    );
     out.push_str("# HELP skiff_http_responses_total API responses by status class.\n# TYPE skiff_http_responses_total counter\n");
     for (i, n) in state.http.by_class.iter().enumerate() {
-        out.push_str(&format!("skiff_http_responses_total{{class=\"{}xx\"}} {}\n", i + 1, n.load(Ordering::Relaxed)));
+        out.push_str(&format!(
+            "skiff_http_responses_total{{class=\"{}xx\"}} {}\n",
+            i + 1,
+            n.load(Ordering::Relaxed)
+        ));
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

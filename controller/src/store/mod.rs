@@ -12,11 +12,15 @@
 //!   are capped, each app keeps its last [`KEEP_REVISIONS`] revisions plus
 //!   the current one.
 
+mod rows;
 mod sql;
 
 use async_trait::async_trait;
 use skiff_sdk::Digest;
-use skiff_sdk::api::{App, AppSpec, Assignments, Condition, Event, Heartbeat, Node, RegisterNode, ReplicaState, Revision};
+use skiff_sdk::api::{
+    App, AppSpec, Assignments, Condition, Event, Heartbeat, Node, RegisterNode, ReplicaState,
+    Revision,
+};
 
 pub use sql::{SqlStore, StoreOptions};
 
@@ -162,7 +166,12 @@ pub trait Store: Send + Sync + 'static {
     /// other than in `replicas` creates a new revision; the same spec
     /// changes nothing. With `if_version`, fails with a conflict unless the
     /// app is at that version (0 means "must not exist").
-    async fn apply_app(&self, name: &str, spec: &AppSpec, if_version: Option<u64>) -> Result<Applied>;
+    async fn apply_app(
+        &self,
+        name: &str,
+        spec: &AppSpec,
+        if_version: Option<u64>,
+    ) -> Result<Applied>;
     /// One app.
     async fn app(&self, name: &str) -> Result<Option<App>>;
     /// All apps, by name.
@@ -173,7 +182,12 @@ pub trait Store: Send + Sync + 'static {
     async fn revisions(&self, name: &str) -> Result<Vec<Revision>>;
     /// Makes the spec of revision `to` (default: the one before the current)
     /// current again, as a new revision; keeps the replica count.
-    async fn rollback_app(&self, name: &str, to: Option<u64>, if_version: Option<u64>) -> Result<App>;
+    async fn rollback_app(
+        &self,
+        name: &str,
+        to: Option<u64>,
+        if_version: Option<u64>,
+    ) -> Result<App>;
     /// Sets the desired replica count.
     async fn scale_app(&self, name: &str, replicas: u32, if_version: Option<u64>) -> Result<App>;
     /// Records the app's conditions (written by the reconciler).

@@ -17,15 +17,19 @@ use std::time::Duration;
 use async_trait::async_trait;
 use skiff_sdk::Digest;
 use skiff_sdk::api::{
-    App, AppSpec, AppStatus, Assignment, Assignments, Condition, Event, Heartbeat, Node, NodeCapacity, NodeState,
-    RegisterNode, ReplicaState, Revision,
+    App, AppSpec, AppStatus, Assignment, Assignments, Condition, Event, Heartbeat, Node,
+    NodeCapacity, NodeState, RegisterNode, Revision,
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
+use super::rows::{
+    check_version, json, not_found, parse, parse_state, revision_identity, state_str, to_i64,
+    to_u64,
+};
 use super::{
-    ARTIFACT_CHUNK, Applied, ArtifactInfo, DEFAULT_EVENT_CAP, KEEP_REVISIONS, NewEvent, ReplicaRecord, Result, Store,
-    StoreError, TokenKind, now_ms,
+    ARTIFACT_CHUNK, Applied, ArtifactInfo, DEFAULT_EVENT_CAP, KEEP_REVISIONS, NewEvent,
+    ReplicaRecord, Result, Store, StoreError, TokenKind, now_ms,
 };
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
@@ -43,7 +47,11 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { node_grace: Duration::from_secs(3), event_cap: DEFAULT_EVENT_CAP, max_connections: 16 }
+        Self {
+            node_grace: Duration::from_secs(3),
+            event_cap: DEFAULT_EVENT_CAP,
+            max_connections: 16,
+        }
     }
 }
 
@@ -59,61 +67,6 @@ pub struct SqlStore {
 enum Dialect {
     Sqlite,
     Postgres,
-}
-
-fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn to_u64(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
-
-fn json<T: serde::Serialize>(value: &T) -> String {
-    // Serialising plain data structures to a string cannot fail.
-    serde_json::to_string(value).unwrap_or_default()
-}
-
-fn parse<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|source| StoreError::Corrupt { what, source })
-}
-
-fn state_str(state: ReplicaState) -> &'static str {
-    match state {
-        ReplicaState::Pending => "Pending",
-        ReplicaState::Starting => "Starting",
-        ReplicaState::Ready => "Ready",
-        ReplicaState::Failed => "Failed",
-    }
-}
-
-fn parse_state(s: &str) -> ReplicaState {
-    match s {
-        "Starting" => ReplicaState::Starting,
-        "Ready" => ReplicaState::Ready,
-        "Failed" => ReplicaState::Failed,
-        _ => ReplicaState::Pending,
-    }
-}
-
-fn not_found(kind: &'static str, name: &str) -> StoreError {
-    StoreError::NotFound { kind, name: name.to_owned() }
-}
-
-/// Checks an optimistic-concurrency precondition against the current version.
-fn check_version(kind: &str, name: &str, current: Option<u64>, expected: Option<u64>) -> Result<()> {
-    match (expected, current) {
-        (None, _) => Ok(()),
-        (Some(0), None) => Ok(()),
-        (Some(e), Some(c)) if e == c => Ok(()),
-        (Some(e), None) => Err(StoreError::Conflict(format!("{kind} {name:?} does not exist (expected version {e})"))),
-        (Some(e), Some(c)) => Err(StoreError::Conflict(format!("{kind} {name:?} is at version {c}, not {e}"))),
-    }
-}
-
-/// The spec with `replicas` neutralised: revisions differ only in the rest.
-fn revision_identity(spec: &AppSpec) -> AppSpec {
-    AppSpec { replicas: 0, ..spec.clone() }
 }
 
 impl SqlStore {
@@ -148,7 +101,10 @@ impl SqlStore {
                 .await?;
             (Dialect::Sqlite, pool)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = AnyPoolOptions::new().max_connections(options.max_connections).connect(url).await?;
+            let pool = AnyPoolOptions::new()
+                .max_connections(options.max_connections)
+                .connect(url)
+                .await?;
             (Dialect::Postgres, pool)
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
@@ -158,7 +114,11 @@ impl SqlStore {
             Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
         };
         migrator.run(&pool).await.map_err(StoreError::Migrate)?;
-        Ok(Self { pool, options, dialect })
+        Ok(Self {
+            pool,
+            options,
+            dialect,
+        })
     }
 
     /// `"sqlite"` or `"postgres"`.
@@ -188,7 +148,10 @@ impl SqlStore {
         let floor = id - to_i64(self.options.event_cap);
         if floor > 0 {
             // An indexed range delete of (usually) one row keeps the cap.
-            sqlx::query("DELETE FROM events WHERE id <= $1").bind(floor).execute(&mut **tx).await?;
+            sqlx::query("DELETE FROM events WHERE id <= $1")
+                .bind(floor)
+                .execute(&mut **tx)
+                .await?;
         }
         Ok(())
     }
@@ -197,20 +160,28 @@ impl SqlStore {
         let mut spec: AppSpec = parse("app spec", &row.try_get::<String, _>("spec")?)?;
         let replicas = u32::try_from(row.try_get::<i64, _>("replicas")?).unwrap_or(0);
         spec.replicas = replicas;
-        let conditions: Vec<Condition> = parse("app conditions", &row.try_get::<String, _>("conditions")?)?;
+        let conditions: Vec<Condition> =
+            parse("app conditions", &row.try_get::<String, _>("conditions")?)?;
         Ok(App {
             name: row.try_get("name")?,
             spec,
             revision: to_u64(row.try_get("revision")?),
             version: to_u64(row.try_get("version")?),
-            status: AppStatus { desired_replicas: replicas, ready_replicas: ready, conditions },
+            status: AppStatus {
+                desired_replicas: replicas,
+                ready_replicas: ready,
+                conditions,
+            },
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
         })
     }
 
     async fn load_app(&self, tx: &mut Tx<'_>, name: &str) -> Result<Option<App>> {
-        let Some(row) = sqlx::query("SELECT * FROM apps WHERE name = $1").bind(name).fetch_optional(&mut **tx).await?
+        let Some(row) = sqlx::query("SELECT * FROM apps WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
         else {
             return Ok(None);
         };
@@ -222,17 +193,27 @@ impl SqlStore {
         .fetch_one(&mut **tx)
         .await?
         .try_get("n")?;
-        self.app_from_row(&row, u32::try_from(ready).unwrap_or(0)).map(Some)
+        self.app_from_row(&row, u32::try_from(ready).unwrap_or(0))
+            .map(Some)
     }
 
-    async fn insert_revision(&self, tx: &mut Tx<'_>, name: &str, number: u64, spec: &AppSpec, now: i64) -> Result<()> {
-        sqlx::query("INSERT INTO revisions (app, number, spec, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(name)
-            .bind(to_i64(number))
-            .bind(json(spec))
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
+    async fn insert_revision(
+        &self,
+        tx: &mut Tx<'_>,
+        name: &str,
+        number: u64,
+        spec: &AppSpec,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO revisions (app, number, spec, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(name)
+        .bind(to_i64(number))
+        .bind(json(spec))
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
         sqlx::query("DELETE FROM revisions WHERE app = $1 AND number < $2")
             .bind(name)
             .bind(to_i64(number.saturating_sub(KEEP_REVISIONS)))
@@ -263,22 +244,32 @@ impl SqlStore {
         .execute(&mut **tx)
         .await?;
         if done.rows_affected() != 1 {
-            return Err(StoreError::Conflict(format!("app {:?} changed concurrently", current.name)));
+            return Err(StoreError::Conflict(format!(
+                "app {:?} changed concurrently",
+                current.name
+            )));
         }
         Ok(())
     }
 
     fn node_from_row(&self, row: &AnyRow) -> Result<Node> {
-        let labels: BTreeMap<String, String> = parse("node labels", &row.try_get::<String, _>("labels")?)?;
+        let labels: BTreeMap<String, String> =
+            parse("node labels", &row.try_get::<String, _>("labels")?)?;
         let last: Option<i64> = row.try_get("renewed_at")?;
         let grace = i64::try_from(self.options.node_grace.as_millis()).unwrap_or(i64::MAX);
         let ready = last.is_some_and(|t| now_ms() - t <= grace);
         Ok(Node {
             name: row.try_get("name")?,
             labels,
-            capacity: NodeCapacity { memory_bytes: to_u64(row.try_get("memory_bytes")?) },
+            capacity: NodeCapacity {
+                memory_bytes: to_u64(row.try_get("memory_bytes")?),
+            },
             ingress: row.try_get("ingress")?,
-            state: if ready { NodeState::Ready } else { NodeState::NotReady },
+            state: if ready {
+                NodeState::Ready
+            } else {
+                NodeState::NotReady
+            },
             cordoned: row.try_get::<i64, _>("cordoned")? != 0,
             draining: row.try_get::<i64, _>("draining")? != 0,
             version: to_u64(row.try_get("version")?),
@@ -376,8 +367,13 @@ impl Store for SqlStore {
             .bind(digest.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| Ok(ArtifactInfo { size: to_u64(r.try_get("size")?), chunks: to_u64(r.try_get("chunks")?) }))
-            .transpose()
+        row.map(|r| {
+            Ok(ArtifactInfo {
+                size: to_u64(r.try_get("size")?),
+                chunks: to_u64(r.try_get("chunks")?),
+            })
+        })
+        .transpose()
     }
 
     async fn artifact_chunk(&self, digest: &Digest, seq: u64) -> Result<Option<Vec<u8>>> {
@@ -389,7 +385,12 @@ impl Store for SqlStore {
         Ok(row.map(|r| r.try_get("data")).transpose()?)
     }
 
-    async fn apply_app(&self, name: &str, spec: &AppSpec, if_version: Option<u64>) -> Result<Applied> {
+    async fn apply_app(
+        &self,
+        name: &str,
+        spec: &AppSpec,
+        if_version: Option<u64>,
+    ) -> Result<Applied> {
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
         let current = self.load_app(&mut tx, name).await?;
@@ -407,29 +408,59 @@ impl Store for SqlStore {
                 .execute(&mut *tx)
                 .await?;
                 self.insert_revision(&mut tx, name, 1, spec, now).await?;
-                (true, true, format!("app created at revision 1 with {} replicas", spec.replicas))
+                (
+                    true,
+                    true,
+                    format!("app created at revision 1 with {} replicas", spec.replicas),
+                )
             }
             Some(app) if revision_identity(&app.spec) == revision_identity(spec) => {
                 if app.spec.replicas == spec.replicas {
                     let app = app.clone();
                     tx.rollback().await?;
-                    return Ok(Applied { app, created: false, new_revision: false });
+                    return Ok(Applied {
+                        app,
+                        created: false,
+                        new_revision: false,
+                    });
                 }
-                self.update_app(&mut tx, app, spec, app.revision, now).await?;
-                (false, false, format!("replicas {} -> {}", app.spec.replicas, spec.replicas))
+                self.update_app(&mut tx, app, spec, app.revision, now)
+                    .await?;
+                (
+                    false,
+                    false,
+                    format!("replicas {} -> {}", app.spec.replicas, spec.replicas),
+                )
             }
             Some(app) => {
                 let number = app.revision + 1;
                 self.update_app(&mut tx, app, spec, number, now).await?;
-                self.insert_revision(&mut tx, name, number, spec, now).await?;
+                self.insert_revision(&mut tx, name, number, spec, now)
+                    .await?;
                 (false, true, format!("revision {number} applied"))
             }
         };
         let kind = if created { "AppCreated" } else { "AppUpdated" };
-        self.event_in(&mut tx, NewEvent { app: Some(name.into()), node: None, kind: kind.into(), message }).await?;
-        let app = self.load_app(&mut tx, name).await?.ok_or_else(|| not_found("app", name))?;
+        self.event_in(
+            &mut tx,
+            NewEvent {
+                app: Some(name.into()),
+                node: None,
+                kind: kind.into(),
+                message,
+            },
+        )
+        .await?;
+        let app = self
+            .load_app(&mut tx, name)
+            .await?
+            .ok_or_else(|| not_found("app", name))?;
         tx.commit().await?;
-        Ok(Applied { app, created, new_revision })
+        Ok(Applied {
+            app,
+            created,
+            new_revision,
+        })
     }
 
     async fn app(&self, name: &str) -> Result<Option<App>> {
@@ -447,22 +478,45 @@ impl Store for SqlStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| self.app_from_row(r, u32::try_from(r.try_get::<i64, _>("ready")?).unwrap_or(0)))
+            .map(|r| {
+                self.app_from_row(r, u32::try_from(r.try_get::<i64, _>("ready")?).unwrap_or(0))
+            })
             .collect()
     }
 
     async fn delete_app(&self, name: &str, if_version: Option<u64>) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let current = self.load_app(&mut tx, name).await?.ok_or_else(|| not_found("app", name))?;
+        let current = self
+            .load_app(&mut tx, name)
+            .await?
+            .ok_or_else(|| not_found("app", name))?;
         check_version("app", name, Some(current.version), if_version)?;
-        let nodes = sqlx::query("SELECT DISTINCT node FROM replicas WHERE app = $1").bind(name).fetch_all(&mut *tx).await?;
+        let nodes = sqlx::query("SELECT DISTINCT node FROM replicas WHERE app = $1")
+            .bind(name)
+            .fetch_all(&mut *tx)
+            .await?;
         for row in nodes {
-            self.bump_assignments(&mut tx, &row.try_get::<String, _>("node")?).await?;
+            self.bump_assignments(&mut tx, &row.try_get::<String, _>("node")?)
+                .await?;
         }
-        sqlx::query("DELETE FROM replicas WHERE app = $1").bind(name).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM revisions WHERE app = $1").bind(name).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM apps WHERE name = $1").bind(name).execute(&mut *tx).await?;
-        let event = NewEvent { app: Some(name.into()), node: None, kind: "AppDeleted".into(), message: "app deleted".into() };
+        sqlx::query("DELETE FROM replicas WHERE app = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM revisions WHERE app = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM apps WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let event = NewEvent {
+            app: Some(name.into()),
+            node: None,
+            kind: "AppDeleted".into(),
+            message: "app deleted".into(),
+        };
         self.event_in(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())
@@ -490,10 +544,18 @@ impl Store for SqlStore {
             .collect()
     }
 
-    async fn rollback_app(&self, name: &str, to: Option<u64>, if_version: Option<u64>) -> Result<App> {
+    async fn rollback_app(
+        &self,
+        name: &str,
+        to: Option<u64>,
+        if_version: Option<u64>,
+    ) -> Result<App> {
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
-        let current = self.load_app(&mut tx, name).await?.ok_or_else(|| not_found("app", name))?;
+        let current = self
+            .load_app(&mut tx, name)
+            .await?
+            .ok_or_else(|| not_found("app", name))?;
         check_version("app", name, Some(current.version), if_version)?;
         let target = to.unwrap_or(current.revision.saturating_sub(1));
         let row = sqlx::query("SELECT spec FROM revisions WHERE app = $1 AND number = $2")
@@ -505,28 +567,56 @@ impl Store for SqlStore {
         let mut spec: AppSpec = parse("revision spec", &row.try_get::<String, _>("spec")?)?;
         spec.replicas = current.spec.replicas;
         let number = current.revision + 1;
-        self.update_app(&mut tx, &current, &spec, number, now).await?;
-        self.insert_revision(&mut tx, name, number, &spec, now).await?;
+        self.update_app(&mut tx, &current, &spec, number, now)
+            .await?;
+        self.insert_revision(&mut tx, name, number, &spec, now)
+            .await?;
         let message = format!("rolled back to the spec of revision {target} as revision {number}");
-        let event = NewEvent { app: Some(name.into()), node: None, kind: "AppRolledBack".into(), message };
+        let event = NewEvent {
+            app: Some(name.into()),
+            node: None,
+            kind: "AppRolledBack".into(),
+            message,
+        };
         self.event_in(&mut tx, event).await?;
-        let app = self.load_app(&mut tx, name).await?.ok_or_else(|| not_found("app", name))?;
+        let app = self
+            .load_app(&mut tx, name)
+            .await?
+            .ok_or_else(|| not_found("app", name))?;
         tx.commit().await?;
         Ok(app)
     }
 
     async fn scale_app(&self, name: &str, replicas: u32, if_version: Option<u64>) -> Result<App> {
         let mut tx = self.pool.begin().await?;
-        let current = self.load_app(&mut tx, name).await?.ok_or_else(|| not_found("app", name))?;
+        let current = self
+            .load_app(&mut tx, name)
+            .await?
+            .ok_or_else(|| not_found("app", name))?;
         check_version("app", name, Some(current.version), if_version)?;
         if current.spec.replicas != replicas {
-            let spec = AppSpec { replicas, ..current.spec.clone() };
-            self.update_app(&mut tx, &current, &spec, current.revision, now_ms()).await?;
-            let message = format!("scaled from {} to {replicas} replicas", current.spec.replicas);
-            let event = NewEvent { app: Some(name.into()), node: None, kind: "AppScaled".into(), message };
+            let spec = AppSpec {
+                replicas,
+                ..current.spec.clone()
+            };
+            self.update_app(&mut tx, &current, &spec, current.revision, now_ms())
+                .await?;
+            let message = format!(
+                "scaled from {} to {replicas} replicas",
+                current.spec.replicas
+            );
+            let event = NewEvent {
+                app: Some(name.into()),
+                node: None,
+                kind: "AppScaled".into(),
+                message,
+            };
             self.event_in(&mut tx, event).await?;
         }
-        let app = self.load_app(&mut tx, name).await?.ok_or_else(|| not_found("app", name))?;
+        let app = self
+            .load_app(&mut tx, name)
+            .await?
+            .ok_or_else(|| not_found("app", name))?;
         tx.commit().await?;
         Ok(app)
     }
@@ -567,13 +657,27 @@ impl Store for SqlStore {
         .execute(&mut *tx)
         .await?;
         let (kind, message) = if existed {
-            ("NodeReregistered", format!("node re-registered with ingress {}", node.ingress))
+            (
+                "NodeReregistered",
+                format!("node re-registered with ingress {}", node.ingress),
+            )
         } else {
-            ("NodeRegistered", format!("node registered with ingress {}", node.ingress))
+            (
+                "NodeRegistered",
+                format!("node registered with ingress {}", node.ingress),
+            )
         };
-        let event = NewEvent { app: None, node: Some(node.name.clone()), kind: kind.into(), message };
+        let event = NewEvent {
+            app: None,
+            node: Some(node.name.clone()),
+            kind: kind.into(),
+            message,
+        };
         self.event_in(&mut tx, event).await?;
-        let stored = self.load_node(&mut tx, &node.name).await?.ok_or_else(|| not_found("node", &node.name))?;
+        let stored = self
+            .load_node(&mut tx, &node.name)
+            .await?
+            .ok_or_else(|| not_found("node", &node.name))?;
         tx.commit().await?;
         Ok(stored)
     }
@@ -610,7 +714,10 @@ impl Store for SqlStore {
         if_version: Option<u64>,
     ) -> Result<Node> {
         let mut tx = self.pool.begin().await?;
-        let node = self.load_node(&mut tx, name).await?.ok_or_else(|| not_found("node", name))?;
+        let node = self
+            .load_node(&mut tx, name)
+            .await?
+            .ok_or_else(|| not_found("node", name))?;
         check_version("node", name, Some(node.version), if_version)?;
         let cordoned = cordoned.unwrap_or(node.cordoned);
         let draining = draining.unwrap_or(node.draining);
@@ -622,22 +729,47 @@ impl Store for SqlStore {
                 .execute(&mut *tx)
                 .await?;
             let message = format!("cordoned={cordoned} draining={draining}");
-            let event = NewEvent { app: None, node: Some(name.into()), kind: "NodeUpdated".into(), message };
+            let event = NewEvent {
+                app: None,
+                node: Some(name.into()),
+                kind: "NodeUpdated".into(),
+                message,
+            };
             self.event_in(&mut tx, event).await?;
         }
-        let node = self.load_node(&mut tx, name).await?.ok_or_else(|| not_found("node", name))?;
+        let node = self
+            .load_node(&mut tx, name)
+            .await?
+            .ok_or_else(|| not_found("node", name))?;
         tx.commit().await?;
         Ok(node)
     }
 
     async fn delete_node(&self, name: &str, if_version: Option<u64>) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let node = self.load_node(&mut tx, name).await?.ok_or_else(|| not_found("node", name))?;
+        let node = self
+            .load_node(&mut tx, name)
+            .await?
+            .ok_or_else(|| not_found("node", name))?;
         check_version("node", name, Some(node.version), if_version)?;
-        sqlx::query("DELETE FROM replicas WHERE node = $1").bind(name).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM node_leases WHERE node = $1").bind(name).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM nodes WHERE name = $1").bind(name).execute(&mut *tx).await?;
-        let event = NewEvent { app: None, node: Some(name.into()), kind: "NodeDeleted".into(), message: "node deleted".into() };
+        sqlx::query("DELETE FROM replicas WHERE node = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM node_leases WHERE node = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM nodes WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let event = NewEvent {
+            app: None,
+            node: Some(name.into()),
+            kind: "NodeDeleted".into(),
+            message: "node deleted".into(),
+        };
         self.event_in(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())
@@ -702,7 +834,8 @@ impl Store for SqlStore {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| not_found("replica", id))?;
-        self.bump_assignments(&mut tx, &row.try_get::<String, _>("node")?).await?;
+        self.bump_assignments(&mut tx, &row.try_get::<String, _>("node")?)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -729,16 +862,33 @@ impl Store for SqlStore {
             .map(|r| {
                 let mut spec: AppSpec = parse("revision spec", &r.try_get::<String, _>("spec")?)?;
                 spec.replicas = u32::try_from(r.try_get::<i64, _>("replicas")?).unwrap_or(0);
-                Ok(Assignment { id: r.try_get("id")?, app: r.try_get("app")?, revision: to_u64(r.try_get("revision")?), spec })
+                Ok(Assignment {
+                    id: r.try_get("id")?,
+                    app: r.try_get("app")?,
+                    revision: to_u64(r.try_get("revision")?),
+                    spec,
+                })
             })
             .collect::<Result<_>>()?;
-        Ok(Assignments { version: to_u64(version), replicas })
+        Ok(Assignments {
+            version: to_u64(version),
+            replicas,
+        })
     }
 
     async fn replicas(&self, app: Option<&str>) -> Result<Vec<ReplicaRecord>> {
         let rows = match app {
-            Some(app) => sqlx::query("SELECT * FROM replicas WHERE app = $1 ORDER BY id").bind(app).fetch_all(&self.pool).await?,
-            None => sqlx::query("SELECT * FROM replicas ORDER BY id").fetch_all(&self.pool).await?,
+            Some(app) => {
+                sqlx::query("SELECT * FROM replicas WHERE app = $1 ORDER BY id")
+                    .bind(app)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM replicas ORDER BY id")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
         };
         rows.iter()
             .map(|r| {
@@ -763,10 +913,12 @@ impl Store for SqlStore {
 
     async fn events(&self, app: Option<&str>, since: u64, limit: u32) -> Result<Vec<Event>> {
         let query = match app {
-            Some(app) => sqlx::query("SELECT * FROM events WHERE app = $1 AND id > $2 ORDER BY id LIMIT $3")
-                .bind(app.to_owned())
-                .bind(to_i64(since))
-                .bind(i64::from(limit)),
+            Some(app) => {
+                sqlx::query("SELECT * FROM events WHERE app = $1 AND id > $2 ORDER BY id LIMIT $3")
+                    .bind(app.to_owned())
+                    .bind(to_i64(since))
+                    .bind(i64::from(limit))
+            }
             None => sqlx::query("SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT $2")
                 .bind(to_i64(since))
                 .bind(i64::from(limit)),

@@ -1,0 +1,442 @@
+//! The store contract, run against every backend (SQLite always, PostgreSQL
+//! when `SKIFF_TEST_POSTGRES_URL` is set).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the report
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{stores, stores_with};
+use skiff_controller::store::{
+    KEEP_REVISIONS, NewEvent, Store, StoreError, StoreOptions, TokenKind,
+};
+use skiff_sdk::Digest;
+use skiff_sdk::api::{
+    AppSpec, Heartbeat, NodeCapacity, NodeState, RegisterNode, ReplicaState, ReplicaStatus,
+};
+
+fn spec(artifact: Digest, replicas: u32) -> AppSpec {
+    serde_json::from_value(serde_json::json!({ "artifact": artifact, "replicas": replicas }))
+        .unwrap()
+}
+
+fn node(name: &str, zone: &str) -> RegisterNode {
+    RegisterNode {
+        name: name.into(),
+        labels: BTreeMap::from([("zone".to_owned(), zone.to_owned())]),
+        capacity: NodeCapacity {
+            memory_bytes: 4 << 30,
+        },
+        ingress: "127.0.0.1:8080".into(),
+    }
+}
+
+#[tokio::test]
+async fn apps_revisions_versions_and_rollback() {
+    for t in stores().await {
+        let s = &t.store;
+        let b = t.backend;
+        let d = Digest::of(b"a");
+        let first = s.apply_app("web", &spec(d, 2), None).await.unwrap();
+        assert!(first.created && first.new_revision, "{b}");
+        assert_eq!(
+            (
+                first.app.revision,
+                first.app.version,
+                first.app.spec.replicas
+            ),
+            (1, 1, 2),
+            "{b}"
+        );
+
+        // The same spec again changes nothing.
+        let same = s.apply_app("web", &spec(d, 2), None).await.unwrap();
+        assert!(!same.created && !same.new_revision, "{b}");
+        assert_eq!(same.app.version, 1, "{b}");
+
+        // Replicas alone: no new revision, but a new version.
+        let scaled = s.apply_app("web", &spec(d, 3), Some(1)).await.unwrap();
+        assert_eq!((scaled.app.revision, scaled.app.version), (1, 2), "{b}");
+
+        // A changed spec: revision 2.
+        let mut changed = spec(d, 3);
+        changed.env.insert("VERSION".into(), "2".into());
+        let v2 = s.apply_app("web", &changed, Some(2)).await.unwrap();
+        assert!(v2.new_revision, "{b}");
+        assert_eq!(v2.app.revision, 2, "{b}");
+
+        // Stale or impossible preconditions conflict and change nothing.
+        assert!(
+            matches!(
+                s.apply_app("web", &spec(d, 9), Some(1)).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{b}"
+        );
+        assert!(
+            matches!(
+                s.apply_app("web", &spec(d, 9), Some(0)).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{b}"
+        );
+        assert!(
+            matches!(
+                s.apply_app("new", &spec(d, 1), Some(4)).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{b}"
+        );
+        assert_eq!(s.app("web").await.unwrap().unwrap(), v2.app, "{b}");
+        assert!(s.app("new").await.unwrap().is_none(), "{b}");
+
+        // Rollback to the previous revision: a new revision with the old
+        // spec and the current replica count.
+        let back = s.rollback_app("web", None, None).await.unwrap();
+        assert_eq!(back.revision, 3, "{b}");
+        assert!(back.spec.env.is_empty(), "{b}");
+        assert_eq!(back.spec.replicas, 3, "{b}");
+        let revs = s.revisions("web").await.unwrap();
+        assert_eq!(
+            revs.iter().map(|r| r.number).collect::<Vec<_>>(),
+            [1, 2, 3],
+            "{b}"
+        );
+        assert!(
+            matches!(
+                s.rollback_app("web", Some(99), None).await,
+                Err(StoreError::NotFound { .. })
+            ),
+            "{b}"
+        );
+
+        let scaled = s.scale_app("web", 5, Some(back.version)).await.unwrap();
+        assert_eq!((scaled.spec.replicas, scaled.revision), (5, 3), "{b}");
+        assert!(
+            matches!(
+                s.scale_app("web", 6, Some(back.version)).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{b}"
+        );
+
+        assert_eq!(s.apps().await.unwrap().len(), 1, "{b}");
+        assert!(
+            matches!(
+                s.delete_app("web", Some(1)).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{b}"
+        );
+        s.delete_app("web", None).await.unwrap();
+        assert!(s.app("web").await.unwrap().is_none(), "{b}");
+        assert!(
+            matches!(
+                s.delete_app("web", None).await,
+                Err(StoreError::NotFound { .. })
+            ),
+            "{b}"
+        );
+        assert!(
+            matches!(s.revisions("web").await, Err(StoreError::NotFound { .. })),
+            "{b}"
+        );
+
+        let kinds: Vec<_> = s
+            .events(Some("web"), 0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds.first().map(String::as_str), Some("AppCreated"), "{b}");
+        assert_eq!(kinds.last().map(String::as_str), Some("AppDeleted"), "{b}");
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn growth_is_bounded() {
+    let options = StoreOptions {
+        event_cap: 50,
+        ..StoreOptions::default()
+    };
+    for t in stores_with(options).await {
+        let s = &t.store;
+        let b = t.backend;
+        let d = Digest::of(b"a");
+        for i in 0..(KEEP_REVISIONS + 10) {
+            let mut sp = spec(d, 1);
+            sp.env.insert("I".into(), i.to_string());
+            s.apply_app("web", &sp, None).await.unwrap();
+        }
+        let revs = s.revisions("web").await.unwrap();
+        assert_eq!(
+            revs.len() as u64,
+            KEEP_REVISIONS + 1,
+            "{b}: the last {KEEP_REVISIONS} plus the current one"
+        );
+        assert_eq!(revs.last().unwrap().number, KEEP_REVISIONS + 10, "{b}");
+
+        for i in 0..200 {
+            let event = NewEvent {
+                kind: "Test".into(),
+                message: format!("{i}"),
+                ..NewEvent::default()
+            };
+            s.record_event(event).await.unwrap();
+        }
+        let events = s.events(None, 0, 1000).await.unwrap();
+        assert!(events.len() <= 50, "{b}: {} events kept", events.len());
+        assert_eq!(
+            events.last().unwrap().message,
+            "199",
+            "{b}: the newest are kept"
+        );
+
+        // Heartbeats renew in place: no event, no new row.
+        s.register_node(&node("n1", "a"), "hash-n1").await.unwrap();
+        let before = s.events(None, 0, 1000).await.unwrap().len();
+        for _ in 0..300 {
+            s.heartbeat("n1", &Heartbeat::default()).await.unwrap();
+        }
+        assert_eq!(s.events(None, 0, 1000).await.unwrap().len(), before, "{b}");
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn nodes_heartbeats_and_assignments() {
+    for t in stores().await {
+        let s = &t.store;
+        let b = t.backend;
+        let n1 = s.register_node(&node("n1", "a"), "hash-1").await.unwrap();
+        assert_eq!((n1.version, n1.state), (1, NodeState::Ready), "{b}");
+        assert_eq!(
+            s.node_for_credential("hash-1").await.unwrap().as_deref(),
+            Some("n1"),
+            "{b}"
+        );
+        // Re-registering keeps the identity and replaces the credential.
+        let again = s.register_node(&node("n1", "b"), "hash-2").await.unwrap();
+        assert_eq!(again.registered_at, n1.registered_at, "{b}");
+        assert_eq!(again.labels["zone"], "b", "{b}");
+        assert!(
+            s.node_for_credential("hash-1").await.unwrap().is_none(),
+            "{b}"
+        );
+        // Credentials are unique.
+        assert!(
+            matches!(
+                s.register_node(&node("n2", "a"), "hash-2").await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{b}"
+        );
+
+        let d = Digest::of(b"a");
+        s.apply_app("web", &spec(d, 2), None).await.unwrap();
+        let empty = s.assignments("n1").await.unwrap();
+        assert!(empty.replicas.is_empty(), "{b}");
+        s.assign_replica("web-1", "web", 1, "n1").await.unwrap();
+        s.assign_replica("web-2", "web", 1, "n1").await.unwrap();
+        assert!(
+            matches!(
+                s.assign_replica("web-1", "web", 1, "n1").await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{b}"
+        );
+        assert!(
+            matches!(
+                s.assign_replica("x", "web", 1, "ghost").await,
+                Err(StoreError::NotFound { .. })
+            ),
+            "{b}"
+        );
+        let a = s.assignments("n1").await.unwrap();
+        assert!(a.version > empty.version, "{b}");
+        assert_eq!(a.replicas.len(), 2, "{b}");
+        assert_eq!(a.replicas[0].spec.artifact, d, "{b}");
+
+        let hb = Heartbeat {
+            replicas: vec![
+                ReplicaStatus {
+                    id: "web-1".into(),
+                    state: ReplicaState::Ready,
+                    reason: None,
+                },
+                ReplicaStatus {
+                    id: "web-2".into(),
+                    state: ReplicaState::Failed,
+                    reason: Some("trap".into()),
+                },
+            ],
+        };
+        s.heartbeat("n1", &hb).await.unwrap();
+        assert_eq!(
+            s.app("web").await.unwrap().unwrap().status.ready_replicas,
+            1,
+            "{b}"
+        );
+        let reps = s.replicas(Some("web")).await.unwrap();
+        assert_eq!(reps[1].state, ReplicaState::Failed, "{b}");
+        assert_eq!(reps[1].reason.as_deref(), Some("trap"), "{b}");
+        assert!(
+            matches!(
+                s.heartbeat("ghost", &hb).await,
+                Err(StoreError::NotFound { .. })
+            ),
+            "{b}"
+        );
+
+        s.remove_replica("web-2").await.unwrap();
+        assert!(
+            s.assignments("n1").await.unwrap().version > a.version,
+            "{b}"
+        );
+
+        let cordoned = s
+            .set_node_flags("n1", Some(true), None, Some(again.version))
+            .await
+            .unwrap();
+        assert!(cordoned.cordoned && !cordoned.draining, "{b}");
+        assert!(
+            matches!(
+                s.set_node_flags("n1", None, Some(true), Some(1)).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{b}"
+        );
+        s.delete_node("n1", None).await.unwrap();
+        assert!(s.node("n1").await.unwrap().is_none(), "{b}");
+        assert!(s.replicas(Some("web")).await.unwrap().is_empty(), "{b}");
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_without_heartbeats_becomes_not_ready() {
+    let options = StoreOptions {
+        node_grace: Duration::from_millis(50),
+        ..StoreOptions::default()
+    };
+    for t in stores_with(options).await {
+        t.store.register_node(&node("n1", "a"), "h").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while t.store.node("n1").await.unwrap().unwrap().state == NodeState::Ready {
+            assert!(
+                Instant::now() < deadline,
+                "{}: node never became NotReady",
+                t.backend
+            );
+            tokio::task::yield_now().await;
+        }
+        t.store
+            .heartbeat("n1", &Heartbeat::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            t.store.node("n1").await.unwrap().unwrap().state,
+            NodeState::Ready,
+            "{}",
+            t.backend
+        );
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn artifacts_and_tokens() {
+    for t in stores().await {
+        let s = &t.store;
+        let b = t.backend;
+        let bytes: Vec<u8> = (0..(5 << 19)).map(|i| (i % 251) as u8).collect(); // 2.5 MiB
+        let d = Digest::of(&bytes);
+        assert!(s.put_artifact(&d, &bytes).await.unwrap(), "{b}");
+        assert!(
+            !s.put_artifact(&d, &bytes).await.unwrap(),
+            "{b}: idempotent"
+        );
+        let info = s.artifact(&d).await.unwrap().unwrap();
+        assert_eq!((info.size, info.chunks), (bytes.len() as u64, 3), "{b}");
+        let mut back = Vec::new();
+        for seq in 0..info.chunks {
+            back.extend(s.artifact_chunk(&d, seq).await.unwrap().unwrap());
+        }
+        assert_eq!(back, bytes, "{b}");
+        assert!(
+            s.artifact(&Digest::of(b"none")).await.unwrap().is_none(),
+            "{b}"
+        );
+
+        assert!(
+            s.install_tokens("admin-hash", "join-hash").await.unwrap(),
+            "{b}"
+        );
+        assert!(
+            !s.install_tokens("other", "other").await.unwrap(),
+            "{b}: only the first start installs"
+        );
+        assert_eq!(
+            s.token_hash(TokenKind::Admin).await.unwrap().as_deref(),
+            Some("admin-hash"),
+            "{b}"
+        );
+        assert_eq!(
+            s.token_hash(TokenKind::Join).await.unwrap().as_deref(),
+            Some("join-hash"),
+            "{b}"
+        );
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn leader_lease_expiry_and_takeover() {
+    for t in stores().await {
+        let s = &t.store;
+        let b = t.backend;
+        assert!(
+            s.try_acquire_lease("leader", "a", 60_000).await.unwrap(),
+            "{b}"
+        );
+        assert!(
+            !s.try_acquire_lease("leader", "b", 60_000).await.unwrap(),
+            "{b}: held by a"
+        );
+        assert!(
+            s.try_acquire_lease("leader", "a", 60_000).await.unwrap(),
+            "{b}: a renews"
+        );
+        assert_eq!(
+            s.lease_holder("leader").await.unwrap().as_deref(),
+            Some("a"),
+            "{b}"
+        );
+
+        // Released: b takes it at once.
+        s.release_lease("leader", "a").await.unwrap();
+        assert!(s.try_acquire_lease("leader", "b", 1).await.unwrap(), "{b}");
+        // b stops renewing (1 ms lease): a takes over once it has expired.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !s.try_acquire_lease("leader", "a", 60_000).await.unwrap() {
+            assert!(
+                Instant::now() < deadline,
+                "{b}: a never took over the expired lease"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            s.lease_holder("leader").await.unwrap().as_deref(),
+            Some("a"),
+            "{b}"
+        );
+        assert!(
+            !s.try_acquire_lease("leader", "b", 60_000).await.unwrap(),
+            "{b}"
+        );
+        t.finish().await;
+    }
+}
