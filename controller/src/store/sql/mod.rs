@@ -1,0 +1,336 @@
+//! [`Store`](super::Store) on SQLite or PostgreSQL through sqlx's `Any` driver.
+//!
+//! Queries are checked at run time (no database at build time) and written
+//! in the SQL both dialects share: `$n` placeholders (numbered in order of
+//! first use, which SQLite requires), `ON CONFLICT ... DO UPDATE`,
+//! `RETURNING`, integers as `i64`, JSON as text. Only the schema differs,
+//! in `migrations/<dialect>/`.
+//!
+//! SQLite allows one writer at a time, so its pool has a single connection:
+//! requests queue in the pool instead of failing with `SQLITE_BUSY`, and a
+//! read-then-write transaction can never deadlock. In WAL mode with
+//! `synchronous=NORMAL` a commit survives a process crash (`kill -9`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use skiff_sdk::api::{App, AppSpec, AppStatus, Condition, Node, NodeCapacity, NodeState};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+
+use super::rows::{json, parse, revision_identity, to_i64, to_u64};
+use super::{DEFAULT_EVENT_CAP, KEEP_REVISIONS, NewEvent, Result, StoreError, now_ms};
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+/// Knobs of the SQL store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// A node whose last heartbeat is older than this is `NotReady`.
+    pub node_grace: Duration,
+    /// Events kept.
+    pub event_cap: u64,
+    /// Pool size for PostgreSQL (SQLite always uses one connection).
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            node_grace: Duration::from_secs(3),
+            event_cap: DEFAULT_EVENT_CAP,
+            max_connections: 16,
+        }
+    }
+}
+
+/// The SQL implementation of [`Store`].
+#[derive(Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    options: StoreOptions,
+    dialect: Dialect,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl SqlStore {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://...`), runs the
+    /// migrations of that dialect, and returns the store. A failed
+    /// migration is an error: the controller must not start on a schema it
+    /// does not know.
+    pub async fn connect(url: &str, options: StoreOptions) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let (dialect, pool) = if let Some(rest) = url.strip_prefix("sqlite:") {
+            // Create the file if missing unless the URL says otherwise.
+            let url = if rest.contains("mode=") {
+                url.to_owned()
+            } else if rest.contains('?') {
+                format!("{url}&mode=rwc")
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        conn.execute(
+                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                             PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .connect(&url)
+                .await?;
+            (Dialect::Sqlite, pool)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = AnyPoolOptions::new()
+                .max_connections(options.max_connections)
+                .connect(url)
+                .await?;
+            (Dialect::Postgres, pool)
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        };
+        let migrator = match dialect {
+            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
+        };
+        migrator.run(&pool).await.map_err(StoreError::Migrate)?;
+        Ok(Self {
+            pool,
+            options,
+            dialect,
+        })
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+
+    /// Closes the pool (waits for connections to be returned).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn event_in(&self, tx: &mut Tx<'_>, event: NewEvent) -> Result<()> {
+        let now = now_ms();
+        let row = sqlx::query("INSERT INTO events (time, app, node, kind, message) VALUES ($1, $2, $3, $4, $5) RETURNING id")
+            .bind(now)
+            .bind(event.app)
+            .bind(event.node)
+            .bind(event.kind)
+            .bind(event.message)
+            .fetch_one(&mut **tx)
+            .await?;
+        let id: i64 = row.try_get("id")?;
+        let floor = id - to_i64(self.options.event_cap);
+        if floor > 0 {
+            // An indexed range delete of (usually) one row keeps the cap.
+            sqlx::query("DELETE FROM events WHERE id <= $1")
+                .bind(floor)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn app_from_row(&self, row: &AnyRow, ready: u32) -> Result<App> {
+        let mut spec: AppSpec = parse("app spec", &row.try_get::<String, _>("spec")?)?;
+        let replicas = u32::try_from(row.try_get::<i64, _>("replicas")?).unwrap_or(0);
+        spec.replicas = replicas;
+        let conditions: Vec<Condition> =
+            parse("app conditions", &row.try_get::<String, _>("conditions")?)?;
+        Ok(App {
+            name: row.try_get("name")?,
+            spec,
+            revision: to_u64(row.try_get("revision")?),
+            version: to_u64(row.try_get("version")?),
+            status: AppStatus {
+                desired_replicas: replicas,
+                ready_replicas: ready,
+                conditions,
+            },
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+
+    async fn load_app(&self, tx: &mut Tx<'_>, name: &str) -> Result<Option<App>> {
+        let Some(row) = sqlx::query("SELECT * FROM apps WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let ready: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM replicas WHERE app = $1 AND revision = $2 AND state = 'Ready'",
+        )
+        .bind(name)
+        .bind(row.try_get::<i64, _>("revision")?)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("n")?;
+        self.app_from_row(&row, u32::try_from(ready).unwrap_or(0))
+            .map(Some)
+    }
+
+    async fn insert_revision(
+        &self,
+        tx: &mut Tx<'_>,
+        name: &str,
+        number: u64,
+        spec: &AppSpec,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO revisions (app, number, spec, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(name)
+        .bind(to_i64(number))
+        .bind(json(spec))
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("DELETE FROM revisions WHERE app = $1 AND number < $2")
+            .bind(name)
+            .bind(to_i64(number.saturating_sub(KEEP_REVISIONS)))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a new spec/revision/replica count for an existing app row.
+    async fn update_app(
+        &self,
+        tx: &mut Tx<'_>,
+        current: &App,
+        spec: &AppSpec,
+        revision: u64,
+        now: i64,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE apps SET spec = $1, replicas = $2, revision = $3, version = version + 1, updated_at = $4 \
+             WHERE name = $5 AND version = $6",
+        )
+        .bind(json(&revision_identity(spec)))
+        .bind(i64::from(spec.replicas))
+        .bind(to_i64(revision))
+        .bind(now)
+        .bind(&current.name)
+        .bind(to_i64(current.version))
+        .execute(&mut **tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "app {:?} changed concurrently",
+                current.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn node_from_row(&self, row: &AnyRow) -> Result<Node> {
+        let labels: BTreeMap<String, String> =
+            parse("node labels", &row.try_get::<String, _>("labels")?)?;
+        let last: Option<i64> = row.try_get("renewed_at")?;
+        let grace = i64::try_from(self.options.node_grace.as_millis()).unwrap_or(i64::MAX);
+        let ready = last.is_some_and(|t| now_ms() - t <= grace);
+        Ok(Node {
+            name: row.try_get("name")?,
+            labels,
+            capacity: NodeCapacity {
+                memory_bytes: to_u64(row.try_get("memory_bytes")?),
+            },
+            ingress: row.try_get("ingress")?,
+            state: if ready {
+                NodeState::Ready
+            } else {
+                NodeState::NotReady
+            },
+            cordoned: row.try_get::<i64, _>("cordoned")? != 0,
+            draining: row.try_get::<i64, _>("draining")? != 0,
+            version: to_u64(row.try_get("version")?),
+            last_heartbeat: last,
+            registered_at: row.try_get("registered_at")?,
+        })
+    }
+
+    async fn load_node(&self, tx: &mut Tx<'_>, name: &str) -> Result<Option<Node>> {
+        let row = sqlx::query(
+            "SELECT n.*, l.renewed_at AS renewed_at FROM nodes n LEFT JOIN node_leases l ON l.node = n.name WHERE n.name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?;
+        row.map(|r| self.node_from_row(&r)).transpose()
+    }
+
+    /// All apps on SQLite, aggregated by SQLite into one JSON document:
+    /// sqlx-sqlite hands each row over from its worker thread separately,
+    /// which for 1,000 apps costs more than the query itself.
+    async fn apps_sqlite(&self) -> Result<Vec<App>> {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            name: String,
+            spec: AppSpec,
+            replicas: u32,
+            revision: u64,
+            conditions: Vec<Condition>,
+            version: u64,
+            created_at: i64,
+            updated_at: i64,
+            ready: u32,
+        }
+        let row = sqlx::query(
+            "SELECT json_group_array(json_object('name', a.name, 'spec', json(a.spec), \
+             'replicas', a.replicas, 'revision', a.revision, 'conditions', json(a.conditions), \
+             'version', a.version, 'created_at', a.created_at, 'updated_at', a.updated_at, \
+             'ready', (SELECT COUNT(*) FROM replicas r WHERE r.app = a.name AND r.revision = a.revision \
+             AND r.state = 'Ready')) ORDER BY a.name) AS apps FROM apps a",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let rows: Vec<Row> = parse("app list", &row.try_get::<String, _>("apps")?)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| App {
+                name: r.name,
+                spec: AppSpec {
+                    replicas: r.replicas,
+                    ..r.spec
+                },
+                revision: r.revision,
+                version: r.version,
+                status: AppStatus {
+                    desired_replicas: r.replicas,
+                    ready_replicas: r.ready,
+                    conditions: r.conditions,
+                },
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+            })
+            .collect())
+    }
+
+    async fn bump_assignments(&self, tx: &mut Tx<'_>, node: &str) -> Result<()> {
+        sqlx::query("UPDATE nodes SET assign_version = assign_version + 1 WHERE name = $1")
+            .bind(node)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+mod store_impl;
