@@ -18,7 +18,7 @@ use skiff_sdk::api::{App, AppSpec, AppStatus, Condition, Node, NodeCapacity, Nod
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
-use super::rows::{json, parse, revision_identity, to_i64, to_u64};
+use super::rows::{json, not_found, parse, revision_identity, to_i64, to_u64};
 use super::{DEFAULT_EVENT_CAP, KEEP_REVISIONS, NewEvent, Result, StoreError, now_ms};
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
@@ -324,6 +324,16 @@ impl SqlStore {
             .collect())
     }
 
+    /// Reads the app back as the transaction left it, then commits.
+    async fn commit_app(&self, mut tx: Tx<'_>, name: &str) -> Result<App> {
+        let app = self
+            .load_app(&mut tx, name)
+            .await?
+            .ok_or_else(|| not_found("app", name))?;
+        tx.commit().await?;
+        Ok(app)
+    }
+
     async fn bump_assignments(&self, tx: &mut Tx<'_>, node: &str) -> Result<()> {
         sqlx::query("UPDATE nodes SET assign_version = assign_version + 1 WHERE name = $1")
             .bind(node)
@@ -334,3 +344,13 @@ impl SqlStore {
 }
 
 mod store_impl;
+
+/// An event about app `name`.
+fn app_event(name: &str, kind: &str, message: impl Into<String>) -> NewEvent {
+    NewEvent {
+        app: Some(name.into()),
+        node: None,
+        kind: kind.into(),
+        message: message.into(),
+    }
+}

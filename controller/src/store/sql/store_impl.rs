@@ -17,7 +17,7 @@ use super::super::{
     ARTIFACT_CHUNK, Applied, ArtifactInfo, NewEvent, ReplicaRecord, Result, Store, TokenKind,
     now_ms,
 };
-use super::{Dialect, SqlStore};
+use super::{Dialect, SqlStore, app_event};
 
 #[async_trait]
 impl Store for SqlStore {
@@ -236,13 +236,8 @@ impl Store for SqlStore {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        let event = NewEvent {
-            app: Some(name.into()),
-            node: None,
-            kind: "AppDeleted".into(),
-            message: "app deleted".into(),
-        };
-        self.event_in(&mut tx, event).await?;
+        self.event_in(&mut tx, app_event(name, "AppDeleted", "app deleted"))
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -297,19 +292,9 @@ impl Store for SqlStore {
         self.insert_revision(&mut tx, name, number, &spec, now)
             .await?;
         let message = format!("rolled back to the spec of revision {target} as revision {number}");
-        let event = NewEvent {
-            app: Some(name.into()),
-            node: None,
-            kind: "AppRolledBack".into(),
-            message,
-        };
-        self.event_in(&mut tx, event).await?;
-        let app = self
-            .load_app(&mut tx, name)
-            .await?
-            .ok_or_else(|| not_found("app", name))?;
-        tx.commit().await?;
-        Ok(app)
+        self.event_in(&mut tx, app_event(name, "AppRolledBack", message))
+            .await?;
+        self.commit_app(tx, name).await
     }
 
     async fn scale_app(&self, name: &str, replicas: u32, if_version: Option<u64>) -> Result<App> {
@@ -330,20 +315,10 @@ impl Store for SqlStore {
                 "scaled from {} to {replicas} replicas",
                 current.spec.replicas
             );
-            let event = NewEvent {
-                app: Some(name.into()),
-                node: None,
-                kind: "AppScaled".into(),
-                message,
-            };
-            self.event_in(&mut tx, event).await?;
+            self.event_in(&mut tx, app_event(name, "AppScaled", message))
+                .await?;
         }
-        let app = self
-            .load_app(&mut tx, name)
-            .await?
-            .ok_or_else(|| not_found("app", name))?;
-        tx.commit().await?;
-        Ok(app)
+        self.commit_app(tx, name).await
     }
 
     async fn set_app_conditions(&self, name: &str, conditions: &[Condition]) -> Result<()> {
