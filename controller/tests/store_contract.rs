@@ -440,3 +440,73 @@ async fn leader_lease_expiry_and_takeover() {
         t.finish().await;
     }
 }
+
+/// The app list (cached on SQLite) must match fresh single reads after every
+/// kind of write that can change it.
+#[tokio::test]
+async fn the_app_list_reflects_every_write() {
+    for t in stores().await {
+        let s = &t.store;
+        let b = t.backend;
+        let check = |step: &'static str| async move {
+            let listed = s.apps().await.unwrap();
+            for app in &listed {
+                assert_eq!(
+                    Some(app),
+                    s.app(&app.name).await.unwrap().as_ref(),
+                    "{b}: after {step}"
+                );
+            }
+            listed
+        };
+        assert!(check("nothing").await.is_empty());
+        let d = Digest::of(b"a");
+        s.apply_app("web", &spec(d, 1), None).await.unwrap();
+        assert_eq!(check("apply").await.len(), 1);
+        s.scale_app("web", 3, None).await.unwrap();
+        assert_eq!(check("scale").await[0].spec.replicas, 3);
+        let mut v2 = spec(d, 3);
+        v2.env.insert("V".into(), "2".into());
+        s.apply_app("web", &v2, None).await.unwrap();
+        s.rollback_app("web", None, None).await.unwrap();
+        assert_eq!(check("rollback").await[0].revision, 3);
+        s.register_node(&node("n1", "a"), "h1").await.unwrap();
+        s.assign_replica("r1", "web", 3, "n1").await.unwrap();
+        assert_eq!(check("assign").await[0].status.ready_replicas, 0);
+        let ready = Heartbeat {
+            replicas: vec![ReplicaStatus {
+                id: "r1".into(),
+                state: ReplicaState::Ready,
+                reason: None,
+            }],
+        };
+        s.heartbeat("n1", &ready).await.unwrap();
+        assert_eq!(check("heartbeat").await[0].status.ready_replicas, 1);
+        let cond = skiff_sdk::api::Condition {
+            kind: "Available".into(),
+            status: true,
+            reason: "Ok".into(),
+            message: "".into(),
+        };
+        s.set_app_conditions("web", &[cond]).await.unwrap();
+        assert_eq!(check("conditions").await[0].status.conditions.len(), 1);
+        s.remove_replica("r1").await.unwrap();
+        assert_eq!(check("remove replica").await[0].status.ready_replicas, 0);
+        s.assign_replica("r2", "web", 3, "n1").await.unwrap();
+        check("assign 2").await;
+        let ready = Heartbeat {
+            replicas: vec![ReplicaStatus {
+                id: "r2".into(),
+                state: ReplicaState::Ready,
+                reason: None,
+            }],
+        };
+        s.heartbeat("n1", &ready).await.unwrap();
+        assert_eq!(check("heartbeat 2").await[0].status.ready_replicas, 1);
+        s.delete_node("n1", None).await.unwrap();
+        assert_eq!(check("delete node").await[0].status.ready_replicas, 0);
+        s.delete_app("web", None).await.unwrap();
+        assert!(check("delete app").await.is_empty(), "{b}");
+        t.finish().await;
+    }
+}

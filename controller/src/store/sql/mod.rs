@@ -12,6 +12,8 @@
 //! `synchronous=NORMAL` a commit survives a process crash (`kill -9`).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use skiff_sdk::api::{App, AppSpec, AppStatus, Condition, Node, NodeCapacity, NodeState};
@@ -50,7 +52,17 @@ pub struct SqlStore {
     pool: AnyPool,
     options: StoreOptions,
     dialect: Dialect,
+    /// Bumped after every committed write that can change the app list.
+    generation: Arc<AtomicU64>,
+    /// SQLite only: the last app list and the generation read before it was
+    /// queried. On SQLite this process is the only writer, so a list tagged
+    /// with the current generation is current. (PostgreSQL may have other
+    /// controllers writing, so it always queries.)
+    list_cache: Arc<Mutex<Option<CachedList>>>,
 }
+
+/// An app list and the write generation it was read at.
+type CachedList = (u64, Arc<Vec<App>>);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dialect {
@@ -107,6 +119,8 @@ impl SqlStore {
             pool,
             options,
             dialect,
+            generation: Arc::default(),
+            list_cache: Arc::default(),
         })
     }
 
@@ -277,6 +291,30 @@ impl SqlStore {
         row.map(|r| self.node_from_row(&r)).transpose()
     }
 
+    /// Records a committed write: cached lists are stale from now on.
+    /// Called after the commit, so a reader that saw the old generation can
+    /// only ever tag a result with a generation that is already past.
+    fn wrote(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// All apps on SQLite, from the list cache when nothing was written
+    /// since it was filled.
+    async fn apps_cached(&self) -> Result<Vec<App>> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Ok(cache) = self.list_cache.lock()
+            && let Some((g, apps)) = cache.as_ref()
+            && *g == generation
+        {
+            return Ok(apps.as_ref().clone());
+        }
+        let apps = self.apps_sqlite().await?;
+        if let Ok(mut cache) = self.list_cache.lock() {
+            *cache = Some((generation, Arc::new(apps.clone())));
+        }
+        Ok(apps)
+    }
+
     /// All apps on SQLite, aggregated by SQLite into one JSON document:
     /// sqlx-sqlite hands each row over from its worker thread separately,
     /// which for 1,000 apps costs more than the query itself.
@@ -331,6 +369,7 @@ impl SqlStore {
             .await?
             .ok_or_else(|| not_found("app", name))?;
         tx.commit().await?;
+        self.wrote();
         Ok(app)
     }
 

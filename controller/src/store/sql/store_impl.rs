@@ -178,6 +178,7 @@ impl Store for SqlStore {
             .await?
             .ok_or_else(|| not_found("app", name))?;
         tx.commit().await?;
+        self.wrote();
         Ok(Applied {
             app,
             created,
@@ -194,7 +195,7 @@ impl Store for SqlStore {
 
     async fn apps(&self) -> Result<Vec<App>> {
         if self.dialect == Dialect::Sqlite {
-            return self.apps_sqlite().await;
+            return self.apps_cached().await;
         }
         let rows = sqlx::query(
             "SELECT a.*, (SELECT COUNT(*) FROM replicas r WHERE r.app = a.name AND r.revision = a.revision \
@@ -239,6 +240,7 @@ impl Store for SqlStore {
         self.event_in(&mut tx, app_event(name, "AppDeleted", "app deleted"))
             .await?;
         tx.commit().await?;
+        self.wrote();
         Ok(())
     }
 
@@ -327,6 +329,7 @@ impl Store for SqlStore {
             .bind(name)
             .execute(&self.pool)
             .await?;
+        self.wrote();
         Ok(())
     }
 
@@ -472,6 +475,7 @@ impl Store for SqlStore {
         };
         self.event_in(&mut tx, event).await?;
         tx.commit().await?;
+        self.wrote();
         Ok(())
     }
 
@@ -487,9 +491,10 @@ impl Store for SqlStore {
         if renewed == 0 {
             return Err(not_found("node", name));
         }
+        let mut changed = 0;
         for replica in &heartbeat.replicas {
             // Only this node's replicas, and only rows whose state changed.
-            sqlx::query(
+            changed += sqlx::query(
                 "UPDATE replicas SET state = $1, reason = $2, updated_at = $3 \
                  WHERE id = $4 AND node = $5 AND (state <> $1 OR COALESCE(reason, '') <> COALESCE($2, ''))",
             )
@@ -499,9 +504,14 @@ impl Store for SqlStore {
             .bind(&replica.id)
             .bind(name)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
         }
         tx.commit().await?;
+        if changed > 0 {
+            // Ready counts in the app list changed.
+            self.wrote();
+        }
         Ok(())
     }
 
@@ -524,6 +534,7 @@ impl Store for SqlStore {
         .await?;
         self.bump_assignments(&mut tx, node).await?;
         tx.commit().await?;
+        self.wrote();
         Ok(())
     }
 
@@ -537,6 +548,7 @@ impl Store for SqlStore {
         self.bump_assignments(&mut tx, &row.try_get::<String, _>("node")?)
             .await?;
         tx.commit().await?;
+        self.wrote();
         Ok(())
     }
 
