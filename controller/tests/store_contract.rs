@@ -211,7 +211,8 @@ async fn nodes_heartbeats_and_assignments() {
     for t in stores().await {
         let s = &t.store;
         let b = t.backend;
-        let n1 = s.register_node(&node("n1", "a"), "hash-1").await.unwrap();
+        let (n1, created) = s.register_node(&node("n1", "a"), "hash-1").await.unwrap();
+        assert!(created, "{b}");
         assert_eq!((n1.version, n1.state), (1, NodeState::Ready), "{b}");
         assert_eq!(
             s.node_for_credential("hash-1").await.unwrap().as_deref(),
@@ -219,7 +220,8 @@ async fn nodes_heartbeats_and_assignments() {
             "{b}"
         );
         // Re-registering keeps the identity and replaces the credential.
-        let again = s.register_node(&node("n1", "b"), "hash-2").await.unwrap();
+        let (again, created) = s.register_node(&node("n1", "b"), "hash-2").await.unwrap();
+        assert!(!created, "{b}: a re-registration is not new");
         assert_eq!(again.registered_at, n1.registered_at, "{b}");
         assert_eq!(again.labels["zone"], "b", "{b}");
         assert!(

@@ -13,6 +13,9 @@ pub enum RuntimeError {
     /// The wasmtime engine could not be created with this configuration.
     #[error("configuring the wasmtime engine")]
     Engine(#[source] wasmtime::Error),
+    /// The epoch ticker thread could not be started.
+    #[error("starting the epoch ticker thread")]
+    Ticker(#[source] std::io::Error),
     /// A file or directory of the component cache could not be used.
     #[error("component cache: {action} {}", path.display())]
     CacheIo {

@@ -152,14 +152,8 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(RuntimeError::Engine)?;
         let cache = ComponentCache::open(engine.clone(), &config.cache_dir)?;
-        let ticker =
-            EpochTicker::start(engine.clone(), config.engine.epoch_tick).map_err(|source| {
-                RuntimeError::CacheIo {
-                    action: "starting the epoch ticker for",
-                    path: config.cache_dir.clone(),
-                    source,
-                }
-            })?;
+        let ticker = EpochTicker::start(engine.clone(), config.engine.epoch_tick)
+            .map_err(RuntimeError::Ticker)?;
         Ok(Arc::new(Self {
             engine,
             linker,

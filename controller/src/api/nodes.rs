@@ -56,23 +56,17 @@ pub async fn register(
             ));
         }
     }
-    let existed = state
-        .store
-        .node(&req.name)
-        .await
-        .map_err(ApiError::store("reading a node"))?
-        .is_some();
     let credential = new_secret("skiff_node");
-    let node = state
+    let (node, created) = state
         .store
         .register_node(&req, &hash_secret(&credential))
         .await
         .map_err(ApiError::store("registering a node"))?;
     state.changed();
-    let status = if existed {
-        StatusCode::OK
-    } else {
+    let status = if created {
         StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
     Ok((status, Json(NodeRegistration { node, credential })))
 }

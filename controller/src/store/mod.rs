@@ -194,8 +194,13 @@ pub trait Store: Send + Sync + 'static {
     async fn set_app_conditions(&self, name: &str, conditions: &[Condition]) -> Result<()>;
 
     /// Registers a node, or re-registers it under the same name with a new
-    /// credential hash, keeping its replicas.
-    async fn register_node(&self, node: &RegisterNode, credential_hash: &str) -> Result<Node>;
+    /// credential hash, keeping its replicas. Also says whether the node is
+    /// new (decided in the same transaction).
+    async fn register_node(
+        &self,
+        node: &RegisterNode,
+        credential_hash: &str,
+    ) -> Result<(Node, bool)>;
     /// One node.
     async fn node(&self, name: &str) -> Result<Option<Node>>;
     /// All nodes, by name.

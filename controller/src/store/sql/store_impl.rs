@@ -333,7 +333,11 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn register_node(&self, node: &RegisterNode, credential_hash: &str) -> Result<Node> {
+    async fn register_node(
+        &self,
+        node: &RegisterNode,
+        credential_hash: &str,
+    ) -> Result<(Node, bool)> {
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
         let existed = self.load_node(&mut tx, &node.name).await?.is_some();
@@ -382,7 +386,7 @@ impl Store for SqlStore {
             .await?
             .ok_or_else(|| not_found("node", &node.name))?;
         tx.commit().await?;
-        Ok(stored)
+        Ok((stored, !existed))
     }
 
     async fn node(&self, name: &str) -> Result<Option<Node>> {
