@@ -62,16 +62,25 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> R
 }
 
 /// Writes `bytes` to `path` so that `path` either does not exist or holds all
-/// of them: write a temporary file in the same directory, fsync, rename.
+/// of them: write a temporary file in the same directory, fsync, rename. The
+/// temporary name is unique per writer (process id and a per-process
+/// counter), and `create_new` refuses to share one, so concurrent writers of
+/// the same file (other processes, or other runtimes in this one) never mix
+/// their bytes.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)
