@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use skiff_controller::api::{ApiConfig, AppState};
+use skiff_controller::reconciler::{Reconciler, ReconcilerOptions};
 use skiff_controller::store::{SqlStore, StoreOptions};
 use skiff_sdk::quantity;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +38,11 @@ pub struct ControllerArgs {
     /// A node without a heartbeat for this long is NotReady, e.g. `3s`.
     #[arg(long, env = "SKIFF_NODE_GRACE", default_value = "3s", value_parser = quantity::parse_duration)]
     node_grace: Duration,
+    /// How often the reconciler re-checks everything even without a change
+    /// (how soon a lost node is noticed after its grace period; matches
+    /// `skiff_controller::reconciler::DEFAULT_RESYNC`).
+    #[arg(long, env = "SKIFF_RESYNC", default_value = "500ms", value_parser = quantity::parse_duration)]
+    resync: Duration,
     /// Leader lease duration; a dead leader is replaced within it.
     #[arg(long, env = "SKIFF_LEASE_TTL", default_value = "5s", value_parser = quantity::parse_duration)]
     lease_ttl: Duration,
@@ -87,8 +93,18 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
 
     let config = ApiConfig {
         max_artifact_bytes: usize::try_from(args.max_artifact).unwrap_or(usize::MAX),
+        node_grace: args.node_grace,
     };
-    let state = AppState::new(store, config, leader_rx);
+    let state = AppState::new(store.clone(), config, leader_rx.clone());
+    let reconciler = Reconciler::new(
+        store,
+        ReconcilerOptions {
+            node_grace: args.node_grace,
+            resync: args.resync,
+        },
+        state.changes.clone(),
+    );
+    tasks.spawn(reconciler.run(leader_rx, shutdown.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

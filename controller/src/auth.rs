@@ -118,6 +118,16 @@ impl Principal {
         }
     }
 
+    /// The admin or any registered node.
+    pub fn require_member(&self) -> Result<(), ApiError> {
+        match self {
+            Principal::Admin | Principal::Node(_) => Ok(()),
+            Principal::Joiner => Err(ApiError::Forbidden(
+                "the join token may only register nodes".into(),
+            )),
+        }
+    }
+
     /// The admin, or the node `name` itself.
     pub fn require_node(&self, name: &str) -> Result<(), ApiError> {
         match self {

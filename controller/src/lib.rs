@@ -20,6 +20,8 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod lease;
+pub mod reconciler;
+pub mod scheduler;
 pub mod store;
 
 use std::path::PathBuf;

@@ -150,6 +150,7 @@ async fn every_bad_input_gets_its_error_and_changes_nothing() {
     for t in stores().await {
         let config = ApiConfig {
             max_artifact_bytes: 4096,
+            ..ApiConfig::default()
         };
         let api = TestApi::start(t.store.clone(), config).await;
         let b = t.backend;

@@ -381,6 +381,28 @@ pub struct Assignments {
     pub replicas: Vec<Assignment>,
 }
 
+/// A node where an app has a Ready replica.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// The node's name.
+    pub node: String,
+    /// Its ingress address, `host:port`.
+    pub address: String,
+    /// Ready replicas of the app on it.
+    pub replicas: u32,
+}
+
+/// Where every app can be served (`GET /v1/endpoints`): the nodes that are
+/// Ready and have a Ready replica of it. Nodes watch this to forward
+/// requests for apps they do not run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoints {
+    /// App name to its endpoints, by node name.
+    pub apps: BTreeMap<String, Vec<Endpoint>>,
+}
+
 /// Something that happened, for `GET /v1/events`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

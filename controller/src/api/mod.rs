@@ -3,6 +3,7 @@
 
 mod apps;
 mod artifacts;
+mod endpoints;
 mod nodes;
 mod system;
 
@@ -44,12 +45,16 @@ pub const WATCH_RECHECK: Duration = Duration::from_millis(500);
 pub struct ApiConfig {
     /// Largest artifact accepted, in bytes.
     pub max_artifact_bytes: usize,
+    /// A node without a heartbeat for this long is NotReady (as in the
+    /// store); also how long after start-up recorded states are trusted.
+    pub node_grace: Duration,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+            node_grace: Duration::from_secs(3),
         }
     }
 }
@@ -73,6 +78,8 @@ pub struct AppState {
     pub http: Arc<HttpStats>,
     /// Whether this controller holds the leader lease.
     pub leader: tokio::sync::watch::Receiver<bool>,
+    /// When this controller started serving.
+    pub started: std::time::Instant,
     /// The admin and join token hashes, read on first use.
     tokens: Arc<tokio::sync::OnceCell<TokenHashes>>,
 }
@@ -90,6 +97,7 @@ impl AppState {
             changes: Arc::new(tokio::sync::watch::channel(0).0),
             http: Arc::default(),
             leader,
+            started: std::time::Instant::now(),
             tokens: Arc::default(),
         }
     }
@@ -230,7 +238,7 @@ async fn count_responses(
         artifacts::upload, artifacts::download,
         apps::apply, apps::list, apps::show, apps::delete, apps::revisions, apps::rollback, apps::scale,
         nodes::register, nodes::heartbeat, nodes::list, nodes::show, nodes::cordon, nodes::uncordon,
-        nodes::drain, nodes::delete, nodes::assignments,
+        nodes::drain, nodes::delete, nodes::assignments, endpoints::watch,
         system::events,
     ),
     modifiers(&BearerAuth),
@@ -271,6 +279,7 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/{name}/uncordon", post(nodes::uncordon))
         .route("/nodes/{name}/drain", post(nodes::drain))
         .route("/nodes/{name}/assignments", get(nodes::assignments))
+        .route("/endpoints", get(endpoints::watch))
         .route("/events", get(system::events))
         .route("/openapi.json", get(system::openapi))
         .layer(axum::extract::DefaultBodyLimit::max(

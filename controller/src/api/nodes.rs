@@ -81,11 +81,15 @@ pub async fn heartbeat(
     JsonBody(hb): JsonBody<Heartbeat>,
 ) -> Result<StatusCode, ApiError> {
     who.require_node(&name)?;
-    state
+    let changed = state
         .store
         .heartbeat(&name, &hb)
         .await
         .map_err(ApiError::store("recording a heartbeat"))?;
+    if changed {
+        // Replica states feed the reconciler and the endpoints watch.
+        state.changed();
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -133,6 +133,31 @@ pub struct ReplicaRecord {
     pub reason: Option<String>,
 }
 
+/// A replica to create, in state `Pending`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewReplica {
+    /// Id, unique in the cluster.
+    pub id: String,
+    /// App.
+    pub app: String,
+    /// Revision number.
+    pub revision: u64,
+    /// Node.
+    pub node: String,
+}
+
+/// Replicas to remove and add, and the events that describe it: one
+/// transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaChange {
+    /// Ids of replicas to remove (applied first).
+    pub remove: Vec<String>,
+    /// Replicas to add.
+    pub add: Vec<NewReplica>,
+    /// Events to record with it.
+    pub events: Vec<NewEvent>,
+}
+
 /// An event to record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NewEvent {
@@ -218,13 +243,35 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a node and its replicas.
     async fn delete_node(&self, name: &str, if_version: Option<u64>) -> Result<()>;
     /// Renews the node's lease row in place and records the states of its
-    /// replicas that changed.
-    async fn heartbeat(&self, name: &str, heartbeat: &Heartbeat) -> Result<()>;
+    /// replicas that changed; returns whether any did.
+    async fn heartbeat(&self, name: &str, heartbeat: &Heartbeat) -> Result<bool>;
 
-    /// Assigns a new replica to a node (bumps the node's assignments version).
-    async fn assign_replica(&self, id: &str, app: &str, revision: u64, node: &str) -> Result<()>;
-    /// Removes a replica (bumps its node's assignments version).
-    async fn remove_replica(&self, id: &str) -> Result<()>;
+    /// Removes and adds replicas and records events, all or nothing; bumps
+    /// the assignments version of every node concerned once. Removing a
+    /// replica that does not exist, or adding one to an unknown node or
+    /// with a taken id, fails the whole change.
+    async fn change_replicas(&self, change: &ReplicaChange) -> Result<()>;
+    /// Assigns a new replica to a node.
+    async fn assign_replica(&self, id: &str, app: &str, revision: u64, node: &str) -> Result<()> {
+        self.change_replicas(&ReplicaChange {
+            add: vec![NewReplica {
+                id: id.into(),
+                app: app.into(),
+                revision,
+                node: node.into(),
+            }],
+            ..ReplicaChange::default()
+        })
+        .await
+    }
+    /// Removes a replica.
+    async fn remove_replica(&self, id: &str) -> Result<()> {
+        self.change_replicas(&ReplicaChange {
+            remove: vec![id.into()],
+            ..ReplicaChange::default()
+        })
+        .await
+    }
     /// The replicas a node should run, with their specs, and their version.
     async fn assignments(&self, node: &str) -> Result<Assignments>;
     /// Replicas, of one app or of all.

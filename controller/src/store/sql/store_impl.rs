@@ -14,7 +14,7 @@ use super::super::rows::{
     to_u64,
 };
 use super::super::{
-    ARTIFACT_CHUNK, Applied, ArtifactInfo, NewEvent, ReplicaRecord, Result, Store, TokenKind,
+    ARTIFACT_CHUNK, Applied, ArtifactInfo, NewEvent, ReplicaChange, ReplicaRecord, Result, Store, TokenKind,
     now_ms,
 };
 use super::{Dialect, SqlStore, app_event};
@@ -483,7 +483,7 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn heartbeat(&self, name: &str, heartbeat: &Heartbeat) -> Result<()> {
+    async fn heartbeat(&self, name: &str, heartbeat: &Heartbeat) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
         let renewed = sqlx::query("UPDATE node_leases SET renewed_at = $1 WHERE node = $2")
@@ -516,41 +516,45 @@ impl Store for SqlStore {
             // Ready counts in the app list changed.
             self.wrote();
         }
-        Ok(())
+        Ok(changed > 0)
     }
 
-    async fn assign_replica(&self, id: &str, app: &str, revision: u64, node: &str) -> Result<()> {
+    async fn change_replicas(&self, change: &ReplicaChange) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
-        if self.load_node(&mut tx, node).await?.is_none() {
-            return Err(not_found("node", node));
+        // Each touched node's assignments version is bumped once.
+        let mut touched = std::collections::BTreeSet::new();
+        for id in &change.remove {
+            let row = sqlx::query("DELETE FROM replicas WHERE id = $1 RETURNING node")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| not_found("replica", id))?;
+            touched.insert(row.try_get::<String, _>("node")?);
         }
-        sqlx::query(
-            "INSERT INTO replicas (id, app, revision, node, state, reason, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'Pending', NULL, $5, $5)",
-        )
-        .bind(id)
-        .bind(app)
-        .bind(to_i64(revision))
-        .bind(node)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        self.bump_assignments(&mut tx, node).await?;
-        tx.commit().await?;
-        self.wrote();
-        Ok(())
-    }
-
-    async fn remove_replica(&self, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("DELETE FROM replicas WHERE id = $1 RETURNING node")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| not_found("replica", id))?;
-        self.bump_assignments(&mut tx, &row.try_get::<String, _>("node")?)
+        for r in &change.add {
+            if !touched.contains(&r.node) && self.load_node(&mut tx, &r.node).await?.is_none() {
+                return Err(not_found("node", &r.node));
+            }
+            sqlx::query(
+                "INSERT INTO replicas (id, app, revision, node, state, reason, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, 'Pending', NULL, $5, $5)",
+            )
+            .bind(&r.id)
+            .bind(&r.app)
+            .bind(to_i64(r.revision))
+            .bind(&r.node)
+            .bind(now)
+            .execute(&mut *tx)
             .await?;
+            touched.insert(r.node.clone());
+        }
+        for node in &touched {
+            self.bump_assignments(&mut tx, node).await?;
+        }
+        for event in &change.events {
+            self.event_in(&mut tx, event.clone()).await?;
+        }
         tx.commit().await?;
         self.wrote();
         Ok(())

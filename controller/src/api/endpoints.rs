@@ -1,0 +1,109 @@
+//! `GET /v1/endpoints`: where each app has Ready replicas, watched by nodes
+//! (with `If-None-Match` and a wait) so any node can forward to any app.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use skiff_sdk::api::{Endpoint, Endpoints, ErrorBody, NodeState, ReplicaState};
+
+use super::{AppState, Auth, DEFAULT_WATCH, MAX_WATCH, QueryParams, WATCH_RECHECK};
+use crate::error::ApiError;
+
+/// Query of the endpoints watch.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointsQuery {
+    /// With `If-None-Match`, wait up to this many milliseconds for the
+    /// endpoints to differ from that tag (default 30,000, at most 60,000);
+    /// answers 304 if they do not.
+    timeout_ms: Option<u64>,
+}
+
+/// Ready endpoints of every app; long-polls with `If-None-Match`.
+#[utoipa::path(get, path = "/v1/endpoints", params(EndpointsQuery),
+    responses((status = 200, body = Endpoints), (status = 304, description = "Unchanged within the wait"),
+        (status = 403, body = ErrorBody)))]
+pub async fn watch(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    headers: HeaderMap,
+    QueryParams(query): QueryParams<EndpointsQuery>,
+) -> Result<Response, ApiError> {
+    who.require_member()?;
+    let seen = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned());
+    let wait = query
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_WATCH)
+        .min(MAX_WATCH);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = state.changes.subscribe();
+    loop {
+        let endpoints = current(&state).await?;
+        let tag = tag_of(&endpoints);
+        if seen.as_deref() != Some(tag.as_str()) {
+            return Ok(([(header::ETAG, tag)], Json(endpoints)).into_response());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(([(header::ETAG, tag)], StatusCode::NOT_MODIFIED).into_response());
+        }
+        let recheck = tokio::time::Instant::now() + WATCH_RECHECK;
+        tokio::select! {
+            _ = changes.changed() => {}
+            () = tokio::time::sleep_until(recheck.min(deadline)) => {}
+        }
+    }
+}
+
+/// Ready replicas on live nodes, grouped by app. Just after this controller
+/// starts it has not heard from any node yet, so for one grace period it
+/// trusts the last recorded replica states rather than publish nothing.
+async fn current(state: &AppState) -> Result<Endpoints, ApiError> {
+    let nodes = state
+        .store
+        .nodes()
+        .await
+        .map_err(ApiError::store("listing nodes"))?;
+    let replicas = state
+        .store
+        .replicas(None)
+        .await
+        .map_err(ApiError::store("listing replicas"))?;
+    let warming_up = state.started.elapsed() < state.config.node_grace;
+    let live: BTreeMap<&str, &str> = nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Ready || warming_up)
+        .map(|n| (n.name.as_str(), n.ingress.as_str()))
+        .collect();
+    let mut counts: BTreeMap<(&str, &str), u32> = BTreeMap::new();
+    for r in replicas.iter().filter(|r| r.state == ReplicaState::Ready) {
+        if live.contains_key(r.node.as_str()) {
+            *counts.entry((r.app.as_str(), r.node.as_str())).or_default() += 1;
+        }
+    }
+    let mut apps: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
+    for ((app, node), replicas) in counts {
+        apps.entry(app.to_owned()).or_default().push(Endpoint {
+            node: node.to_owned(),
+            address: live[node].to_owned(),
+            replicas,
+        });
+    }
+    Ok(Endpoints { apps })
+}
+
+/// A strong tag over the content: equal endpoints, equal tags, whichever
+/// controller answers.
+fn tag_of(endpoints: &Endpoints) -> String {
+    let json = serde_json::to_vec(endpoints).unwrap_or_default();
+    format!("\"{}\"", hex::encode(&Sha256::digest(&json)[..12]))
+}

@@ -1,0 +1,277 @@
+//! `plan` on plain data: every rule, and that it is quiet once the
+//! observed state matches.
+
+use super::*;
+
+const MI: u64 = 1 << 20;
+
+fn app(name: &str, replicas: u32) -> DesiredApp {
+    DesiredApp {
+        name: name.into(),
+        revision: 1,
+        replicas,
+        reservation: 100 * MI,
+        selector: BTreeMap::new(),
+        spread: true,
+        conditions: Vec::new(),
+    }
+}
+
+fn node(name: &str) -> ObservedNode {
+    ObservedNode {
+        slot: NodeSlot {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            ready: true,
+            cordoned: false,
+            capacity: 1024 * MI,
+            allocated: 0,
+        },
+        draining: false,
+        lost: false,
+    }
+}
+
+fn replica(id: &str, app: &str, node: &str, state: ReplicaState) -> ObservedReplica {
+    ObservedReplica {
+        id: id.into(),
+        app: app.into(),
+        revision: 1,
+        node: node.into(),
+        state,
+        reason: None,
+        reservation: 100 * MI,
+    }
+}
+
+/// Applies a plan to the observed replicas the way the store and the
+/// nodes would (placed replicas come up Ready), and the conditions to the
+/// apps; returns the new replicas.
+fn settle(
+    apps: &mut [DesiredApp],
+    replicas: Vec<ObservedReplica>,
+    actions: &[Action],
+) -> Vec<ObservedReplica> {
+    let mut out: Vec<ObservedReplica> = replicas
+        .into_iter()
+        .filter(|r| {
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Remove { id, .. } if id == &r.id))
+        })
+        .collect();
+    for (n, action) in actions.iter().enumerate() {
+        match action {
+            Action::Place {
+                app,
+                revision,
+                node,
+            } => out.push(ObservedReplica {
+                revision: *revision,
+                ..replica(&format!("{app}-new{n}"), app, node, ReplicaState::Ready)
+            }),
+            Action::SetConditions { app, conditions } => {
+                if let Some(a) = apps.iter_mut().find(|a| &a.name == app) {
+                    a.conditions = conditions.clone();
+                }
+            }
+            Action::Remove { .. } => {}
+        }
+    }
+    out
+}
+
+fn places(actions: &[Action]) -> Vec<&str> {
+    let mut nodes: Vec<&str> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Place { node, .. } => Some(node.as_str()),
+            _ => None,
+        })
+        .collect();
+    nodes.sort_unstable();
+    nodes
+}
+
+fn removes(actions: &[Action]) -> Vec<(&str, RemoveReason)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Remove { id, reason, .. } => Some((id.as_str(), *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn condition<'a>(actions: &'a [Action], kind: &str) -> Option<&'a Condition> {
+    actions.iter().find_map(|a| match a {
+        Action::SetConditions { conditions, .. } => conditions.iter().find(|c| c.kind == kind),
+        _ => None,
+    })
+}
+
+#[test]
+fn places_one_per_node_then_is_quiet() {
+    let mut apps = vec![app("web", 3)];
+    let nodes = vec![node("a"), node("b"), node("c")];
+    let actions = plan(&apps, &nodes, &[]);
+    assert_eq!(places(&actions), ["a", "b", "c"]);
+    let scheduled = condition(&actions, SCHEDULED).unwrap();
+    assert!(scheduled.status);
+    let replicas = settle(&mut apps, Vec::new(), &actions);
+    // Conditions now say 3/3 ready; one more pass records that, then quiet.
+    let actions = plan(&apps, &nodes, &replicas);
+    assert_eq!(places(&actions), Vec::<&str>::new());
+    assert!(condition(&actions, AVAILABLE).unwrap().status);
+    let replicas = settle(&mut apps, replicas, &actions);
+    assert_eq!(plan(&apps, &nodes, &replicas), Vec::new());
+}
+
+#[test]
+fn scales_up_and_down_keeping_spread() {
+    let mut apps = vec![app("web", 5)];
+    let nodes = vec![node("a"), node("b"), node("c")];
+    let actions = plan(&apps, &nodes, &[]);
+    assert_eq!(places(&actions), ["a", "a", "b", "b", "c"]);
+    let replicas = settle(&mut apps, Vec::new(), &actions);
+    apps[0].replicas = 1;
+    let actions = plan(&apps, &nodes, &replicas);
+    let removed = removes(&actions);
+    assert_eq!(removed.len(), 4);
+    assert!(removed.iter().all(|(_, r)| *r == RemoveReason::ScaledDown));
+    let replicas = settle(&mut apps, replicas, &actions);
+    assert_eq!(replicas.len(), 1);
+    // Scale down removes not-ready replicas first.
+    let mut apps = vec![app("web", 1)];
+    let replicas = vec![
+        replica("r1", "web", "a", ReplicaState::Ready),
+        replica("r2", "web", "b", ReplicaState::Starting),
+    ];
+    assert_eq!(
+        removes(&plan(&apps, &nodes, &replicas)),
+        [("r2", RemoveReason::ScaledDown)]
+    );
+    apps[0].replicas = 0;
+    assert_eq!(removes(&plan(&apps, &nodes, &replicas)).len(), 2);
+}
+
+#[test]
+fn lost_node_replicas_are_replaced_elsewhere_not_ready_ones_are_waited_for() {
+    let apps = vec![app("web", 3)];
+    let mut nodes = vec![node("a"), node("b"), node("c")];
+    let replicas = vec![
+        replica("r1", "web", "a", ReplicaState::Ready),
+        replica("r2", "web", "b", ReplicaState::Ready),
+        replica("r3", "web", "c", ReplicaState::Ready),
+    ];
+    // NotReady but not yet lost: nothing moves, the app is not available.
+    nodes[2].slot.ready = false;
+    let actions = plan(&apps, &nodes, &replicas);
+    assert!(removes(&actions).is_empty() && places(&actions).is_empty());
+    let available = condition(&actions, AVAILABLE).unwrap();
+    assert!(!available.status);
+    assert!(available.message.contains("1 on nodes that are not ready"));
+    // Lost: replaced on a survivor.
+    nodes[2].lost = true;
+    let actions = plan(&apps, &nodes, &replicas);
+    assert_eq!(removes(&actions), [("r3", RemoveReason::NodeLost)]);
+    assert_eq!(places(&actions).len(), 1);
+    assert_ne!(places(&actions)[0], "c");
+}
+
+#[test]
+fn unschedulable_says_why() {
+    let mut apps = vec![app("web", 2)];
+    apps[0].selector = [("disk".to_owned(), "ssd".to_owned())].into();
+    apps[0].reservation = 600 * MI;
+    let mut nodes = vec![node("a"), node("b"), node("c")];
+    nodes[0].slot.labels = apps[0].selector.clone();
+    nodes[1].slot.labels = apps[0].selector.clone();
+    nodes[1].slot.capacity = 500 * MI;
+    let actions = plan(&apps, &nodes, &[]);
+    assert_eq!(places(&actions), ["a"]);
+    let scheduled = condition(&actions, SCHEDULED).unwrap();
+    assert!(!scheduled.status);
+    assert_eq!(scheduled.reason, "Unschedulable");
+    assert_eq!(
+        scheduled.message,
+        "1 replica(s) cannot be placed: 0/3 nodes fit: 2 insufficient memory, 1 selector mismatch"
+    );
+}
+
+#[test]
+fn drain_and_new_revisions_keep_old_replicas_until_replacements_are_ready() {
+    let mut apps = vec![app("web", 2)];
+    let mut nodes = vec![node("a"), node("b"), node("c")];
+    let replicas = vec![
+        replica("r1", "web", "a", ReplicaState::Ready),
+        replica("r2", "web", "b", ReplicaState::Ready),
+    ];
+    nodes[0].draining = true;
+    let actions = plan(&apps, &nodes, &replicas);
+    // The replacement goes to c (a is draining, b already has one); r1 stays.
+    assert_eq!(places(&actions), ["c"]);
+    assert!(removes(&actions).is_empty());
+    // Replacement Starting: r1 still stays.
+    let mut replicas = replicas;
+    replicas.push(replica("r3", "web", "c", ReplicaState::Starting));
+    assert!(removes(&plan(&apps, &nodes, &replicas)).is_empty());
+    // Ready: r1 goes.
+    replicas[2].state = ReplicaState::Ready;
+    assert_eq!(
+        removes(&plan(&apps, &nodes, &replicas)),
+        [("r1", RemoveReason::Replaced)]
+    );
+
+    // A new revision: old replicas leave as new ones become ready.
+    nodes[0].draining = false;
+    apps[0].revision = 2;
+    let old = vec![
+        replica("o1", "web", "a", ReplicaState::Ready),
+        replica("o2", "web", "b", ReplicaState::Ready),
+    ];
+    let actions = plan(&apps, &nodes, &old);
+    assert_eq!(places(&actions).len(), 2);
+    assert!(removes(&actions).is_empty());
+    let mut replicas = old.clone();
+    replicas.push(ObservedReplica {
+        revision: 2,
+        ..replica("n1", "web", "c", ReplicaState::Ready)
+    });
+    replicas.push(ObservedReplica {
+        revision: 2,
+        ..replica("n2", "web", "a", ReplicaState::Starting)
+    });
+    // One new ready: one old may go.
+    assert_eq!(removes(&plan(&apps, &nodes, &replicas)).len(), 1);
+}
+
+#[test]
+fn failed_replicas_are_kept_and_reported() {
+    let apps = vec![app("web", 1)];
+    let nodes = vec![node("a")];
+    let mut r = replica("r1", "web", "a", ReplicaState::Failed);
+    r.reason = Some("component does not link".into());
+    let actions = plan(&apps, &nodes, &[r]);
+    assert!(removes(&actions).is_empty() && places(&actions).is_empty());
+    let available = condition(&actions, AVAILABLE).unwrap();
+    assert_eq!(available.reason, "ReplicaFailure");
+    assert!(available.message.contains("r1 on a failed: component does not link"));
+}
+
+#[test]
+fn orphans_are_removed() {
+    let nodes = vec![node("a")];
+    let replicas = vec![
+        replica("r1", "gone", "a", ReplicaState::Ready),
+        replica("r2", "web", "ghost", ReplicaState::Ready),
+    ];
+    let actions = plan(&[app("web", 0)], &nodes, &replicas);
+    assert_eq!(
+        removes(&actions),
+        [
+            ("r1", RemoveReason::Orphaned),
+            ("r2", RemoveReason::Orphaned)
+        ]
+    );
+}
