@@ -82,7 +82,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let id = args
         .id
         .clone()
-        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+        .unwrap_or_else(|| format!("{}-{}", crate::hostname(), std::process::id()));
     tasks.spawn(skiff_controller::lease::run_election(
         store.clone(),
         id.clone(),
@@ -130,12 +130,6 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     tasks.close();
     tasks.wait().await;
     Ok(())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "controller".to_owned())
 }
 
 /// The URL without its password, for messages.

@@ -2,6 +2,7 @@
 //! the library crates together; it has no logic of its own.
 
 mod controller;
+mod node;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -18,8 +19,19 @@ struct Cli {
 enum Command {
     /// Serve one wasi:http component standalone, like `wasmtime serve`.
     Serve(serve::ServeArgs),
-    /// Run the controller: the HTTP API and the state store.
+    /// Run the controller: the HTTP API, state store, scheduler and reconciler.
     Controller(controller::ControllerArgs),
+    /// Run a node: join a controller, run its replicas, route requests.
+    Node(node::NodeArgs),
+}
+
+/// This machine's hostname (for default identities).
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "skiff".to_owned())
 }
 
 fn init_tracing() {
@@ -48,6 +60,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Controller(args) => controller::run(args).await,
+            Command::Node(args) => node::run(args).await,
         }
     });
     match result {

@@ -97,7 +97,7 @@ pub fn error_response(outcome: Outcome, app: Option<&str>) -> Response<HyperOutg
         HeaderValue::from_static("application/json"),
     );
     headers.insert(REASON_HEADER, HeaderValue::from_static(outcome.reason()));
-    if outcome == Outcome::Overloaded {
+    if matches!(outcome, Outcome::Overloaded | Outcome::NoReplica) {
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response

@@ -1,5 +1,7 @@
 //! The HTTP ingress: accepts connections (HTTP/1.1 with keep-alive, or
-//! HTTP/2 with prior knowledge) and hands each request to the [`Runtime`].
+//! HTTP/2 with prior knowledge) and hands each request to a [`Handler`]: the
+//! [`Runtime`] itself (`skiff serve`) or a node's router, which serves local
+//! replicas and forwards the rest.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,7 +15,34 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use hyper::body::Incoming;
+pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
 use crate::Runtime;
+
+/// What answers the ingress's requests.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request; never fails (errors are responses).
+    fn handle(
+        self: &Arc<Self>,
+        req: http::Request<Incoming>,
+    ) -> impl Future<Output = http::Response<HyperOutgoingBody>> + Send;
+    /// Waits for in-flight work to end once the ingress stopped accepting.
+    fn drain(&self) -> impl Future<Output = ()> + Send;
+}
+
+impl Handler for Runtime {
+    fn handle(
+        self: &Arc<Self>,
+        req: http::Request<Incoming>,
+    ) -> impl Future<Output = http::Response<HyperOutgoingBody>> + Send {
+        Runtime::handle(self, req)
+    }
+
+    fn drain(&self) -> impl Future<Output = ()> + Send {
+        Runtime::drain(self)
+    }
+}
 
 /// A client must send a request's headers within this time, so slow or idle
 /// connections cannot hold a slot forever.
@@ -25,9 +54,9 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// Serves `listener` until `shutdown` is cancelled, then stops accepting,
 /// lets in-flight requests finish, and returns once every connection and
 /// guest call has ended.
-pub async fn run(
+pub async fn run<H: Handler>(
     listener: TcpListener,
-    runtime: Arc<Runtime>,
+    handler: Arc<H>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -51,10 +80,10 @@ pub async fn run(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let runtime = runtime.clone();
+        let handler = handler.clone();
         let service = service_fn(move |req| {
-            let runtime = runtime.clone();
-            async move { Ok::<_, Infallible>(runtime.handle(req).await) }
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler.handle(req).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -71,6 +100,6 @@ pub async fn run(
     graceful.shutdown().await;
     connections.close();
     connections.wait().await;
-    runtime.drain().await;
+    handler.drain().await;
     Ok(())
 }

@@ -23,6 +23,8 @@
 //! - [`routing`]: `Host: <app>.<domain>` to app name.
 //! - [`runtime`]: the [`Runtime`]: apps, readiness, the per-request path.
 //! - [`ingress`]: the hyper server loop with graceful shutdown.
+//! - [`node`]: the node agent (join, heartbeat, assignments, edge autonomy)
+//!   and its router (serve locally or forward to a peer).
 
 pub mod body;
 pub mod cache;
@@ -31,10 +33,11 @@ mod error;
 pub mod host;
 pub mod ingress;
 pub mod logs;
+pub mod node;
 pub mod quota;
 pub mod routing;
 pub mod runtime;
 
 pub use error::RuntimeError;
 pub use quota::Outcome;
-pub use runtime::{AppSpec, AppStats, Runtime, RuntimeConfig};
+pub use runtime::{AppSpec, AppStats, Preloaded, Runtime, RuntimeConfig};

@@ -89,11 +89,17 @@ pub enum Outcome {
     NotFound,
     /// The app's component could not be loaded: 503 `app-unavailable`.
     Unavailable,
+    /// The app exists in the cluster but no node has a Ready replica of it
+    /// (or a forwarded request reached a node without one): 503
+    /// `no-ready-replica`.
+    NoReplica,
+    /// Forwarding to the node with a replica failed: 502 `upstream-failed`.
+    UpstreamFailed,
 }
 
 impl Outcome {
     /// Every outcome, in the order used for counters and metrics.
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Ok,
         Outcome::Fuel,
         Outcome::Memory,
@@ -104,6 +110,8 @@ impl Outcome {
         Outcome::BodyTooLarge,
         Outcome::NotFound,
         Outcome::Unavailable,
+        Outcome::NoReplica,
+        Outcome::UpstreamFailed,
     ];
 
     /// The machine-readable reason, as sent in `x-skiff-reason`.
@@ -119,6 +127,8 @@ impl Outcome {
             Outcome::BodyTooLarge => "body-too-large",
             Outcome::NotFound => "app-not-found",
             Outcome::Unavailable => "app-unavailable",
+            Outcome::NoReplica => "no-ready-replica",
+            Outcome::UpstreamFailed => "upstream-failed",
         }
     }
 
@@ -126,9 +136,12 @@ impl Outcome {
     pub fn status(self) -> StatusCode {
         match self {
             Outcome::Ok => StatusCode::OK,
-            Outcome::Fuel | Outcome::Memory | Outcome::Overloaded | Outcome::Unavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Outcome::Fuel
+            | Outcome::Memory
+            | Outcome::Overloaded
+            | Outcome::Unavailable
+            | Outcome::NoReplica => StatusCode::SERVICE_UNAVAILABLE,
+            Outcome::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Outcome::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Outcome::Trap | Outcome::GuestError => StatusCode::INTERNAL_SERVER_ERROR,
             Outcome::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -149,6 +162,8 @@ impl Outcome {
             Outcome::BodyTooLarge => "the request body is larger than this node accepts",
             Outcome::NotFound => "no app is deployed for this host",
             Outcome::Unavailable => "the app could not be started on this node",
+            Outcome::NoReplica => "no node has a ready replica of this app right now",
+            Outcome::UpstreamFailed => "the node running this app could not be reached",
         }
     }
 

@@ -120,6 +120,11 @@ struct App {
     logs: Arc<LogBuffer>,
 }
 
+/// Keeps a component loaded (see [`Runtime::preload`]).
+pub struct Preloaded {
+    _cell: Arc<Loaded>,
+}
+
 /// What the guest did with its response-outparam.
 const SET_NONE: u8 = 0;
 const SET_OK: u8 = 1;
@@ -213,18 +218,7 @@ impl Runtime {
                 Arc::new(LogBuffer::new(&spec.name, self.config.log_lines)),
             ),
         };
-        let pre = {
-            let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-            loaded.retain(|_, cell| cell.strong_count() > 0);
-            match loaded.get(&spec.digest).and_then(Weak::upgrade) {
-                Some(cell) => cell,
-                None => {
-                    let cell = Arc::new(Loaded::new());
-                    loaded.insert(spec.digest, Arc::downgrade(&cell));
-                    cell
-                }
-            }
-        };
+        let pre = self.loaded_cell(spec.digest);
         let app = App {
             name: spec.name.as_str().into(),
             permits: Arc::new(Semaphore::new(spec.quota.concurrency as usize)),
@@ -236,6 +230,54 @@ impl Runtime {
         tracing::info!(app = %app.name, digest = %app.spec.digest, "app deployed");
         apps.insert(app.spec.name.clone(), Arc::new(app));
         Ok(())
+    }
+
+    /// The shared load cell of a digest (one per digest while anything
+    /// holds it).
+    fn loaded_cell(&self, digest: Digest) -> Arc<Loaded> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        loaded.retain(|_, cell| cell.strong_count() > 0);
+        match loaded.get(&digest).and_then(Weak::upgrade) {
+            Some(cell) => cell,
+            None => {
+                let cell = Arc::new(Loaded::new());
+                loaded.insert(digest, Arc::downgrade(&cell));
+                cell
+            }
+        }
+    }
+
+    /// Loads (compiling if needed) and pre-instantiates a stored component
+    /// before any app uses it, so that deploying it later switches traffic
+    /// without a cold start. The component stays loaded while the returned
+    /// handle (or an app using it) lives.
+    pub async fn preload(self: &Arc<Self>, digest: Digest) -> Result<Preloaded, RuntimeError> {
+        if !self.cache.contains(&digest) {
+            return Err(RuntimeError::UnknownComponent(digest));
+        }
+        let cell = self.loaded_cell(digest);
+        let label = digest.to_string();
+        cell.get_or_init(|| self.load(digest, &label))
+            .await
+            .clone()
+            .map_err(|source| RuntimeError::AppUnavailable {
+                app: label.clone(),
+                source,
+            })?;
+        Ok(Preloaded { _cell: cell })
+    }
+
+    /// Whether a component is in the cache (stored, perhaps not compiled).
+    pub fn has_component(&self, digest: &Digest) -> bool {
+        self.cache.contains(digest)
+    }
+
+    /// Whether an app of this name is deployed here.
+    pub fn has_app(&self, name: &str) -> bool {
+        self.apps
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(name)
     }
 
     /// Removes an app; its in-flight requests finish.
@@ -282,11 +324,17 @@ impl Runtime {
     }
 
     async fn ready(self: &Arc<Self>, app: &App) -> Result<ProxyPre<HostState>, Arc<RuntimeError>> {
-        app.pre.get_or_init(|| self.load(app)).await.clone()
+        app.pre
+            .get_or_init(|| self.load(app.spec.digest, &app.name))
+            .await
+            .clone()
     }
 
-    async fn load(self: &Arc<Self>, app: &App) -> Result<ProxyPre<HostState>, Arc<RuntimeError>> {
-        let digest = app.spec.digest;
+    async fn load(
+        self: &Arc<Self>,
+        digest: Digest,
+        app: &str,
+    ) -> Result<ProxyPre<HostState>, Arc<RuntimeError>> {
         let this = self.clone();
         let loaded = match tokio::task::spawn_blocking(move || this.cache.load(&digest)).await {
             Ok(Ok(component)) => self
@@ -299,11 +347,11 @@ impl Runtime {
         };
         match loaded {
             Ok(pre) => {
-                tracing::info!(app = %app.name, %digest, "app ready");
+                tracing::info!(%app, %digest, "component ready");
                 Ok(pre)
             }
             Err(e) => {
-                tracing::error!(app = %app.name, error = %error_chain(&e), "app cannot be loaded");
+                tracing::error!(%app, error = %error_chain(&e), "component cannot be loaded");
                 Err(Arc::new(e))
             }
         }

@@ -381,6 +381,26 @@ pub struct Assignments {
     pub replicas: Vec<Assignment>,
 }
 
+/// A replica as placed by the scheduler and last reported by its node
+/// (`GET /v1/apps/{name}/replicas`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Replica {
+    /// Replica id.
+    pub id: String,
+    /// App name.
+    pub app: String,
+    /// Revision it runs.
+    pub revision: u64,
+    /// Node it is assigned to.
+    pub node: String,
+    /// Last reported state.
+    pub state: ReplicaState,
+    /// Why, when failed or pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// A node where an app has a Ready replica.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

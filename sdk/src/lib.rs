@@ -2,21 +2,25 @@
 //!
 //! It holds the wire types of the HTTP API (plain `serde` types), the parsers
 //! for the quantities users write (`64Mi`, `5s`), and, as the project grows,
-//! the `skiff.toml` manifest, bundle packaging and a typed client. The
+//! the `skiff.toml` manifest and bundle packaging; and a typed async
+//! [`Client`] of the API. The
 //! controller and the runtime depend on this crate; it depends on neither.
 //!
 //! # Layout
 //!
 //! - [`api`]: wire types of the controller's HTTP API and name rules.
+//! - [`client`]: a typed async client of that API (hyper, no TLS).
 //! - [`digest`]: `sha256:<hex>` content digests that name artifacts.
 //! - [`quantity`]: byte sizes (`64Mi`), durations (`5s`) and counts (`10k`).
 //! - [`quota`]: the per-app [`Quota`] (memory, fuel, timeout, concurrency).
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod client;
 pub mod digest;
 pub mod quantity;
 pub mod quota;
 
+pub use client::{Client, ClientError};
 pub use digest::Digest;
 pub use quota::Quota;

@@ -16,6 +16,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use skiff_runtime::{AppSpec, Runtime, RuntimeConfig};
 use skiff_sdk::Quota;
+
+pub mod cluster;
 use tokio_util::sync::CancellationToken;
 
 /// The workspace root.

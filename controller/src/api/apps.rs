@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use skiff_sdk::api::{
-    App, AppSpec, ErrorBody, Revision, RollbackRequest, ScaleRequest, validate_name,
+    App, AppSpec, ErrorBody, Replica, Revision, RollbackRequest, ScaleRequest, validate_name,
 };
 
 use super::{AppState, Auth, JsonBody, etag, if_match};
@@ -197,6 +197,35 @@ pub async fn revisions(
             .revisions(&name)
             .await
             .map_err(ApiError::store("listing revisions"))?,
+    ))
+}
+
+/// An app's replicas, by id.
+#[utoipa::path(get, path = "/v1/apps/{name}/replicas", params(("name" = String, Path)),
+    responses((status = 200, body = Vec<Replica>), (status = 404, body = ErrorBody)))]
+pub async fn replicas(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<Replica>>, ApiError> {
+    who.require_admin()?;
+    let read = || ApiError::store("listing replicas");
+    if state.store.app(&name).await.map_err(read())?.is_none() {
+        return Err(ApiError::NotFound(format!("app {name:?} not found")));
+    }
+    let replicas = state.store.replicas(Some(&name)).await.map_err(read())?;
+    Ok(Json(
+        replicas
+            .into_iter()
+            .map(|r| Replica {
+                id: r.id,
+                app: r.app,
+                revision: r.revision,
+                node: r.node,
+                state: r.state,
+                reason: r.reason,
+            })
+            .collect(),
     ))
 }
 

@@ -1,0 +1,103 @@
+//! What a node keeps on disk so that it can serve without the controller:
+//! its identity, its last assignments and the last endpoints it saw. Every
+//! file is written whole (temporary file, fsync, rename), so a crash leaves
+//! the old or the new content, never a torn one.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The node's identity: its name and the credential the controller gave it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    /// Node name.
+    pub name: String,
+    /// Bearer credential for the node's own routes.
+    pub credential: String,
+}
+
+/// The node's state directory.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating) the directory.
+    pub fn open(root: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)?;
+        Ok(Self { root })
+    }
+
+    /// Where the compile cache lives.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
+    /// The path of a state file.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.root.join(file)
+    }
+
+    /// Reads a JSON state file; `None` if it does not exist.
+    pub fn read<T: DeserializeOwned>(&self, file: &str) -> std::io::Result<Option<T>> {
+        let path = self.path(file);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces a JSON state file atomically, readable by the owner only
+    /// (the identity holds a secret).
+    pub fn write<T: Serialize>(&self, file: &str, value: &T) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(value)?;
+        write_atomic(&self.path(file), &bytes)
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_reports_corruption() {
+        let dir = std::env::temp_dir().join(format!("skiff-disk-{}", std::process::id()));
+        let state = StateDir::open(&dir).unwrap();
+        assert_eq!(state.read::<Identity>("node.json").unwrap(), None);
+        let id = Identity {
+            name: "n1".into(),
+            credential: "secret".into(),
+        };
+        state.write("node.json", &id).unwrap();
+        assert_eq!(state.read("node.json").unwrap(), Some(id));
+        std::fs::write(state.path("node.json"), b"{").unwrap();
+        let err = state.read::<Identity>("node.json").unwrap_err();
+        assert!(err.to_string().contains("node.json"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,478 @@
+//! The node agent: joins the cluster, heartbeats, watches its assignments
+//! and the cluster's endpoints, and runs its replicas in the [`Runtime`].
+//!
+//! Edge autonomy: the node's identity, last assignments and last endpoints
+//! are kept on disk ([`disk`]) next to the compile cache. A node serves its
+//! last assignments from the moment it starts, whether or not the
+//! controller answers; the control loop (register, heartbeat, watches)
+//! retries with back-off in the background and converges once it does.
+//!
+//! Replica states reported with heartbeats: `Pending` (artifact not yet
+//! here), `Starting` (compiling and probing), `Ready` (a probe instance was
+//! created under the app's quota), `Failed` with a reason (the component
+//! cannot be loaded or instantiated here; retrying would fail the same way).
+
+pub mod disk;
+pub mod router;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use skiff_sdk::api::{
+    Assignment, Assignments, Endpoints, Heartbeat, NodeCapacity, RegisterNode, ReplicaState,
+    ReplicaStatus,
+};
+use skiff_sdk::{Client, ClientError, Digest};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use self::disk::{Identity, StateDir};
+use self::router::NodeRouter;
+use crate::runtime::error_chain;
+use crate::{AppSpec, Preloaded, Runtime};
+
+/// Default heartbeat interval: three fit in the controller's default grace.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Longest wait of one watch call (the controller caps it at 60 s).
+const WATCH_WAIT: Duration = Duration::from_secs(30);
+/// First and longest back-off after a failed call to the controller.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often replicas whose artifact could not be fetched are retried.
+const PENDING_RETRY: Duration = Duration::from_secs(2);
+
+const IDENTITY_FILE: &str = "node.json";
+const ASSIGNMENTS_FILE: &str = "assignments.json";
+const ENDPOINTS_FILE: &str = "endpoints.json";
+
+/// What a node offers and how it is reached.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Node name (its identity across restarts).
+    pub name: String,
+    /// Labels for node selectors (`zone` is used for spreading).
+    pub labels: BTreeMap<String, String>,
+    /// Memory offered to replicas, in bytes.
+    pub memory_bytes: u64,
+    /// The ingress address other nodes forward to, `host:port`.
+    pub ingress: String,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+}
+
+/// The agent of one node.
+pub struct Agent {
+    config: NodeConfig,
+    client: Client,
+    join_token: String,
+    state: StateDir,
+    router: Arc<NodeRouter>,
+    /// The authenticated client once registered.
+    session: Mutex<Option<Client>>,
+    /// Replica states as reported.
+    replicas: Mutex<BTreeMap<String, ReplicaStatus>>,
+    /// Wakes the heartbeat loop early when a replica state changed.
+    report: Notify,
+    assignments: watch::Sender<Option<Assignments>>,
+    /// Components kept loaded while assigned, or why they cannot load.
+    loaded: Mutex<HashMap<Digest, Result<Arc<Preloaded>, String>>>,
+}
+
+impl Agent {
+    /// An agent for `router`'s runtime, resuming the assignments and
+    /// endpoints last stored in `state`.
+    pub fn new(
+        config: NodeConfig,
+        client: Client,
+        join_token: String,
+        state: StateDir,
+        router: Arc<NodeRouter>,
+    ) -> std::io::Result<Arc<Self>> {
+        let last: Option<Assignments> = state.read(ASSIGNMENTS_FILE)?;
+        if let Some(endpoints) = state.read::<Endpoints>(ENDPOINTS_FILE)? {
+            router.set_endpoints(&endpoints);
+        }
+        if let Some(a) = &last {
+            tracing::info!(
+                replicas = a.replicas.len(),
+                version = a.version,
+                "resuming the last assignments from disk"
+            );
+        }
+        Ok(Arc::new(Self {
+            config,
+            client,
+            join_token,
+            state,
+            router,
+            session: Mutex::new(None),
+            replicas: Mutex::new(BTreeMap::new()),
+            report: Notify::new(),
+            assignments: watch::channel(last).0,
+            loaded: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Replica states as this node reports them.
+    pub fn replica_states(&self) -> Vec<ReplicaStatus> {
+        lock(&self.replicas).values().cloned().collect()
+    }
+
+    /// Starts the replicas of the assignments stored on disk (before the
+    /// ingress opens, so a restarted node serves them from its first
+    /// request); returns how many are Ready.
+    pub async fn resume(&self) -> usize {
+        let last = self.assignments.borrow().clone();
+        if let Some(assignments) = last {
+            self.converge(&assignments).await;
+        }
+        self.replica_states()
+            .iter()
+            .filter(|r| r.state == ReplicaState::Ready)
+            .count()
+    }
+
+    /// Runs the converge loop and the control loop until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        tokio::join!(self.converge_loop(&shutdown), self.control_loop(&shutdown));
+    }
+
+    // ---- control: register, heartbeat, watch -------------------------------
+
+    async fn control_loop(self: &Arc<Self>, shutdown: &CancellationToken) {
+        let mut backoff = Backoff::default();
+        loop {
+            let client = match self.register().await {
+                Ok(client) => client,
+                Err(error) => {
+                    backoff.failed("registering with the controller", &error);
+                    if sleep_or_shutdown(backoff.delay(), shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            backoff.succeeded("registered with the controller");
+            *lock(&self.session) = Some(client.clone());
+            // Artifacts that could not be fetched before can be now.
+            self.assignments.send_modify(|_| {});
+            let why = tokio::select! {
+                why = self.heartbeats(&client) => why,
+                why = self.watch_assignments(&client) => why,
+                why = self.watch_endpoints(&client) => why,
+                () = shutdown.cancelled() => return,
+            };
+            tracing::warn!(error = %error_chain(&why), "the controller no longer knows this node's credential; registering again");
+            *lock(&self.session) = None;
+        }
+    }
+
+    async fn register(&self) -> Result<Client, ClientError> {
+        let joiner = self.client.clone().with_token(&self.join_token);
+        let registration = joiner
+            .register_node(&RegisterNode {
+                name: self.config.name.clone(),
+                labels: self.config.labels.clone(),
+                capacity: NodeCapacity {
+                    memory_bytes: self.config.memory_bytes,
+                },
+                ingress: self.config.ingress.clone(),
+            })
+            .await?;
+        let identity = Identity {
+            name: registration.node.name,
+            credential: registration.credential,
+        };
+        if let Err(error) = self.state.write(IDENTITY_FILE, &identity) {
+            tracing::warn!(%error, "could not store the node identity");
+        }
+        Ok(self.client.clone().with_token(&identity.credential))
+    }
+
+    async fn heartbeats(&self, client: &Client) -> ClientError {
+        let mut backoff = Backoff::default();
+        loop {
+            let heartbeat = Heartbeat {
+                replicas: self.replica_states(),
+            };
+            match client.heartbeat(&self.config.name, &heartbeat).await {
+                Ok(()) => backoff.succeeded("heartbeats reach the controller again"),
+                Err(e) if needs_registration(&e) => return e,
+                Err(e) => backoff.failed("sending a heartbeat", &e),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.config.heartbeat) => {}
+                () = self.report.notified() => {}
+            }
+        }
+    }
+
+    async fn watch_assignments(&self, client: &Client) -> ClientError {
+        let mut backoff = Backoff::default();
+        let mut after = None;
+        loop {
+            match client
+                .assignments(&self.config.name, after, WATCH_WAIT)
+                .await
+            {
+                Ok(assignments) => {
+                    backoff.succeeded("watching assignments again");
+                    if after == Some(assignments.version) {
+                        continue;
+                    }
+                    after = Some(assignments.version);
+                    if let Err(error) = self.state.write(ASSIGNMENTS_FILE, &assignments) {
+                        tracing::warn!(%error, "could not store the assignments");
+                    }
+                    self.assignments.send_replace(Some(assignments));
+                }
+                Err(e) if needs_registration(&e) => return e,
+                Err(e) => {
+                    backoff.failed("watching assignments", &e);
+                    tokio::time::sleep(backoff.delay()).await;
+                }
+            }
+        }
+    }
+
+    async fn watch_endpoints(&self, client: &Client) -> ClientError {
+        let mut backoff = Backoff::default();
+        let mut tag: Option<String> = None;
+        loop {
+            match client.endpoints(tag.as_deref(), WATCH_WAIT).await {
+                Ok(Some((new_tag, endpoints))) => {
+                    backoff.succeeded("watching endpoints again");
+                    self.router.set_endpoints(&endpoints);
+                    if let Err(error) = self.state.write(ENDPOINTS_FILE, &endpoints) {
+                        tracing::warn!(%error, "could not store the endpoints");
+                    }
+                    tag = Some(new_tag);
+                }
+                Ok(None) => backoff.succeeded("watching endpoints again"),
+                Err(e) if needs_registration(&e) => return e,
+                Err(e) => {
+                    backoff.failed("watching endpoints", &e);
+                    tokio::time::sleep(backoff.delay()).await;
+                }
+            }
+        }
+    }
+
+    // ---- converge: make the runtime run the assignments --------------------
+
+    async fn converge_loop(self: &Arc<Self>, shutdown: &CancellationToken) {
+        let mut rx = self.assignments.subscribe();
+        loop {
+            let current = rx.borrow_and_update().clone();
+            let pending = match &current {
+                Some(assignments) => self.converge(assignments).await,
+                None => false,
+            };
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(PENDING_RETRY), if pending => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Brings the runtime in line with `assignments`; returns whether some
+    /// replica still waits for its artifact.
+    async fn converge(&self, assignments: &Assignments) -> bool {
+        let runtime = self.router.runtime().clone();
+        let mut by_app: BTreeMap<&str, Vec<&Assignment>> = BTreeMap::new();
+        for a in &assignments.replicas {
+            by_app.entry(a.app.as_str()).or_default().push(a);
+        }
+
+        // Forget what is no longer assigned.
+        for app in runtime.apps() {
+            if !by_app.contains_key(app.as_str()) {
+                runtime.remove(&app);
+                tracing::info!(%app, "app no longer assigned here: removed");
+            }
+        }
+        lock(&self.replicas).retain(|id, _| assignments.replicas.iter().any(|a| &a.id == id));
+        lock(&self.loaded)
+            .retain(|digest, _| assignments.replicas.iter().any(|a| &a.spec.artifact == digest));
+
+        let mut pending = false;
+        for (app, replicas) in by_app {
+            pending |= self.converge_app(&runtime, app, &replicas).await;
+        }
+        pending
+    }
+
+    async fn converge_app(&self, runtime: &Arc<Runtime>, app: &str, replicas: &[&Assignment]) -> bool {
+        let mut pending = false;
+        // Load every revision's component; the newest that loads serves.
+        let mut loadable: Vec<&Assignment> = Vec::new();
+        for a in replicas {
+            match self.load(runtime, &a.spec.artifact).await {
+                Load::Ready => loadable.push(a),
+                Load::Missing(why) => {
+                    pending = true;
+                    self.set_state(&a.id, ReplicaState::Pending, Some(why));
+                }
+                Load::Failed(why) => self.set_state(&a.id, ReplicaState::Failed, Some(why)),
+            }
+        }
+        let Some(revision) = loadable.iter().map(|a| a.revision).max() else {
+            runtime.remove(app);
+            return pending;
+        };
+        let serving: Vec<&Assignment> = loadable
+            .iter()
+            .copied()
+            .filter(|a| a.revision == revision)
+            .collect();
+        let spec = &serving[0].spec;
+        let mut quota = spec.quota;
+        // Each replica brings its own concurrency slots (and reservation).
+        quota.concurrency = quota
+            .concurrency
+            .saturating_mul(u32::try_from(serving.len()).unwrap_or(u32::MAX));
+        let deployed = runtime.deploy(AppSpec {
+            name: app.to_owned(),
+            digest: spec.artifact,
+            quota,
+            env: spec.env.clone().into_iter().collect(),
+        });
+        let probe = match deployed {
+            Ok(()) if loadable.iter().all(|a| self.state_of(&a.id) == Some(ReplicaState::Ready)) => {
+                Ok(())
+            }
+            Ok(()) => {
+                for a in &loadable {
+                    self.set_state(&a.id, ReplicaState::Starting, None);
+                }
+                runtime.instantiate_once(app).await.map(drop)
+            }
+            Err(e) => Err(e),
+        };
+        match probe {
+            // Older revisions' replicas are served by the newest one here.
+            Ok(()) => {
+                for a in &loadable {
+                    self.set_state(&a.id, ReplicaState::Ready, None);
+                }
+            }
+            Err(e) => {
+                let why = error_chain(&e);
+                tracing::warn!(%app, error = %why, "replica failed to start");
+                runtime.remove(app);
+                for a in &loadable {
+                    self.set_state(&a.id, ReplicaState::Failed, Some(why.clone()));
+                }
+            }
+        }
+        pending
+    }
+
+    /// Makes sure a component is here and loaded.
+    async fn load(&self, runtime: &Arc<Runtime>, digest: &Digest) -> Load {
+        if let Some(known) = lock(&self.loaded).get(digest) {
+            return match known {
+                Ok(_) => Load::Ready,
+                Err(why) => Load::Failed(why.clone()),
+            };
+        }
+        if !runtime.has_component(digest) {
+            let session = lock(&self.session).clone();
+            let Some(client) = session else {
+                return Load::Missing("waiting for the controller to fetch the artifact".into());
+            };
+            let fetched = client.download_artifact(digest).await;
+            match fetched {
+                Ok(bytes) => {
+                    if let Err(e) = runtime.store_component(&bytes) {
+                        return Load::Missing(format!("storing the artifact: {}", error_chain(&e)));
+                    }
+                }
+                Err(e @ ClientError::DigestMismatch { .. }) => return Load::Failed(e.to_string()),
+                Err(e) => return Load::Missing(format!("fetching the artifact: {}", error_chain(&e))),
+            }
+        }
+        let result = runtime
+            .preload(*digest)
+            .await
+            .map(Arc::new)
+            .map_err(|e| error_chain(&e));
+        let load = match &result {
+            Ok(_) => Load::Ready,
+            Err(why) => Load::Failed(why.clone()),
+        };
+        lock(&self.loaded).insert(*digest, result);
+        load
+    }
+
+    fn state_of(&self, id: &str) -> Option<ReplicaState> {
+        lock(&self.replicas).get(id).map(|r| r.state)
+    }
+
+    fn set_state(&self, id: &str, state: ReplicaState, reason: Option<String>) {
+        let status = ReplicaStatus {
+            id: id.to_owned(),
+            state,
+            reason,
+        };
+        let changed = lock(&self.replicas).insert(id.to_owned(), status.clone()) != Some(status);
+        if changed {
+            tracing::info!(replica = %id, ?state, "replica state");
+            self.report.notify_one();
+        }
+    }
+}
+
+enum Load {
+    Ready,
+    Missing(String),
+    Failed(String),
+}
+
+/// A 401 (credential unknown: the controller's state was reset), 403 or
+/// 404 (the node was deleted) means: register again.
+fn needs_registration(e: &ClientError) -> bool {
+    e.status().is_some_and(|s| matches!(s.as_u16(), 401 | 403 | 404))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => false,
+        () = shutdown.cancelled() => true,
+    }
+}
+
+/// Exponential back-off that logs a failure once per outage, not per try.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn failed(&mut self, doing: &str, error: &ClientError) {
+        if self.failures == 0 {
+            tracing::warn!(error = %error_chain(error), "{doing} failed; retrying with back-off (serving continues)");
+        } else {
+            tracing::debug!(error = %error_chain(error), "{doing} failed again");
+        }
+        self.failures = self.failures.saturating_add(1);
+    }
+
+    fn succeeded(&mut self, what: &str) {
+        if self.failures > 0 {
+            tracing::info!("{what}");
+        }
+        self.failures = 0;
+    }
+
+    fn delay(&self) -> Duration {
+        let exp = self.failures.saturating_sub(1).min(8);
+        (BACKOFF_MIN * 2u32.pow(exp)).min(BACKOFF_MAX)
+    }
+}

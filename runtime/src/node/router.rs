@@ -1,0 +1,301 @@
+//! A node's request router: serves an app locally when this node runs it,
+//! otherwise forwards to a node that has a Ready replica (the one with the
+//! fewest requests in flight from here), retrying once on another node
+//! after a connection failure when that is safe. The controller is never on
+//! the request path: the endpoints come from a watch and survive its loss.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, Response, Uri, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use skiff_sdk::api::Endpoints;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::body::error_response;
+use crate::ingress::Handler;
+use crate::routing::app_for_host;
+use crate::{Outcome, Runtime};
+
+/// Set on forwarded requests (to the forwarding node's name): a node never
+/// forwards such a request again, so a stale view cannot make a loop.
+pub const FORWARDED_BY: HeaderName = HeaderName::from_static("x-skiff-forwarded-by");
+/// Set on every response a node's replica produced, to that node's name.
+pub const SERVED_BY: HeaderName = HeaderName::from_static("x-skiff-node");
+/// Time allowed to connect to a peer node: peers are near, and a dead one
+/// must fail fast so the retry can go elsewhere.
+const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A peer node's ingress, with the requests this node has in flight to it.
+#[derive(Debug)]
+struct Peer {
+    node: String,
+    address: String,
+    in_flight: AtomicUsize,
+}
+
+/// Counters of the forwarding path.
+#[derive(Debug, Default)]
+pub struct ForwardStats {
+    /// Requests forwarded to a peer.
+    pub forwarded: AtomicU64,
+    /// Forwards retried on another peer after a connection failure.
+    pub retried: AtomicU64,
+    /// Requests answered `no-ready-replica`.
+    pub no_replica: AtomicU64,
+    /// Forwards that failed (`upstream-failed`).
+    pub failed: AtomicU64,
+}
+
+/// Serves local replicas and forwards the rest.
+pub struct NodeRouter {
+    runtime: Arc<Runtime>,
+    name: String,
+    name_header: HeaderValue,
+    domain: String,
+    table: RwLock<HashMap<String, Vec<Arc<Peer>>>>,
+    client: HttpClient<HttpConnector, BoxBody<Bytes, hyper::Error>>,
+    turn: AtomicUsize,
+    stats: ForwardStats,
+}
+
+impl NodeRouter {
+    /// A router for node `name` over `runtime`, for apps under `domain`.
+    pub fn new(runtime: Arc<Runtime>, name: &str, domain: &str) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(PEER_CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        Arc::new(Self {
+            runtime,
+            name: name.to_owned(),
+            name_header: HeaderValue::from_str(name)
+                .unwrap_or_else(|_| HeaderValue::from_static("node")),
+            domain: domain.to_owned(),
+            table: RwLock::new(HashMap::new()),
+            client: HttpClient::builder(TokioExecutor::new()).build(connector),
+            turn: AtomicUsize::new(0),
+            stats: ForwardStats::default(),
+        })
+    }
+
+    /// The runtime serving local replicas.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Forwarding counters.
+    pub fn stats(&self) -> &ForwardStats {
+        &self.stats
+    }
+
+    /// Replaces the endpoints (this node's own entries are left out; the
+    /// in-flight counts of peers that remain are kept).
+    pub fn set_endpoints(&self, endpoints: &Endpoints) {
+        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        let known: HashMap<(String, String), Arc<Peer>> = table
+            .values()
+            .flatten()
+            .map(|p| ((p.node.clone(), p.address.clone()), p.clone()))
+            .collect();
+        *table = endpoints
+            .apps
+            .iter()
+            .map(|(app, list)| {
+                let peers = list
+                    .iter()
+                    .filter(|e| e.node != self.name)
+                    .map(|e| {
+                        known
+                            .get(&(e.node.clone(), e.address.clone()))
+                            .cloned()
+                            .unwrap_or_else(|| {
+                                Arc::new(Peer {
+                                    node: e.node.clone(),
+                                    address: e.address.clone(),
+                                    in_flight: AtomicUsize::new(0),
+                                })
+                            })
+                    })
+                    .collect();
+                (app.clone(), peers)
+            })
+            .collect();
+    }
+
+    /// Peers for `app`, fewest in flight first (ties taken in turn).
+    fn candidates(&self, app: &str) -> Vec<Arc<Peer>> {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let Some(peers) = table.get(app).filter(|p| !p.is_empty()) else {
+            return Vec::new();
+        };
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % peers.len();
+        let mut ordered: Vec<Arc<Peer>> = peers[start..]
+            .iter()
+            .chain(&peers[..start])
+            .cloned()
+            .collect();
+        ordered.sort_by_key(|p| p.in_flight.load(Ordering::Relaxed));
+        ordered
+    }
+
+    async fn forward(&self, app: &str, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
+        let peers = self.candidates(app);
+        if peers.is_empty() {
+            self.stats.no_replica.fetch_add(1, Ordering::Relaxed);
+            return error_response(Outcome::NoReplica, Some(app));
+        }
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, host);
+        }
+        parts
+            .headers
+            .insert(FORWARDED_BY, self.name_header.clone());
+        // Only a request without a body that is safe to repeat is retried:
+        // its body cannot have been half-sent, and running it twice is
+        // harmless.
+        let retryable = idempotent(&parts.method) && http_body::Body::is_end_stream(&body);
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned());
+        self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+
+        let mut body = Some(body.boxed());
+        for (attempt, peer) in peers.iter().take(2).enumerate() {
+            let uri: Uri = match format!("http://{}{path}", peer.address).parse() {
+                Ok(uri) => uri,
+                Err(_) => continue,
+            };
+            let mut out = Request::from_parts(parts.clone(), ());
+            *out.uri_mut() = uri;
+            let out = out.map(|()| match body.take() {
+                Some(b) if !retryable => b,
+                _ => Empty::new().map_err(|never| match never {}).boxed(),
+            });
+            peer.in_flight.fetch_add(1, Ordering::Relaxed);
+            let result = self.client.request(out).await;
+            peer.in_flight.fetch_sub(1, Ordering::Relaxed);
+            match result {
+                Ok(response) => {
+                    return response.map(|b| {
+                        b.map_err(wasmtime_wasi_http::Error::Hyper).boxed_unsync()
+                    });
+                }
+                Err(error) if error.is_connect() && retryable && attempt == 0 => {
+                    tracing::debug!(%app, peer = %peer.node, %error, "peer unreachable; retrying on another");
+                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    tracing::warn!(%app, peer = %peer.node, error = %crate::runtime::error_chain(&error), "forwarding failed");
+                    break;
+                }
+            }
+        }
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        error_response(Outcome::UpstreamFailed, Some(app))
+    }
+}
+
+impl Handler for NodeRouter {
+    async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
+        let host = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        let app = host.and_then(|h| app_for_host(h, &self.domain));
+        match app {
+            Some(app) if !self.runtime.has_app(app) => {
+                let app = app.to_owned();
+                if req.headers().contains_key(FORWARDED_BY) {
+                    // Already forwarded once: the sender's view is stale.
+                    self.stats.no_replica.fetch_add(1, Ordering::Relaxed);
+                    return error_response(Outcome::NoReplica, Some(&app));
+                }
+                self.forward(&app, req).await
+            }
+            // Served here (or not an app host at all: the runtime answers
+            // 404 and counts it).
+            _ => {
+                let mut response = self.runtime.handle(req).await;
+                response
+                    .headers_mut()
+                    .insert(SERVED_BY, self.name_header.clone());
+                response
+            }
+        }
+    }
+
+    async fn drain(&self) {
+        self.runtime.drain().await;
+    }
+}
+
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Headers that describe one connection, not the request (RFC 9110 §7.6.1).
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::HOST, HeaderValue::from_static("web.localhost"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::HOST));
+    }
+
+    #[test]
+    fn only_safe_methods_are_retried() {
+        assert!(idempotent(&Method::GET) && idempotent(&Method::PUT));
+        assert!(!idempotent(&Method::POST) && !idempotent(&Method::PATCH));
+    }
+}

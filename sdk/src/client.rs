@@ -1,0 +1,439 @@
+//! A typed async client of the controller's HTTP API, used by nodes, the
+//! CLI and tests. Plain HTTP over hyper (put TLS in front of the controller
+//! with a proxy); every call has a deadline, every error says which call
+//! failed and how, and API errors keep the server's `{"error": ...}` body.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Digest;
+use crate::api::{
+    App, AppSpec, Artifact, Assignments, Endpoints, ErrorBody, Event, Heartbeat, Node,
+    NodeRegistration, RegisterNode, Replica, ScaleRequest,
+};
+
+/// Deadline of an ordinary call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed to open a connection: the controller is near; a dead one
+/// should be noticed quickly.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Slack added to a watch's server-side wait before the client gives up.
+const WATCH_SLACK: Duration = Duration::from_secs(5);
+/// Largest JSON response read (lists of thousands of apps fit).
+const MAX_JSON_RESPONSE: usize = 64 << 20;
+/// Largest artifact downloaded.
+pub const MAX_ARTIFACT: usize = 256 << 20;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The base URL is not `http://host:port`.
+    #[error("invalid controller URL {0:?} (expected http://HOST:PORT)")]
+    InvalidUrl(String),
+    /// No answer: connection refused, reset, or similar.
+    #[error("{call}: cannot reach the controller")]
+    Unreachable {
+        /// Which call.
+        call: &'static str,
+        /// The transport error.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// No complete answer within the deadline.
+    #[error("{call}: no answer within {timeout:?}")]
+    Timeout {
+        /// Which call.
+        call: &'static str,
+        /// The deadline.
+        timeout: Duration,
+    },
+    /// The controller answered with an error.
+    #[error("{call}: {status}: {}", body.error.message)]
+    Api {
+        /// Which call.
+        call: &'static str,
+        /// HTTP status.
+        status: StatusCode,
+        /// The error body.
+        body: ErrorBody,
+    },
+    /// The answer could not be read or understood.
+    #[error("{call}: unexpected answer ({status}): {detail}")]
+    Unexpected {
+        /// Which call.
+        call: &'static str,
+        /// HTTP status.
+        status: StatusCode,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// A downloaded artifact does not hash to the digest it was asked by.
+    #[error("artifact {expected} downloaded as {actual}: refusing it")]
+    DigestMismatch {
+        /// The digest asked for.
+        expected: Digest,
+        /// The digest of the bytes received.
+        actual: Digest,
+    },
+}
+
+impl ClientError {
+    /// The HTTP status, when the controller answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } | ClientError::Unexpected { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+
+    /// The controller could not be reached or did not answer in time.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unreachable { .. } | ClientError::Timeout { .. }
+        )
+    }
+}
+
+/// A controller API client. Cheap to clone; connections are pooled.
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: Uri,
+    token: Option<HeaderValue>,
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Client {
+    /// A client of the controller at `url` (`http://host:port`), without a
+    /// token.
+    pub fn new(url: &str) -> Result<Self, ClientError> {
+        let invalid = || ClientError::InvalidUrl(url.to_owned());
+        let base: Uri = url.trim_end_matches('/').parse().map_err(|_| invalid())?;
+        if base.scheme_str() != Some("http")
+            || base.authority().is_none()
+            || base.path().len() > 1
+        {
+            return Err(invalid());
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let http = HttpClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Self {
+            base,
+            token: None,
+            http,
+        })
+    }
+
+    /// The same client, calling with `token` as its bearer token.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = HeaderValue::from_str(&format!("Bearer {}", token.trim())).ok();
+        self
+    }
+
+    /// The controller's base URL.
+    pub fn base(&self) -> &Uri {
+        &self.base
+    }
+
+    async fn send(
+        &self,
+        call: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, Bytes)>,
+        headers: &[(header::HeaderName, HeaderValue)],
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Reply, ClientError> {
+        let uri = format!("{}{path}", self.base.to_string().trim_end_matches('/'));
+        let mut req = http::Request::builder().method(method).uri(uri);
+        if let Some(token) = &self.token {
+            req = req.header(header::AUTHORIZATION, token.clone());
+        }
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        let req = match body {
+            Some((content_type, bytes)) => req
+                .header(header::CONTENT_TYPE, content_type)
+                .body(Full::new(bytes)),
+            None => req.body(Full::new(Bytes::new())),
+        }
+        .map_err(|e| ClientError::InvalidUrl(e.to_string()))?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(req)
+                .await
+                .map_err(|source| ClientError::Unreachable { call, source })?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, limit)
+                .collect()
+                .await
+                .map_err(|e| ClientError::Unexpected {
+                    call,
+                    status: parts.status,
+                    detail: format!("reading the body: {e}"),
+                })?
+                .to_bytes();
+            Ok(Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        let reply = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout { call, timeout })??;
+        if reply.status.is_client_error() || reply.status.is_server_error() {
+            return Err(match serde_json::from_slice::<ErrorBody>(&reply.body) {
+                Ok(body) => ClientError::Api {
+                    call,
+                    status: reply.status,
+                    body,
+                },
+                Err(_) => ClientError::Unexpected {
+                    call,
+                    status: reply.status,
+                    detail: String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)])
+                        .into_owned(),
+                },
+            });
+        }
+        Ok(reply)
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        call: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let body = match body {
+            Some(b) => Some((
+                "application/json",
+                Bytes::from(serde_json::to_vec(b).map_err(|e| ClientError::Unexpected {
+                    call,
+                    status: StatusCode::OK,
+                    detail: format!("encoding the request: {e}"),
+                })?),
+            )),
+            None => None,
+        };
+        let reply = self
+            .send(call, method, path, body, &[], DEFAULT_TIMEOUT, MAX_JSON_RESPONSE)
+            .await?;
+        decode(call, &reply)
+    }
+
+    /// Registers (or re-registers) a node; needs the join token.
+    pub async fn register_node(&self, req: &RegisterNode) -> Result<NodeRegistration, ClientError> {
+        self.json("registering the node", Method::POST, "/v1/nodes", Some(req))
+            .await
+    }
+
+    /// Renews a node's lease and reports its replicas.
+    pub async fn heartbeat(&self, node: &str, hb: &Heartbeat) -> Result<(), ClientError> {
+        let body = Bytes::from(serde_json::to_vec(hb).unwrap_or_default());
+        self.send(
+            "sending a heartbeat",
+            Method::PUT,
+            &format!("/v1/nodes/{node}/heartbeat"),
+            Some(("application/json", body)),
+            &[],
+            DEFAULT_TIMEOUT,
+            MAX_JSON_RESPONSE,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// A node's assignments; with `after`, waits up to `wait` for a version
+    /// greater than it.
+    pub async fn assignments(
+        &self,
+        node: &str,
+        after: Option<u64>,
+        wait: Duration,
+    ) -> Result<Assignments, ClientError> {
+        let mut path = format!("/v1/nodes/{node}/assignments?timeout_ms={}", wait.as_millis());
+        if let Some(after) = after {
+            path.push_str(&format!("&after={after}"));
+        }
+        let call = "watching assignments";
+        let reply = self
+            .send(call, Method::GET, &path, None, &[], wait + WATCH_SLACK, MAX_JSON_RESPONSE)
+            .await?;
+        decode(call, &reply)
+    }
+
+    /// The endpoints of every app with their tag; with `seen` (a tag from
+    /// an earlier answer), waits up to `wait` for a change and answers
+    /// `None` if there was none.
+    pub async fn endpoints(
+        &self,
+        seen: Option<&str>,
+        wait: Duration,
+    ) -> Result<Option<(String, Endpoints)>, ClientError> {
+        let call = "watching endpoints";
+        let headers: Vec<_> = seen
+            .and_then(|t| HeaderValue::from_str(t).ok())
+            .map(|t| (header::IF_NONE_MATCH, t))
+            .into_iter()
+            .collect();
+        let path = format!("/v1/endpoints?timeout_ms={}", wait.as_millis());
+        let reply = self
+            .send(call, Method::GET, &path, None, &headers, wait + WATCH_SLACK, MAX_JSON_RESPONSE)
+            .await?;
+        if reply.status == StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        let tag = reply
+            .headers
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        Ok(Some((tag, decode(call, &reply)?)))
+    }
+
+    /// Downloads an artifact and checks that it hashes to `digest`.
+    pub async fn download_artifact(&self, digest: &Digest) -> Result<Bytes, ClientError> {
+        let reply = self
+            .send(
+                "downloading an artifact",
+                Method::GET,
+                &format!("/v1/artifacts/{digest}"),
+                None,
+                &[],
+                Duration::from_secs(120),
+                MAX_ARTIFACT,
+            )
+            .await?;
+        let actual = Digest::of(&reply.body);
+        if actual != *digest {
+            return Err(ClientError::DigestMismatch {
+                expected: *digest,
+                actual,
+            });
+        }
+        Ok(reply.body)
+    }
+
+    /// Uploads a component; answers its digest and size.
+    pub async fn upload_artifact(&self, bytes: Bytes) -> Result<Artifact, ClientError> {
+        let call = "uploading an artifact";
+        let reply = self
+            .send(
+                call,
+                Method::POST,
+                "/v1/artifacts",
+                Some(("application/wasm", bytes)),
+                &[],
+                Duration::from_secs(120),
+                MAX_JSON_RESPONSE,
+            )
+            .await?;
+        decode(call, &reply)
+    }
+
+    /// Creates or updates an app.
+    pub async fn apply_app(&self, name: &str, spec: &AppSpec) -> Result<App, ClientError> {
+        self.json("applying an app", Method::PUT, &format!("/v1/apps/{name}"), Some(spec))
+            .await
+    }
+
+    /// One app.
+    pub async fn app(&self, name: &str) -> Result<App, ClientError> {
+        self.json("reading an app", Method::GET, &format!("/v1/apps/{name}"), None::<&()>)
+            .await
+    }
+
+    /// All apps.
+    pub async fn apps(&self) -> Result<Vec<App>, ClientError> {
+        self.json("listing apps", Method::GET, "/v1/apps", None::<&()>)
+            .await
+    }
+
+    /// An app's replicas.
+    pub async fn replicas(&self, name: &str) -> Result<Vec<Replica>, ClientError> {
+        self.json("listing replicas", Method::GET, &format!("/v1/apps/{name}/replicas"), None::<&()>)
+            .await
+    }
+
+    /// Sets an app's replica count.
+    pub async fn scale(&self, name: &str, replicas: u32) -> Result<App, ClientError> {
+        self.json(
+            "scaling an app",
+            Method::POST,
+            &format!("/v1/apps/{name}/scale"),
+            Some(&ScaleRequest { replicas }),
+        )
+        .await
+    }
+
+    /// Deletes an app.
+    pub async fn delete_app(&self, name: &str) -> Result<(), ClientError> {
+        self.send(
+            "deleting an app",
+            Method::DELETE,
+            &format!("/v1/apps/{name}"),
+            None,
+            &[],
+            DEFAULT_TIMEOUT,
+            MAX_JSON_RESPONSE,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// All nodes.
+    pub async fn nodes(&self) -> Result<Vec<Node>, ClientError> {
+        self.json("listing nodes", Method::GET, "/v1/nodes", None::<&()>)
+            .await
+    }
+
+    /// Events after `since` (of one app, or all), oldest first.
+    pub async fn events(
+        &self,
+        app: Option<&str>,
+        since: u64,
+        limit: u32,
+    ) -> Result<Vec<Event>, ClientError> {
+        let mut path = format!("/v1/events?since={since}&limit={limit}");
+        if let Some(app) = app {
+            path.push_str(&format!("&app={app}"));
+        }
+        self.json("reading events", Method::GET, &path, None::<&()>)
+            .await
+    }
+}
+
+fn decode<T: DeserializeOwned>(call: &'static str, reply: &Reply) -> Result<T, ClientError> {
+    serde_json::from_slice(&reply.body).map_err(|e| ClientError::Unexpected {
+        call,
+        status: reply.status,
+        detail: format!("decoding the body: {e}"),
+    })
+}

@@ -1,0 +1,167 @@
+//! `skiff node`: a worker that joins a controller and runs its replicas.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use skiff_runtime::engine::Allocator;
+use skiff_runtime::node::disk::StateDir;
+use skiff_runtime::node::router::NodeRouter;
+use skiff_runtime::node::{Agent, NodeConfig};
+use skiff_runtime::{Runtime, RuntimeConfig};
+use skiff_sdk::{Client, quantity};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Default controller: the one `skiff controller` starts with its defaults.
+const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7070";
+/// Default join token: where a controller started in the same directory
+/// with its default data directory writes it.
+const DEFAULT_TOKEN_FILE: &str = "skiff-data/join.token";
+/// Default ingress address: loopback only; expose it deliberately.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Share of the machine's memory offered by default: the rest is left to
+/// the host, the node process and the compile cache.
+const DEFAULT_MEMORY_SHARE: (u64, u64) = (3, 4);
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Controller API URL.
+    #[arg(long, env = "SKIFF_CONTROLLER", default_value = DEFAULT_CONTROLLER)]
+    controller: String,
+    /// File holding the node join token (the controller writes it as
+    /// `join.token` in its data directory).
+    #[arg(long, env = "SKIFF_TOKEN_FILE", default_value = DEFAULT_TOKEN_FILE)]
+    token_file: PathBuf,
+    /// Node name, its identity across restarts (default: the hostname).
+    #[arg(long, env = "SKIFF_NODE_NAME")]
+    name: Option<String>,
+    /// Labels for node selectors, `k=v,k2=v2` (`zone` spreads replicas).
+    #[arg(long, env = "SKIFF_LABELS", default_value = "", value_parser = parse_labels)]
+    labels: BTreeMap<String, String>,
+    /// Memory offered to replicas, e.g. `4Gi` (default: 3/4 of the
+    /// machine's memory). Each replica reserves memory × concurrency.
+    #[arg(long, env = "SKIFF_MEMORY", value_parser = quantity::parse_bytes)]
+    memory: Option<u64>,
+    /// Ingress address (port 0 picks a free port; the readiness line on
+    /// stdout says which).
+    #[arg(long, env = "SKIFF_LISTEN", default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Address other nodes use to reach this ingress (default: the bound
+    /// listen address).
+    #[arg(long, env = "SKIFF_ADVERTISE")]
+    advertise: Option<String>,
+    /// State directory: identity, last assignments and endpoints, compile
+    /// cache (default: `skiff-data/nodes/<name>`).
+    #[arg(long, env = "SKIFF_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Apps are reached as `Host: <app>.<domain>`.
+    #[arg(long, env = "SKIFF_DOMAIN", default_value = skiff_runtime::runtime::DEFAULT_DOMAIN)]
+    domain: String,
+    /// Heartbeat interval, e.g. `1s`.
+    #[arg(long, env = "SKIFF_HEARTBEAT", default_value = "1s", value_parser = quantity::parse_duration)]
+    heartbeat: Duration,
+    /// Largest request body accepted, e.g. `16Mi`.
+    #[arg(long, env = "SKIFF_MAX_BODY", default_value = "16Mi", value_parser = quantity::parse_bytes)]
+    max_body: u64,
+    /// Do not use the pooling allocator (for hosts with little address space).
+    #[arg(long, env = "SKIFF_NO_POOLING")]
+    no_pooling: bool,
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        match item.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                labels.insert(k.trim().to_owned(), v.trim().to_owned());
+            }
+            _ => return Err(format!("label {item:?} is not key=value")),
+        }
+    }
+    Ok(labels)
+}
+
+/// Total memory from /proc/meminfo, if readable.
+fn machine_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let name = args.name.clone().unwrap_or_else(crate::hostname);
+    skiff_sdk::api::validate_name(&name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+    let join_token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("reading the join token {}", args.token_file.display()))?
+        .trim()
+        .to_owned();
+    let memory = match args.memory {
+        Some(m) => m,
+        None => machine_memory()
+            .map(|m| m / DEFAULT_MEMORY_SHARE.1 * DEFAULT_MEMORY_SHARE.0)
+            .context("cannot read the machine's memory; pass --memory")?,
+    };
+    let client = Client::new(&args.controller).with_context(|| "--controller")?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("skiff-data").join("nodes").join(&name));
+    let state = StateDir::open(&data_dir)
+        .with_context(|| format!("creating the state directory {}", data_dir.display()))?;
+
+    let mut config = RuntimeConfig::new(state.cache_dir());
+    config.domain = args.domain.clone();
+    config.max_request_body = args.max_body;
+    config.engine.pooling = !args.no_pooling;
+    let runtime = Runtime::new(config)?;
+    let router = NodeRouter::new(runtime.clone(), &name, &args.domain);
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let agent = Agent::new(
+        NodeConfig {
+            name: name.clone(),
+            labels: args.labels.clone(),
+            memory_bytes: memory,
+            ingress: args.advertise.clone().unwrap_or_else(|| addr.to_string()),
+            heartbeat: args.heartbeat,
+        },
+        client,
+        join_token,
+        state,
+        router.clone(),
+    )
+    .with_context(|| format!("reading the node state in {}", data_dir.display()))?;
+
+    let resumed = agent.resume().await;
+    let shutdown = CancellationToken::new();
+    crate::serve::on_shutdown_signal(shutdown.clone());
+    let tasks = TaskTracker::new();
+    tasks.spawn(agent.run(shutdown.clone()));
+    println!(
+        "{}",
+        serde_json::json!({
+            "listening": addr.to_string(),
+            "role": "node",
+            "name": name,
+            "controller": args.controller,
+            "data_dir": data_dir,
+            "memory_bytes": memory,
+            "resumed_replicas": resumed,
+            "allocator": match runtime.allocator() { Allocator::Pooling => "pooling", Allocator::OnDemand { .. } => "on-demand" },
+        })
+    );
+    skiff_runtime::ingress::run(listener, router, shutdown.clone()).await?;
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! A real cluster on loopback: `skiff controller` and three labelled
+//! `skiff node` processes. Replicas spread, scale, survive a `kill -9`,
+//! are reachable through every node, and keep serving without the
+//! controller; an app that fits nowhere says why.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the report
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::cluster::Cluster;
+use http::StatusCode;
+use skiff_sdk::api::AppSpec;
+
+const NODES: [(&str, &str); 3] = [
+    ("n1", "zone=a,disk=ssd"),
+    ("n2", "zone=b,disk=ssd"),
+    ("n3", "zone=c,disk=hdd"),
+];
+/// Generous limits for slow CI machines; the benchmarks measure speed.
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn nodes_of(replicas: &[skiff_sdk::api::Replica]) -> Vec<String> {
+    let mut nodes: Vec<String> = replicas.iter().map(|r| r.node.clone()).collect();
+    nodes.sort();
+    nodes
+}
+
+/// Every live node answers for `app` with 200, served by a node that has a
+/// replica; returns which node served each.
+async fn reachable_through_every_node(cluster: &Cluster, app: &str) -> Vec<String> {
+    let mut served = Vec::new();
+    for node in cluster.live_nodes() {
+        let reply = cluster.get(&node, app, "/").await;
+        assert_eq!(reply.status, StatusCode::OK, "via {node}: {}", reply.text());
+        assert!(reply.text().starts_with("Hello from Skiff"), "{}", reply.text());
+        served.push(
+            reply.headers["x-skiff-node"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    served
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_spread_scale_and_come_back_after_a_node_is_killed() {
+    let mut cluster = Cluster::start(&NODES).await;
+    cluster.deploy("hello", "hello", 3).await;
+    let replicas = cluster.wait_ready("hello", 3, CONVERGE).await;
+    assert_eq!(nodes_of(&replicas), ["n1", "n2", "n3"], "one per node");
+    // Each node serves it itself.
+    let served = reachable_through_every_node(&cluster, "hello").await;
+    assert_eq!(served, ["n1", "n2", "n3"]);
+
+    // Scale to 5 and back to 1.
+    cluster.admin.scale("hello", 5).await.unwrap();
+    let replicas = cluster.wait_ready("hello", 5, CONVERGE).await;
+    let per_node: BTreeSet<String> = nodes_of(&replicas).into_iter().collect();
+    assert_eq!(per_node.len(), 3, "5 replicas spread over 3 nodes");
+    cluster.admin.scale("hello", 1).await.unwrap();
+    let replicas = cluster.wait_ready("hello", 1, CONVERGE).await;
+    let home = replicas[0].node.clone();
+    // Nodes without a replica forward to the one that has it.
+    cluster
+        .wait("nodes to forward to the last replica", CONVERGE, |c| {
+            let home = home.clone();
+            async move {
+                for node in c.live_nodes() {
+                    let reply = c.get(&node, "hello", "/").await;
+                    if reply.status != StatusCode::OK || reply.headers["x-skiff-node"] != home.as_str() {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        })
+        .await;
+
+    // kill -9 a node: its replicas come back on the survivors, and requests
+    // through the survivors keep succeeding meanwhile.
+    cluster.admin.scale("hello", 3).await.unwrap();
+    cluster.wait_ready("hello", 3, CONVERGE).await;
+    cluster.kill_node("n3");
+    let killed = std::time::Instant::now();
+    let mut failures = Vec::new();
+    let recovered = loop {
+        for node in ["n1", "n2"] {
+            let reply = cluster.get(node, "hello", "/").await;
+            if reply.status != StatusCode::OK {
+                failures.push(format!("via {node}: {} {}", reply.status, reply.text()));
+            }
+        }
+        let replicas = cluster.admin.replicas("hello").await.unwrap();
+        let ready = replicas
+            .iter()
+            .filter(|r| r.state == skiff_sdk::api::ReplicaState::Ready && r.node != "n3")
+            .count();
+        if ready == 3 && replicas.len() == 3 {
+            break killed.elapsed();
+        }
+        assert!(killed.elapsed() < Duration::from_secs(10), "not recovered within 10 s: {replicas:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(failures.is_empty(), "requests through survivors failed: {failures:?}");
+    eprintln!("recovered 3/3 on the survivors {recovered:?} after kill -9");
+    let events = cluster.admin.events(Some("hello"), 0, 1000).await.unwrap();
+    assert!(events.iter().any(|e| e.kind == "NodeLost" && e.node.as_deref() == Some("n3")), "{events:?}");
+
+    // The node returns: it is told to drop the replicas it no longer owns,
+    // and forwards instead.
+    cluster.start_node("n3");
+    cluster
+        .wait("n3 to drop its old replicas and forward", CONVERGE, |c| async move {
+            let reply = c.get("n3", "hello", "/").await;
+            (reply.status == StatusCode::OK && reply.headers["x-skiff-node"] != "n3").then_some(())
+        })
+        .await;
+    assert_eq!(cluster.admin.replicas("hello").await.unwrap().len(), 3);
+
+    // An app that fits nowhere says why.
+    let artifact = cluster.admin.app("hello").await.unwrap().spec.artifact;
+    let spec: AppSpec = serde_json::from_value(serde_json::json!({
+        "artifact": artifact,
+        "replicas": 1,
+        "quota": { "memory_bytes": 512 << 20, "concurrency": 4 },
+        "placement": { "node_selector": { "disk": "ssd" } },
+    }))
+    .unwrap();
+    cluster.admin.apply_app("big", &spec).await.unwrap();
+    let condition = cluster
+        .wait("the Unschedulable condition", CONVERGE, |c| async move {
+            let app = c.admin.app("big").await.ok()?;
+            app.status
+                .conditions
+                .into_iter()
+                .find(|c| c.kind == "Scheduled" && !c.status)
+        })
+        .await;
+    assert_eq!(condition.reason, "Unschedulable");
+    assert_eq!(
+        condition.message,
+        "1 replica(s) cannot be placed: 0/3 nodes fit: 2 insufficient memory, 1 selector mismatch"
+    );
+    // Requests for it get a clear 503 from any node.
+    let reply = cluster.get("n1", "big", "/").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.reason(), Some("no-ready-replica"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_keep_serving_without_the_controller_and_converge_when_it_returns() {
+    let mut cluster = Cluster::start(&NODES).await;
+    cluster.deploy("hello", "hello", 3).await;
+    let before = cluster.wait_ready("hello", 3, CONVERGE).await;
+    reachable_through_every_node(&cluster, "hello").await;
+
+    cluster.kill_controller();
+    for _ in 0..20 {
+        reachable_through_every_node(&cluster, "hello").await;
+    }
+    // A node restarted while the controller is down resumes its last
+    // assignments from disk.
+    cluster.kill_node("n2");
+    cluster.start_node("n2");
+    let reply = cluster.get("n2", "hello", "/").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.headers["x-skiff-node"], "n2");
+    reachable_through_every_node(&cluster, "hello").await;
+
+    // The controller returns: the same three replicas, all Ready, no
+    // duplicate and none lost.
+    cluster.restart_controller();
+    let after = cluster.wait_ready("hello", 3, CONVERGE).await;
+    let ids = |r: &[skiff_sdk::api::Replica]| r.iter().map(|r| r.id.clone()).collect::<BTreeSet<_>>();
+    assert_eq!(ids(&before), ids(&after));
+    reachable_through_every_node(&cluster, "hello").await;
+}

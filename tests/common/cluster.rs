@@ -1,0 +1,228 @@
+//! A real cluster on loopback: a `skiff controller` process and `skiff node`
+//! processes, driven through the SDK's typed client.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use skiff_sdk::Client;
+use skiff_sdk::Quota;
+use skiff_sdk::api::{App, AppSpec, Replica, ReplicaState};
+
+use super::{Reply, SkiffProcess, example, send};
+
+/// A small quota so replicas fit a 1Gi test node: 16Mi × 4 = 64Mi each.
+pub fn small_quota() -> Quota {
+    Quota {
+        memory_bytes: 16 << 20,
+        concurrency: 4,
+        ..Quota::default()
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub controller: Option<SkiffProcess>,
+    pub controller_addr: SocketAddr,
+    pub admin: Client,
+    /// Extra controller arguments (kept for restarts).
+    controller_args: Vec<String>,
+    pub nodes: BTreeMap<String, Option<SkiffProcess>>,
+    node_addrs: BTreeMap<String, SocketAddr>,
+    node_labels: BTreeMap<String, String>,
+}
+
+impl Cluster {
+    /// A controller (SQLite in a temporary directory) and nodes with these
+    /// names and labels (`k=v,...`), each offering 1Gi.
+    pub async fn start(nodes: &[(&str, &str)]) -> Self {
+        Self::start_with(nodes, &[]).await
+    }
+
+    pub async fn start_with(nodes: &[(&str, &str)], controller_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let controller_args: Vec<String> = controller_args.iter().map(|s| s.to_string()).collect();
+        let controller = start_controller(&dir.path().join("controller"), "127.0.0.1:0", &controller_args);
+        let controller_addr = controller.addr();
+        let admin = admin_client(&controller);
+        let mut cluster = Self {
+            dir,
+            controller: Some(controller),
+            controller_addr,
+            admin,
+            controller_args,
+            nodes: BTreeMap::new(),
+            node_addrs: BTreeMap::new(),
+            node_labels: BTreeMap::new(),
+        };
+        for (name, labels) in nodes {
+            cluster.node_labels.insert(name.to_string(), labels.to_string());
+            cluster.start_node(name);
+        }
+        let count = nodes.len();
+        cluster
+            .wait("every node Ready", Duration::from_secs(30), |c| async move {
+                let nodes = c.admin.nodes().await.ok()?;
+                (nodes.len() == count
+                    && nodes
+                        .iter()
+                        .all(|n| n.state == skiff_sdk::api::NodeState::Ready))
+                .then_some(())
+            })
+            .await;
+        cluster
+    }
+
+    fn join_token_file(&self) -> PathBuf {
+        self.dir.path().join("controller/join.token")
+    }
+
+    /// Starts (or restarts, on its previous port and state) a node.
+    pub fn start_node(&mut self, name: &str) {
+        let listen = self
+            .node_addrs
+            .get(name)
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "127.0.0.1:0".to_owned());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        command.args([
+            "node",
+            "--controller",
+            &format!("http://{}", self.controller_addr),
+            "--token-file",
+            self.join_token_file().to_str().unwrap(),
+            "--name",
+            name,
+            "--labels",
+            &self.node_labels[name],
+            "--memory",
+            "1Gi",
+            "--listen",
+            &listen,
+            "--data-dir",
+            self.dir.path().join("nodes").join(name).to_str().unwrap(),
+        ]);
+        let node = SkiffProcess::spawn(command);
+        assert_eq!(node.ready["role"], "node");
+        self.node_addrs.insert(name.to_owned(), node.addr());
+        self.nodes.insert(name.to_owned(), Some(node));
+    }
+
+    /// SIGKILLs a node.
+    pub fn kill_node(&mut self, name: &str) {
+        let node = self.nodes.get_mut(name).unwrap().take().unwrap();
+        kill9(node);
+    }
+
+    /// SIGKILLs the controller.
+    pub fn kill_controller(&mut self) {
+        kill9(self.controller.take().unwrap());
+    }
+
+    /// Starts the controller again on its port and data directory.
+    pub fn restart_controller(&mut self) {
+        let controller = start_controller(
+            &self.dir.path().join("controller"),
+            &self.controller_addr.to_string(),
+            &self.controller_args,
+        );
+        self.controller = Some(controller);
+    }
+
+    pub fn node_addr(&self, name: &str) -> SocketAddr {
+        self.node_addrs[name]
+    }
+
+    pub fn live_nodes(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|(_, p)| p.is_some())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Uploads an example and applies an app running it.
+    pub async fn deploy(&self, app: &str, example_name: &str, replicas: u32) -> App {
+        let artifact = self
+            .admin
+            .upload_artifact(Bytes::from(example(example_name)))
+            .await
+            .unwrap();
+        let spec: AppSpec = serde_json::from_value(serde_json::json!({
+            "artifact": artifact.digest,
+            "replicas": replicas,
+            "quota": small_quota(),
+        }))
+        .unwrap();
+        self.admin.apply_app(app, &spec).await.unwrap()
+    }
+
+    /// A GET of `app` through node `node`'s ingress.
+    pub async fn get(&self, node: &str, app: &str, path: &str) -> Reply {
+        send(
+            self.node_addr(node),
+            &format!("{app}.localhost"),
+            Method::GET,
+            path,
+            Bytes::new(),
+        )
+        .await
+    }
+
+    /// Polls `check` (every 20 ms) until it answers, failing after `limit`.
+    pub async fn wait<'a, T, F, Fut>(&'a self, what: &str, limit: Duration, check: F) -> T
+    where
+        F: Fn(&'a Self) -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = check(self).await {
+                return v;
+            }
+            assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `app` has exactly `n` replicas, all Ready, and returns
+    /// them.
+    pub async fn wait_ready(&self, app: &str, n: usize, limit: Duration) -> Vec<Replica> {
+        self.wait(&format!("{n} ready replicas of {app}"), limit, |c| async move {
+            let replicas = c.admin.replicas(app).await.ok()?;
+            let status = c.admin.app(app).await.ok()?.status;
+            (replicas.len() == n
+                && replicas.iter().all(|r| r.state == ReplicaState::Ready)
+                && status.ready_replicas as usize == n)
+                .then_some(replicas)
+        })
+        .await
+    }
+}
+
+fn start_controller(dir: &std::path::Path, listen: &str, extra: &[String]) -> SkiffProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    command
+        .args(["controller", "--listen", listen, "--data-dir", dir.to_str().unwrap()])
+        .args(extra);
+    let controller = SkiffProcess::spawn(command);
+    assert_eq!(controller.ready["role"], "controller");
+    controller
+}
+
+pub fn admin_client(controller: &SkiffProcess) -> Client {
+    let token = std::fs::read_to_string(controller.ready["admin_token_file"].as_str().unwrap())
+        .unwrap();
+    Client::new(&format!("http://{}", controller.addr()))
+        .unwrap()
+        .with_token(&token)
+}
+
+pub fn kill9(mut process: SkiffProcess) {
+    process.child.kill().unwrap();
+    process.child.wait().unwrap();
+}
