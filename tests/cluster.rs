@@ -34,13 +34,12 @@ async fn reachable_through_every_node(cluster: &Cluster, app: &str) -> Vec<Strin
     for node in cluster.live_nodes() {
         let reply = cluster.get(&node, app, "/").await;
         assert_eq!(reply.status, StatusCode::OK, "via {node}: {}", reply.text());
-        assert!(reply.text().starts_with("Hello from Skiff"), "{}", reply.text());
-        served.push(
-            reply.headers["x-skiff-node"]
-                .to_str()
-                .unwrap()
-                .to_owned(),
+        assert!(
+            reply.text().starts_with("Hello from Skiff"),
+            "{}",
+            reply.text()
         );
+        served.push(reply.headers["x-skiff-node"].to_str().unwrap().to_owned());
     }
     served
 }
@@ -70,7 +69,9 @@ async fn replicas_spread_scale_and_come_back_after_a_node_is_killed() {
             async move {
                 for node in c.live_nodes() {
                     let reply = c.get(&node, "hello", "/").await;
-                    if reply.status != StatusCode::OK || reply.headers["x-skiff-node"] != home.as_str() {
+                    if reply.status != StatusCode::OK
+                        || reply.headers["x-skiff-node"] != home.as_str()
+                    {
                         return None;
                     }
                 }
@@ -101,22 +102,38 @@ async fn replicas_spread_scale_and_come_back_after_a_node_is_killed() {
         if ready == 3 && replicas.len() == 3 {
             break killed.elapsed();
         }
-        assert!(killed.elapsed() < Duration::from_secs(10), "not recovered within 10 s: {replicas:?}");
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "not recovered within 10 s: {replicas:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(failures.is_empty(), "requests through survivors failed: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "requests through survivors failed: {failures:?}"
+    );
     eprintln!("recovered 3/3 on the survivors {recovered:?} after kill -9");
     let events = cluster.admin.events(Some("hello"), 0, 1000).await.unwrap();
-    assert!(events.iter().any(|e| e.kind == "NodeLost" && e.node.as_deref() == Some("n3")), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "NodeLost" && e.node.as_deref() == Some("n3")),
+        "{events:?}"
+    );
 
     // The node returns: it is told to drop the replicas it no longer owns,
     // and forwards instead.
     cluster.start_node("n3");
     cluster
-        .wait("n3 to drop its old replicas and forward", CONVERGE, |c| async move {
-            let reply = c.get("n3", "hello", "/").await;
-            (reply.status == StatusCode::OK && reply.headers["x-skiff-node"] != "n3").then_some(())
-        })
+        .wait(
+            "n3 to drop its old replicas and forward",
+            CONVERGE,
+            |c| async move {
+                let reply = c.get("n3", "hello", "/").await;
+                (reply.status == StatusCode::OK && reply.headers["x-skiff-node"] != "n3")
+                    .then_some(())
+            },
+        )
         .await;
     assert_eq!(cluster.admin.replicas("hello").await.unwrap().len(), 3);
 
@@ -174,7 +191,127 @@ async fn nodes_keep_serving_without_the_controller_and_converge_when_it_returns(
     // duplicate and none lost.
     cluster.restart_controller();
     let after = cluster.wait_ready("hello", 3, CONVERGE).await;
-    let ids = |r: &[skiff_sdk::api::Replica]| r.iter().map(|r| r.id.clone()).collect::<BTreeSet<_>>();
+    let ids =
+        |r: &[skiff_sdk::api::Replica]| r.iter().map(|r| r.id.clone()).collect::<BTreeSet<_>>();
     assert_eq!(ids(&before), ids(&after));
     reachable_through_every_node(&cluster, "hello").await;
+}
+
+/// A fresh PostgreSQL database for this test, or `None` (skipped) when no
+/// server is configured; under CI a missing server is a failure.
+async fn postgres_database() -> Option<String> {
+    let Ok(url) = std::env::var("SKIFF_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must set SKIFF_TEST_POSTGRES_URL (see .ci/run)"
+        );
+        eprintln!("SKIFF_TEST_POSTGRES_URL is not set: skipping the PostgreSQL case");
+        return None;
+    };
+    use sqlx::Connection as _;
+    let mut admin = sqlx::postgres::PgConnection::connect(&url).await.unwrap();
+    let name = format!("skiff_cluster_{}_{}", std::process::id(), rand_suffix());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let base = url.rsplit_once('/').unwrap().0;
+    Some(format!("{base}/{name}"))
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        .into()
+}
+
+async fn is_leader(controller: &common::SkiffProcess) -> bool {
+    let reply = common::send(
+        controller.addr(),
+        "controller",
+        http::Method::GET,
+        "/metrics",
+        bytes::Bytes::new(),
+    )
+    .await;
+    reply
+        .text()
+        .lines()
+        .any(|l| l == "skiff_controller_leader 1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_controller_takes_over_reconciling_when_the_leader_is_killed() {
+    let Some(database) = postgres_database().await else {
+        return;
+    };
+    let db = ["--database-url", database.as_str(), "--lease-ttl", "2s"];
+    let mut cluster = Cluster::start_with(&[], &db).await;
+    // The second controller shares the database (and so the tokens); the
+    // node and the admin talk to it, so the first can be killed.
+    let dir = cluster.dir.path().join("controller-2");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"));
+    command
+        .args([
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ])
+        .args(db);
+    let second = common::SkiffProcess::spawn(command);
+    cluster.node_controller = second.addr();
+    cluster.set_labels("n1", "zone=a");
+    cluster.start_node("n1");
+    let first = cluster.controller.as_ref().unwrap();
+    cluster
+        .wait("the first controller to lead", CONVERGE, |_| async {
+            is_leader(first).await.then_some(())
+        })
+        .await;
+    assert!(!is_leader(&second).await, "exactly one leader");
+
+    let token = std::fs::read_to_string(cluster.dir.path().join("controller/admin.token")).unwrap();
+    let admin = skiff_sdk::Client::new(&format!("http://{}", second.addr()))
+        .unwrap()
+        .with_token(&token);
+    cluster.admin = admin;
+    cluster.deploy("hello", "hello", 1).await;
+    cluster.wait_ready("hello", 1, CONVERGE).await;
+
+    cluster.kill_controller();
+    cluster
+        .wait("the second controller to take over", CONVERGE, |_| async {
+            is_leader(&second).await.then_some(())
+        })
+        .await;
+    // Reconciling continues: a scale through the survivor is carried out.
+    cluster.admin.scale("hello", 2).await.unwrap();
+    cluster.wait_ready("hello", 2, CONVERGE).await;
+
+    drop((cluster, second));
+    drop_database(&database).await;
+}
+
+async fn drop_database(url: &str) {
+    use sqlx::Connection as _;
+    let (base, name) = url.rsplit_once('/').unwrap();
+    let admin_url = format!(
+        "{base}/{}",
+        std::env::var("SKIFF_TEST_POSTGRES_URL")
+            .unwrap()
+            .rsplit_once('/')
+            .unwrap()
+            .1
+    );
+    let mut admin = sqlx::postgres::PgConnection::connect(&admin_url)
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
 }

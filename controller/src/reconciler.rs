@@ -236,10 +236,9 @@ fn plan_app(
     let is_ready = |r: &ObservedReplica| {
         r.state == ReplicaState::Ready && node_of(r).is_some_and(|n| n.slot.ready)
     };
-    let (mut current, outgoing): (Vec<&ObservedReplica>, Vec<&ObservedReplica>) =
-        mine.iter().partition(|r| {
-            r.revision == app.revision && node_of(r).is_some_and(|n| !n.draining)
-        });
+    let (mut current, outgoing): (Vec<&ObservedReplica>, Vec<&ObservedReplica>) = mine
+        .iter()
+        .partition(|r| r.revision == app.revision && node_of(r).is_some_and(|n| !n.draining));
 
     // Scale down: drop not-ready replicas first, then where the app is most
     // concentrated, then the newest-named (ids sort by creation only
@@ -250,11 +249,16 @@ fn plan_app(
             *per_node.entry(r.node.as_str()).or_default() += 1;
         }
         current.sort_by(|a, b| {
-            (is_ready(a), std::cmp::Reverse(per_node[a.node.as_str()]), &b.id).cmp(&(
-                is_ready(b),
-                std::cmp::Reverse(per_node[b.node.as_str()]),
-                &a.id,
-            ))
+            (
+                is_ready(a),
+                std::cmp::Reverse(per_node[a.node.as_str()]),
+                &b.id,
+            )
+                .cmp(&(
+                    is_ready(b),
+                    std::cmp::Reverse(per_node[b.node.as_str()]),
+                    &a.id,
+                ))
         });
         let extra = current.len() - want;
         for r in current.drain(..extra) {
@@ -355,9 +359,7 @@ fn conditions(
         .filter(|r| r.state == ReplicaState::Ready && !is_ready(r))
         .count();
     if not_ready_nodes > 0 {
-        message.push_str(&format!(
-            "; {not_ready_nodes} on nodes that are not ready"
-        ));
+        message.push_str(&format!("; {not_ready_nodes} on nodes that are not ready"));
     }
     let available = Condition {
         kind: AVAILABLE.into(),
@@ -436,7 +438,12 @@ impl Reconciler {
 
         let mut reservations: HashMap<(String, u64), u64> = apps
             .iter()
-            .map(|a| ((a.name.clone(), a.revision), a.spec.quota.reservation_bytes()))
+            .map(|a| {
+                (
+                    (a.name.clone(), a.revision),
+                    a.spec.quota.reservation_bytes(),
+                )
+            })
             .collect();
         for r in &records {
             if !reservations.contains_key(&(r.app.clone(), r.revision)) {
@@ -640,7 +647,11 @@ fn summarize(items: &[String]) -> String {
     } else {
         "replicas"
     };
-    let mut out = format!("{} {noun}: {}", items.len(), items[..items.len().min(SHOWN)].join(", "));
+    let mut out = format!(
+        "{} {noun}: {}",
+        items.len(),
+        items[..items.len().min(SHOWN)].join(", ")
+    );
     if items.len() > SHOWN {
         out.push_str(&format!(" and {} more", items.len() - SHOWN));
     }

@@ -295,10 +295,7 @@ mod tests {
             "0/0 nodes fit: no nodes registered"
         );
         // Exactly fitting is fitting.
-        assert_eq!(
-            place(&request(&selector, 100), &nodes, &[], |_| 0),
-            Ok(0)
-        );
+        assert_eq!(place(&request(&selector, 100), &nodes, &[], |_| 0), Ok(0));
     }
 
     #[test]

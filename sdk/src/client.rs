@@ -29,6 +29,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const WATCH_SLACK: Duration = Duration::from_secs(5);
 /// Largest JSON response read (lists of thousands of apps fit).
 const MAX_JSON_RESPONSE: usize = 64 << 20;
+/// Deadline of an artifact upload or download.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest artifact downloaded.
 pub const MAX_ARTIFACT: usize = 256 << 20;
 
@@ -113,6 +115,41 @@ pub struct Client {
     http: HttpClient<HttpConnector, Full<Bytes>>,
 }
 
+/// One call: what to send and how long to wait for how much.
+struct Call<'a> {
+    name: &'static str,
+    method: Method,
+    path: &'a str,
+    body: Option<(&'static str, Bytes)>,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+    timeout: Duration,
+    limit: usize,
+}
+
+impl<'a> Call<'a> {
+    fn new(name: &'static str, method: Method, path: &'a str) -> Self {
+        Self {
+            name,
+            method,
+            path,
+            body: None,
+            headers: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+            limit: MAX_JSON_RESPONSE,
+        }
+    }
+
+    fn body(mut self, content_type: &'static str, bytes: Bytes) -> Self {
+        self.body = Some((content_type, bytes));
+        self
+    }
+
+    fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
 struct Reply {
     status: StatusCode,
     headers: HeaderMap,
@@ -125,9 +162,7 @@ impl Client {
     pub fn new(url: &str) -> Result<Self, ClientError> {
         let invalid = || ClientError::InvalidUrl(url.to_owned());
         let base: Uri = url.trim_end_matches('/').parse().map_err(|_| invalid())?;
-        if base.scheme_str() != Some("http")
-            || base.authority().is_none()
-            || base.path().len() > 1
+        if base.scheme_str() != Some("http") || base.authority().is_none() || base.path().len() > 1
         {
             return Err(invalid());
         }
@@ -155,22 +190,22 @@ impl Client {
         &self.base
     }
 
-    async fn send(
-        &self,
-        call: &'static str,
-        method: Method,
-        path: &str,
-        body: Option<(&'static str, Bytes)>,
-        headers: &[(header::HeaderName, HeaderValue)],
-        timeout: Duration,
-        limit: usize,
-    ) -> Result<Reply, ClientError> {
+    async fn send(&self, call: Call<'_>) -> Result<Reply, ClientError> {
+        let Call {
+            name: call,
+            method,
+            path,
+            body,
+            headers,
+            timeout,
+            limit,
+        } = call;
         let uri = format!("{}{path}", self.base.to_string().trim_end_matches('/'));
         let mut req = http::Request::builder().method(method).uri(uri);
         if let Some(token) = &self.token {
             req = req.header(header::AUTHORIZATION, token.clone());
         }
-        for (name, value) in headers {
+        for (name, value) in &headers {
             req = req.header(name, value);
         }
         let req = match body {
@@ -230,20 +265,16 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, ClientError> {
-        let body = match body {
-            Some(b) => Some((
-                "application/json",
-                Bytes::from(serde_json::to_vec(b).map_err(|e| ClientError::Unexpected {
-                    call,
-                    status: StatusCode::OK,
-                    detail: format!("encoding the request: {e}"),
-                })?),
-            )),
-            None => None,
-        };
-        let reply = self
-            .send(call, method, path, body, &[], DEFAULT_TIMEOUT, MAX_JSON_RESPONSE)
-            .await?;
+        let mut request = Call::new(call, method, path);
+        if let Some(b) = body {
+            let bytes = serde_json::to_vec(b).map_err(|e| ClientError::Unexpected {
+                call,
+                status: StatusCode::OK,
+                detail: format!("encoding the request: {e}"),
+            })?;
+            request = request.body("application/json", Bytes::from(bytes));
+        }
+        let reply = self.send(request).await?;
         decode(call, &reply)
     }
 
@@ -256,14 +287,9 @@ impl Client {
     /// Renews a node's lease and reports its replicas.
     pub async fn heartbeat(&self, node: &str, hb: &Heartbeat) -> Result<(), ClientError> {
         let body = Bytes::from(serde_json::to_vec(hb).unwrap_or_default());
+        let path = format!("/v1/nodes/{node}/heartbeat");
         self.send(
-            "sending a heartbeat",
-            Method::PUT,
-            &format!("/v1/nodes/{node}/heartbeat"),
-            Some(("application/json", body)),
-            &[],
-            DEFAULT_TIMEOUT,
-            MAX_JSON_RESPONSE,
+            Call::new("sending a heartbeat", Method::PUT, &path).body("application/json", body),
         )
         .await
         .map(drop)
@@ -277,13 +303,16 @@ impl Client {
         after: Option<u64>,
         wait: Duration,
     ) -> Result<Assignments, ClientError> {
-        let mut path = format!("/v1/nodes/{node}/assignments?timeout_ms={}", wait.as_millis());
+        let mut path = format!(
+            "/v1/nodes/{node}/assignments?timeout_ms={}",
+            wait.as_millis()
+        );
         if let Some(after) = after {
             path.push_str(&format!("&after={after}"));
         }
         let call = "watching assignments";
         let reply = self
-            .send(call, Method::GET, &path, None, &[], wait + WATCH_SLACK, MAX_JSON_RESPONSE)
+            .send(Call::new(call, Method::GET, &path).timeout(wait + WATCH_SLACK))
             .await?;
         decode(call, &reply)
     }
@@ -297,15 +326,14 @@ impl Client {
         wait: Duration,
     ) -> Result<Option<(String, Endpoints)>, ClientError> {
         let call = "watching endpoints";
-        let headers: Vec<_> = seen
+        let path = format!("/v1/endpoints?timeout_ms={}", wait.as_millis());
+        let mut request = Call::new(call, Method::GET, &path).timeout(wait + WATCH_SLACK);
+        request.headers = seen
             .and_then(|t| HeaderValue::from_str(t).ok())
             .map(|t| (header::IF_NONE_MATCH, t))
             .into_iter()
             .collect();
-        let path = format!("/v1/endpoints?timeout_ms={}", wait.as_millis());
-        let reply = self
-            .send(call, Method::GET, &path, None, &headers, wait + WATCH_SLACK, MAX_JSON_RESPONSE)
-            .await?;
+        let reply = self.send(request).await?;
         if reply.status == StatusCode::NOT_MODIFIED {
             return Ok(None);
         }
@@ -320,17 +348,11 @@ impl Client {
 
     /// Downloads an artifact and checks that it hashes to `digest`.
     pub async fn download_artifact(&self, digest: &Digest) -> Result<Bytes, ClientError> {
-        let reply = self
-            .send(
-                "downloading an artifact",
-                Method::GET,
-                &format!("/v1/artifacts/{digest}"),
-                None,
-                &[],
-                Duration::from_secs(120),
-                MAX_ARTIFACT,
-            )
-            .await?;
+        let path = format!("/v1/artifacts/{digest}");
+        let mut request =
+            Call::new("downloading an artifact", Method::GET, &path).timeout(TRANSFER_TIMEOUT);
+        request.limit = MAX_ARTIFACT;
+        let reply = self.send(request).await?;
         let actual = Digest::of(&reply.body);
         if actual != *digest {
             return Err(ClientError::DigestMismatch {
@@ -346,13 +368,9 @@ impl Client {
         let call = "uploading an artifact";
         let reply = self
             .send(
-                call,
-                Method::POST,
-                "/v1/artifacts",
-                Some(("application/wasm", bytes)),
-                &[],
-                Duration::from_secs(120),
-                MAX_JSON_RESPONSE,
+                Call::new(call, Method::POST, "/v1/artifacts")
+                    .body("application/wasm", bytes)
+                    .timeout(TRANSFER_TIMEOUT),
             )
             .await?;
         decode(call, &reply)
@@ -360,14 +378,24 @@ impl Client {
 
     /// Creates or updates an app.
     pub async fn apply_app(&self, name: &str, spec: &AppSpec) -> Result<App, ClientError> {
-        self.json("applying an app", Method::PUT, &format!("/v1/apps/{name}"), Some(spec))
-            .await
+        self.json(
+            "applying an app",
+            Method::PUT,
+            &format!("/v1/apps/{name}"),
+            Some(spec),
+        )
+        .await
     }
 
     /// One app.
     pub async fn app(&self, name: &str) -> Result<App, ClientError> {
-        self.json("reading an app", Method::GET, &format!("/v1/apps/{name}"), None::<&()>)
-            .await
+        self.json(
+            "reading an app",
+            Method::GET,
+            &format!("/v1/apps/{name}"),
+            None::<&()>,
+        )
+        .await
     }
 
     /// All apps.
@@ -378,8 +406,13 @@ impl Client {
 
     /// An app's replicas.
     pub async fn replicas(&self, name: &str) -> Result<Vec<Replica>, ClientError> {
-        self.json("listing replicas", Method::GET, &format!("/v1/apps/{name}/replicas"), None::<&()>)
-            .await
+        self.json(
+            "listing replicas",
+            Method::GET,
+            &format!("/v1/apps/{name}/replicas"),
+            None::<&()>,
+        )
+        .await
     }
 
     /// Sets an app's replica count.
@@ -395,17 +428,10 @@ impl Client {
 
     /// Deletes an app.
     pub async fn delete_app(&self, name: &str) -> Result<(), ClientError> {
-        self.send(
-            "deleting an app",
-            Method::DELETE,
-            &format!("/v1/apps/{name}"),
-            None,
-            &[],
-            DEFAULT_TIMEOUT,
-            MAX_JSON_RESPONSE,
-        )
-        .await
-        .map(drop)
+        let path = format!("/v1/apps/{name}");
+        self.send(Call::new("deleting an app", Method::DELETE, &path))
+            .await
+            .map(drop)
     }
 
     /// All nodes.

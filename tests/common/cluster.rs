@@ -28,6 +28,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub controller: Option<SkiffProcess>,
     pub controller_addr: SocketAddr,
+    /// The controller nodes started from now on talk to.
+    pub node_controller: SocketAddr,
     pub admin: Client,
     /// Extra controller arguments (kept for restarts).
     controller_args: Vec<String>,
@@ -46,13 +48,18 @@ impl Cluster {
     pub async fn start_with(nodes: &[(&str, &str)], controller_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let controller_args: Vec<String> = controller_args.iter().map(|s| s.to_string()).collect();
-        let controller = start_controller(&dir.path().join("controller"), "127.0.0.1:0", &controller_args);
+        let controller = start_controller(
+            &dir.path().join("controller"),
+            "127.0.0.1:0",
+            &controller_args,
+        );
         let controller_addr = controller.addr();
         let admin = admin_client(&controller);
         let mut cluster = Self {
             dir,
             controller: Some(controller),
             controller_addr,
+            node_controller: controller_addr,
             admin,
             controller_args,
             nodes: BTreeMap::new(),
@@ -60,25 +67,35 @@ impl Cluster {
             node_labels: BTreeMap::new(),
         };
         for (name, labels) in nodes {
-            cluster.node_labels.insert(name.to_string(), labels.to_string());
+            cluster
+                .node_labels
+                .insert(name.to_string(), labels.to_string());
             cluster.start_node(name);
         }
         let count = nodes.len();
         cluster
-            .wait("every node Ready", Duration::from_secs(30), |c| async move {
-                let nodes = c.admin.nodes().await.ok()?;
-                (nodes.len() == count
-                    && nodes
-                        .iter()
-                        .all(|n| n.state == skiff_sdk::api::NodeState::Ready))
-                .then_some(())
-            })
+            .wait(
+                "every node Ready",
+                Duration::from_secs(30),
+                |c| async move {
+                    let nodes = c.admin.nodes().await.ok()?;
+                    (nodes.len() == count
+                        && nodes
+                            .iter()
+                            .all(|n| n.state == skiff_sdk::api::NodeState::Ready))
+                    .then_some(())
+                },
+            )
             .await;
         cluster
     }
 
     fn join_token_file(&self) -> PathBuf {
         self.dir.path().join("controller/join.token")
+    }
+
+    pub fn set_labels(&mut self, node: &str, labels: &str) {
+        self.node_labels.insert(node.to_owned(), labels.to_owned());
     }
 
     /// Starts (or restarts, on its previous port and state) a node.
@@ -92,7 +109,7 @@ impl Cluster {
         command.args([
             "node",
             "--controller",
-            &format!("http://{}", self.controller_addr),
+            &format!("http://{}", self.node_controller),
             "--token-file",
             self.join_token_file().to_str().unwrap(),
             "--name",
@@ -184,7 +201,10 @@ impl Cluster {
             if let Some(v) = check(self).await {
                 return v;
             }
-            assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+            assert!(
+                start.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -192,14 +212,18 @@ impl Cluster {
     /// Waits until `app` has exactly `n` replicas, all Ready, and returns
     /// them.
     pub async fn wait_ready(&self, app: &str, n: usize, limit: Duration) -> Vec<Replica> {
-        self.wait(&format!("{n} ready replicas of {app}"), limit, |c| async move {
-            let replicas = c.admin.replicas(app).await.ok()?;
-            let status = c.admin.app(app).await.ok()?.status;
-            (replicas.len() == n
-                && replicas.iter().all(|r| r.state == ReplicaState::Ready)
-                && status.ready_replicas as usize == n)
-                .then_some(replicas)
-        })
+        self.wait(
+            &format!("{n} ready replicas of {app}"),
+            limit,
+            |c| async move {
+                let replicas = c.admin.replicas(app).await.ok()?;
+                let status = c.admin.app(app).await.ok()?.status;
+                (replicas.len() == n
+                    && replicas.iter().all(|r| r.state == ReplicaState::Ready)
+                    && status.ready_replicas as usize == n)
+                    .then_some(replicas)
+            },
+        )
         .await
     }
 }
@@ -207,7 +231,13 @@ impl Cluster {
 fn start_controller(dir: &std::path::Path, listen: &str, extra: &[String]) -> SkiffProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_skiff"));
     command
-        .args(["controller", "--listen", listen, "--data-dir", dir.to_str().unwrap()])
+        .args([
+            "controller",
+            "--listen",
+            listen,
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ])
         .args(extra);
     let controller = SkiffProcess::spawn(command);
     assert_eq!(controller.ready["role"], "controller");
@@ -215,8 +245,8 @@ fn start_controller(dir: &std::path::Path, listen: &str, extra: &[String]) -> Sk
 }
 
 pub fn admin_client(controller: &SkiffProcess) -> Client {
-    let token = std::fs::read_to_string(controller.ready["admin_token_file"].as_str().unwrap())
-        .unwrap();
+    let token =
+        std::fs::read_to_string(controller.ready["admin_token_file"].as_str().unwrap()).unwrap();
     Client::new(&format!("http://{}", controller.addr()))
         .unwrap()
         .with_token(&token)

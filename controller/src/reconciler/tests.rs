@@ -256,7 +256,11 @@ fn failed_replicas_are_kept_and_reported() {
     assert!(removes(&actions).is_empty() && places(&actions).is_empty());
     let available = condition(&actions, AVAILABLE).unwrap();
     assert_eq!(available.reason, "ReplicaFailure");
-    assert!(available.message.contains("r1 on a failed: component does not link"));
+    assert!(
+        available
+            .message
+            .contains("r1 on a failed: component does not link")
+    );
 }
 
 #[test]

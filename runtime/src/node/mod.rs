@@ -294,8 +294,12 @@ impl Agent {
             }
         }
         lock(&self.replicas).retain(|id, _| assignments.replicas.iter().any(|a| &a.id == id));
-        lock(&self.loaded)
-            .retain(|digest, _| assignments.replicas.iter().any(|a| &a.spec.artifact == digest));
+        lock(&self.loaded).retain(|digest, _| {
+            assignments
+                .replicas
+                .iter()
+                .any(|a| &a.spec.artifact == digest)
+        });
 
         let mut pending = false;
         for (app, replicas) in by_app {
@@ -304,7 +308,12 @@ impl Agent {
         pending
     }
 
-    async fn converge_app(&self, runtime: &Arc<Runtime>, app: &str, replicas: &[&Assignment]) -> bool {
+    async fn converge_app(
+        &self,
+        runtime: &Arc<Runtime>,
+        app: &str,
+        replicas: &[&Assignment],
+    ) -> bool {
         let mut pending = false;
         // Load every revision's component; the newest that loads serves.
         let mut loadable: Vec<&Assignment> = Vec::new();
@@ -340,7 +349,11 @@ impl Agent {
             env: spec.env.clone().into_iter().collect(),
         });
         let probe = match deployed {
-            Ok(()) if loadable.iter().all(|a| self.state_of(&a.id) == Some(ReplicaState::Ready)) => {
+            Ok(())
+                if loadable
+                    .iter()
+                    .all(|a| self.state_of(&a.id) == Some(ReplicaState::Ready)) =>
+            {
                 Ok(())
             }
             Ok(()) => {
@@ -391,7 +404,9 @@ impl Agent {
                     }
                 }
                 Err(e @ ClientError::DigestMismatch { .. }) => return Load::Failed(e.to_string()),
-                Err(e) => return Load::Missing(format!("fetching the artifact: {}", error_chain(&e))),
+                Err(e) => {
+                    return Load::Missing(format!("fetching the artifact: {}", error_chain(&e)));
+                }
             }
         }
         let result = runtime
@@ -434,7 +449,8 @@ enum Load {
 /// A 401 (credential unknown: the controller's state was reset), 403 or
 /// 404 (the node was deleted) means: register again.
 fn needs_registration(e: &ClientError) -> bool {
-    e.status().is_some_and(|s| matches!(s.as_u16(), 401 | 403 | 404))
+    e.status()
+        .is_some_and(|s| matches!(s.as_u16(), 401 | 403 | 404))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

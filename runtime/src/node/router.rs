@@ -159,9 +159,7 @@ impl NodeRouter {
         {
             parts.headers.insert(header::HOST, host);
         }
-        parts
-            .headers
-            .insert(FORWARDED_BY, self.name_header.clone());
+        parts.headers.insert(FORWARDED_BY, self.name_header.clone());
         // Only a request without a body that is safe to repeat is retried:
         // its body cannot have been half-sent, and running it twice is
         // harmless.
@@ -190,9 +188,8 @@ impl NodeRouter {
             peer.in_flight.fetch_sub(1, Ordering::Relaxed);
             match result {
                 Ok(response) => {
-                    return response.map(|b| {
-                        b.map_err(wasmtime_wasi_http::Error::Hyper).boxed_unsync()
-                    });
+                    return response
+                        .map(|b| b.map_err(wasmtime_wasi_http::Error::Hyper).boxed_unsync());
                 }
                 Err(error) if error.is_connect() && retryable && attempt == 0 => {
                     tracing::debug!(%app, peer = %peer.node, %error, "peer unreachable; retrying on another");
@@ -284,7 +281,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_dropped() {
         let mut h = http::HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::HOST, HeaderValue::from_static("web.localhost"));

@@ -14,8 +14,8 @@ use super::super::rows::{
     to_u64,
 };
 use super::super::{
-    ARTIFACT_CHUNK, Applied, ArtifactInfo, NewEvent, ReplicaChange, ReplicaRecord, Result, Store, TokenKind,
-    now_ms,
+    ARTIFACT_CHUNK, Applied, ArtifactInfo, NewEvent, ReplicaChange, ReplicaRecord, Result, Store,
+    TokenKind, now_ms,
 };
 use super::{Dialect, SqlStore, app_event};
 
