@@ -54,7 +54,7 @@ pub struct NodeArgs {
     /// listen address).
     #[arg(long, env = "SKIFF_ADVERTISE")]
     advertise: Option<String>,
-    /// State directory: identity, last assignments and endpoints, compile
+    /// State directory: last assignments and endpoints, compile
     /// cache (default: `skiff-data/nodes/<name>`).
     #[arg(long, env = "SKIFF_DATA_DIR")]
     data_dir: Option<PathBuf>,

@@ -1,5 +1,5 @@
 //! What a node keeps on disk so that it can serve without the controller:
-//! its identity, its last assignments and the last endpoints it saw. Every
+//! its last assignments and the last endpoints it saw. Every
 //! file is written whole (temporary file, fsync, rename), so a crash leaves
 //! the old or the new content, never a torn one.
 
@@ -8,15 +8,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-
-/// The node's identity: its name and the credential the controller gave it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Identity {
-    /// Node name.
-    pub name: String,
-    /// Bearer credential for the node's own routes.
-    pub credential: String,
-}
 
 /// The node's state directory.
 #[derive(Clone, Debug)]
@@ -57,8 +48,7 @@ impl StateDir {
         }
     }
 
-    /// Replaces a JSON state file atomically, readable by the owner only
-    /// (the identity holds a secret).
+    /// Replaces a JSON state file atomically, readable by the owner only.
     pub fn write<T: Serialize>(&self, file: &str, value: &T) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(value)?;
         write_atomic(&self.path(file), &bytes)
@@ -88,15 +78,11 @@ mod tests {
     fn round_trips_and_reports_corruption() {
         let dir = std::env::temp_dir().join(format!("skiff-disk-{}", std::process::id()));
         let state = StateDir::open(&dir).unwrap();
-        assert_eq!(state.read::<Identity>("node.json").unwrap(), None);
-        let id = Identity {
-            name: "n1".into(),
-            credential: "secret".into(),
-        };
-        state.write("node.json", &id).unwrap();
-        assert_eq!(state.read("node.json").unwrap(), Some(id));
-        std::fs::write(state.path("node.json"), b"{").unwrap();
-        let err = state.read::<Identity>("node.json").unwrap_err();
+        assert_eq!(state.read::<Vec<u32>>("node.json").unwrap(), None);
+        state.write("node.json", &vec![1u32, 2]).unwrap();
+        assert_eq!(state.read("node.json").unwrap(), Some(vec![1u32, 2]));
+        std::fs::write(state.path("node.json"), b"[").unwrap();
+        let err = state.read::<Vec<u32>>("node.json").unwrap_err();
         assert!(err.to_string().contains("node.json"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -1,8 +1,8 @@
 //! The node agent: joins the cluster, heartbeats, watches its assignments
 //! and the cluster's endpoints, and runs its replicas in the [`Runtime`].
 //!
-//! Edge autonomy: the node's identity, last assignments and last endpoints
-//! are kept on disk ([`disk`]) next to the compile cache. A node serves its
+//! Edge autonomy: the node's last assignments and last endpoints are kept
+//! on disk ([`disk`]) next to the compile cache. A node serves its
 //! last assignments from the moment it starts, whether or not the
 //! controller answers; the control loop (register, heartbeat, watches)
 //! retries with back-off in the background and converges once it does.
@@ -27,7 +27,7 @@ use skiff_sdk::{Client, ClientError, Digest};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use self::disk::{Identity, StateDir};
+use self::disk::StateDir;
 use self::router::NodeRouter;
 use crate::runtime::error_chain;
 use crate::{AppSpec, Preloaded, Runtime};
@@ -42,7 +42,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often replicas whose artifact could not be fetched are retried.
 const PENDING_RETRY: Duration = Duration::from_secs(2);
 
-const IDENTITY_FILE: &str = "node.json";
 const ASSIGNMENTS_FILE: &str = "assignments.json";
 const ENDPOINTS_FILE: &str = "endpoints.json";
 
@@ -180,14 +179,10 @@ impl Agent {
                 ingress: self.config.ingress.clone(),
             })
             .await?;
-        let identity = Identity {
-            name: registration.node.name,
-            credential: registration.credential,
-        };
-        if let Err(error) = self.state.write(IDENTITY_FILE, &identity) {
-            tracing::warn!(%error, "could not store the node identity");
-        }
-        Ok(self.client.clone().with_token(&identity.credential))
+        // The credential lives in memory only: every start registers again
+        // (updating the advertised address, labels and capacity), and the
+        // name alone is the identity that keeps the node's replicas.
+        Ok(self.client.clone().with_token(&registration.credential))
     }
 
     async fn heartbeats(&self, client: &Client) -> ClientError {
