@@ -135,11 +135,11 @@ pub struct HealthCheck {
     pub failure_threshold: u32,
 }
 
-fn default_health_interval_ms() -> u64 {
+pub(crate) fn default_health_interval_ms() -> u64 {
     1000
 }
 
-fn default_failure_threshold() -> u32 {
+pub(crate) fn default_failure_threshold() -> u32 {
     3
 }
 

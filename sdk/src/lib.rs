@@ -11,6 +11,7 @@
 //! - [`api`]: wire types of the controller's HTTP API and name rules.
 //! - [`client`]: a typed async client of that API (hyper, no TLS).
 //! - [`digest`]: `sha256:<hex>` content digests that name artifacts.
+//! - [`manifest`]: `skiff.toml`, parsed with file:line:key errors.
 //! - [`quantity`]: byte sizes (`64Mi`), durations (`5s`) and counts (`10k`).
 //! - [`quota`]: the per-app [`Quota`] (memory, fuel, timeout, concurrency).
 #![deny(missing_docs)]
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod client;
 pub mod digest;
+pub mod manifest;
 pub mod quantity;
 pub mod quota;
 

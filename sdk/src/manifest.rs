@@ -1,0 +1,403 @@
+//! `skiff.toml`, the app manifest: what the app is called, how its
+//! component is built, and how it runs. Schema version 1:
+//!
+//! ```toml
+//! manifest_version = 1          # required; this parser reads version 1
+//! name = "hello"                # DNS label; the app is reached at hello.<domain>
+//! replicas = 2                  # default 1
+//!
+//! [component]
+//! source = "target/wasm32-wasip2/release/hello.wasm"   # relative to this file
+//! build = "cargo build --release --target wasm32-wasip2"  # optional; run in this directory
+//! files = ["static/index.html"]  # optional; packaged with the bundle
+//!
+//! [http]
+//! hosts = ["hello.example.com"]  # optional extra hosts besides <name>.<domain>
+//!
+//! [resources]                    # every key optional; defaults as in `Quota`
+//! memory = "64Mi"                # per instance: bytes, or Ki/Mi/Gi/Ti, k/M/G/T
+//! fuel = "1G"                    # CPU per request: a count, k/M/G suffixes
+//! timeout = "5s"                 # per request: ms, s, m, h
+//! concurrency = 16               # instances at once per replica
+//!
+//! [placement]
+//! node_selector = { zone = "a" }
+//! spread = true                  # across nodes and zones (default)
+//!
+//! [update]
+//! max_surge = 1                  # or "25%"
+//! max_unavailable = 0
+//!
+//! [env]
+//! VERSION = "1.0.0"
+//!
+//! [health]
+//! path = "/healthz"
+//! interval = "1s"
+//! failure_threshold = 3
+//! ```
+//!
+//! Unknown keys are errors, and every error names the file, the line and
+//! the key: `skiff.toml:7: resources.memory: "64Mb" is not a quantity (…);
+//! did you mean "64Mi"?`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::api::{
+    AppSpec, HealthCheck, IntOrPercent, Placement, UpdateStrategy, default_failure_threshold,
+    default_health_interval_ms, validate_name,
+};
+use crate::{Digest, Quota, quantity};
+
+/// The manifest version this parser reads.
+pub const MANIFEST_VERSION: u32 = 1;
+/// The manifest's file name.
+pub const MANIFEST_FILE: &str = "skiff.toml";
+
+/// A parsed `skiff.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Schema version; must be [`MANIFEST_VERSION`].
+    pub manifest_version: u32,
+    /// App name.
+    pub name: String,
+    /// Desired replicas.
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// The component and how to build it.
+    pub component: ComponentSection,
+    /// Routing.
+    #[serde(default)]
+    pub http: HttpSection,
+    /// Quota.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Where replicas may run.
+    #[serde(default)]
+    pub placement: Placement,
+    /// How updates roll out.
+    #[serde(default)]
+    pub update: UpdateSection,
+    /// Environment variables of the guest.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Health check.
+    #[serde(default)]
+    pub health: Option<HealthSection>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `[component]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentSection {
+    /// The built component, relative to the manifest's directory.
+    pub source: PathBuf,
+    /// Shell command that builds it, run in the manifest's directory.
+    #[serde(default)]
+    pub build: Option<String>,
+    /// Static files packaged with the bundle, relative paths.
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+}
+
+/// `[http]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Extra hosts the app answers to.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// `[resources]`: quantities as people write them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Max linear memory per instance.
+    #[serde(default, deserialize_with = "bytes")]
+    pub memory: Option<u64>,
+    /// Fuel per request.
+    #[serde(default, deserialize_with = "count")]
+    pub fuel: Option<u64>,
+    /// Wall-clock limit per request, in milliseconds.
+    #[serde(default, deserialize_with = "millis")]
+    pub timeout: Option<u64>,
+    /// Instances at once per replica.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+}
+
+/// `[update]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSection {
+    /// Extra replicas allowed during an update.
+    #[serde(default)]
+    pub max_surge: Option<IntOrPercent>,
+    /// Missing replicas allowed during an update.
+    #[serde(default)]
+    pub max_unavailable: Option<IntOrPercent>,
+}
+
+/// `[health]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    /// Path requested with GET; any 2xx is healthy.
+    pub path: String,
+    /// Time between checks, in milliseconds.
+    #[serde(default, deserialize_with = "millis")]
+    pub interval: Option<u64>,
+    /// Consecutive failures before unhealthy.
+    #[serde(default)]
+    pub failure_threshold: Option<u32>,
+}
+
+/// A quantity given as a string (`"64Mi"`) or a plain integer.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Raw {
+    Int(u64),
+    Text(String),
+}
+
+fn quantity<'de, D: Deserializer<'de>, T>(
+    d: D,
+    parse: impl Fn(&str) -> Result<T, quantity::QuantityError>,
+    from_int: impl Fn(u64) -> Result<T, String>,
+) -> Result<Option<T>, D::Error> {
+    let raw = Raw::deserialize(d).map_err(|_| {
+        serde::de::Error::custom("expected a quantity: a string such as \"64Mi\" or an integer")
+    })?;
+    match raw {
+        Raw::Int(n) => from_int(n).map(Some).map_err(serde::de::Error::custom),
+        Raw::Text(s) => parse(&s).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    quantity(d, quantity::parse_bytes, Ok)
+}
+
+fn count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    quantity(d, quantity::parse_count, Ok)
+}
+
+fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    quantity(
+        d,
+        |s| quantity::parse_duration(s).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        |n| Err(format!("{n} has no unit; write \"{n}s\" or \"{n}ms\"")),
+    )
+}
+
+/// Why a manifest could not be used: where, which key, what.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ManifestError {
+    /// The manifest file.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// Dotted key path, when known (e.g. `resources.memory`).
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        f.write_str(": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl Manifest {
+    /// Reads and validates `path` (a `skiff.toml`, or a directory holding
+    /// one).
+    pub fn load(path: &Path) -> Result<(PathBuf, Manifest), ManifestError> {
+        let file = if path.is_dir() {
+            path.join(MANIFEST_FILE)
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| ManifestError {
+            file: file.clone(),
+            line: None,
+            key: None,
+            message: if e.kind() == std::io::ErrorKind::NotFound {
+                format!("not found (create one with `skiff new`, or pass the app's directory): {e}")
+            } else {
+                e.to_string()
+            },
+        })?;
+        let manifest = Self::parse(&file, &text)?;
+        Ok((file, manifest))
+    }
+
+    /// Parses and validates manifest text; `file` is used in errors.
+    pub fn parse(file: &Path, text: &str) -> Result<Manifest, ManifestError> {
+        let error = |span: Option<std::ops::Range<usize>>, key: Option<String>, message: String| {
+            ManifestError {
+                file: file.to_path_buf(),
+                line: span.map(|s| line_of(text, s.start)),
+                key,
+                message,
+            }
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| error(e.span(), None, e.message().trim().to_owned()))?;
+        let manifest: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let key = (path != "." && !path.is_empty()).then_some(path);
+            error(inner.span(), key, inner.message().trim().to_owned())
+        })?;
+        manifest.validate(text, &error)?;
+        Ok(manifest)
+    }
+
+    fn validate(
+        &self,
+        text: &str,
+        error: &impl Fn(Option<std::ops::Range<usize>>, Option<String>, String) -> ManifestError,
+    ) -> Result<(), ManifestError> {
+        // Semantic errors point at the key's line (found textually: the
+        // document already parsed, so the first `key =` is the one).
+        let at = |key: &str, message: String| {
+            let leaf = key.rsplit('.').next().unwrap_or(key);
+            let span = find_key(text, leaf).map(|i| i..i);
+            error(span, Some(key.to_owned()), message)
+        };
+        if self.manifest_version != MANIFEST_VERSION {
+            return Err(at(
+                "manifest_version",
+                format!(
+                    "version {} is not supported; this skiff reads version {MANIFEST_VERSION}",
+                    self.manifest_version
+                ),
+            ));
+        }
+        validate_name(&self.name).map_err(|e| at("name", e.to_string()))?;
+        if self.component.source.as_os_str().is_empty() {
+            return Err(at(
+                "component.source",
+                "must name the built .wasm file".into(),
+            ));
+        }
+        for file in &self.component.files {
+            if file.is_absolute()
+                || file
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(at(
+                    "component.files",
+                    format!(
+                        "{} must be a relative path inside the app's directory",
+                        file.display()
+                    ),
+                ));
+            }
+        }
+        self.quota().validate().map_err(|e| {
+            at(
+                &format!("resources.{}", resource_key(e.field)),
+                e.reason.to_owned(),
+            )
+        })?;
+        if let Some(health) = &self.health
+            && !health.path.starts_with('/')
+        {
+            return Err(at(
+                "health.path",
+                format!("{:?} must start with /", health.path),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The quota the resources describe (defaults for what is not given).
+    pub fn quota(&self) -> Quota {
+        let d = Quota::default();
+        Quota {
+            memory_bytes: self.resources.memory.unwrap_or(d.memory_bytes),
+            fuel: self.resources.fuel.unwrap_or(d.fuel),
+            timeout_ms: self.resources.timeout.unwrap_or(d.timeout_ms),
+            concurrency: self.resources.concurrency.unwrap_or(d.concurrency),
+        }
+    }
+
+    /// The app spec to apply, running the component `artifact`.
+    pub fn to_spec(&self, artifact: Digest) -> AppSpec {
+        let strategy = UpdateStrategy::default();
+        AppSpec {
+            artifact,
+            replicas: self.replicas,
+            quota: self.quota(),
+            hosts: self.http.hosts.clone(),
+            env: self.env.clone(),
+            placement: self.placement.clone(),
+            strategy: UpdateStrategy {
+                max_surge: self.update.max_surge.unwrap_or(strategy.max_surge),
+                max_unavailable: self
+                    .update
+                    .max_unavailable
+                    .unwrap_or(strategy.max_unavailable),
+            },
+            health: self.health.as_ref().map(|h| HealthCheck {
+                path: h.path.clone(),
+                interval_ms: h.interval.unwrap_or_else(default_health_interval_ms),
+                failure_threshold: h
+                    .failure_threshold
+                    .unwrap_or_else(default_failure_threshold),
+            }),
+        }
+    }
+}
+
+/// The manifest key of a quota field.
+fn resource_key(field: &str) -> &str {
+    match field {
+        "memory_bytes" => "memory",
+        "timeout_ms" => "timeout",
+        other => other,
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Byte offset of the first line that assigns `key`.
+fn find_key(text: &str, key: &str) -> Option<usize> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            return Some(offset + (line.len() - trimmed.len()));
+        }
+        offset += line.len();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;
