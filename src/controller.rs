@@ -24,34 +24,49 @@ pub struct ControllerArgs {
     /// Address of the HTTP API (port 0 picks a free port; the readiness
     /// line on stdout says which).
     #[arg(long, env = "SKIFF_LISTEN", default_value = DEFAULT_LISTEN)]
-    listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Directory for the SQLite database and the token files.
     #[arg(long, env = "SKIFF_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Database URL: `sqlite://PATH` or `postgres://USER:PASS@HOST/DB`.
     /// Defaults to `sqlite://<data-dir>/skiff.db` (WAL mode).
     #[arg(long, env = "SKIFF_DATABASE_URL")]
-    database_url: Option<String>,
+    pub(crate) database_url: Option<String>,
     /// Largest artifact accepted, e.g. `64Mi`.
     #[arg(long, env = "SKIFF_MAX_ARTIFACT", default_value = "64Mi", value_parser = quantity::parse_bytes)]
-    max_artifact: u64,
+    pub(crate) max_artifact: u64,
     /// A node without a heartbeat for this long is NotReady, e.g. `3s`.
     #[arg(long, env = "SKIFF_NODE_GRACE", default_value = "3s", value_parser = quantity::parse_duration)]
-    node_grace: Duration,
+    pub(crate) node_grace: Duration,
     /// How often the reconciler re-checks everything even without a change
     /// (how soon a lost node is noticed after its grace period; matches
     /// `skiff_controller::reconciler::DEFAULT_RESYNC`).
     #[arg(long, env = "SKIFF_RESYNC", default_value = "500ms", value_parser = quantity::parse_duration)]
-    resync: Duration,
+    pub(crate) resync: Duration,
     /// Leader lease duration; a dead leader is replaced within it.
     #[arg(long, env = "SKIFF_LEASE_TTL", default_value = "5s", value_parser = quantity::parse_duration)]
-    lease_ttl: Duration,
+    pub(crate) lease_ttl: Duration,
     /// Identity in the leader lease (default: hostname and pid).
     #[arg(long, env = "SKIFF_CONTROLLER_ID")]
-    id: Option<String>,
+    pub(crate) id: Option<String>,
 }
 
-pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+/// A controller started by [`start`]: its tasks run until the shutdown
+/// token is cancelled.
+pub struct Started {
+    pub addr: std::net::SocketAddr,
+    pub id: String,
+    pub backend: &'static str,
+    pub tokens: skiff_controller::auth::TokenFiles,
+}
+
+/// Opens the store, bootstraps tokens, binds the API and spawns the API,
+/// the leader election and the reconciler onto `tasks`.
+pub async fn start(
+    args: &ControllerArgs,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> anyhow::Result<Started> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
     let url = args
@@ -75,9 +90,6 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         tracing::info!(admin = %tokens.admin.display(), join = %tokens.join.display(), "generated the admin and node join tokens");
     }
 
-    let shutdown = CancellationToken::new();
-    crate::serve::on_shutdown_signal(shutdown.clone());
-    let tasks = TaskTracker::new();
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
     let id = args
         .id
@@ -109,6 +121,34 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    // Where the CLI finds this controller when run from the same directory.
+    crate::client::write_controller_file(&args.data_dir, addr)?;
+    let serving = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(error) = skiff_controller::serve(listener, state, serving.clone()).await {
+            tracing::error!(%error, "the API server failed");
+        }
+        serving.cancel();
+    });
+    Ok(Started {
+        addr,
+        id,
+        backend,
+        tokens,
+    })
+}
+
+pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    crate::serve::on_shutdown_signal(shutdown.clone());
+    let tasks = TaskTracker::new();
+    let started = start(&args, &shutdown, &tasks).await?;
+    let Started {
+        addr,
+        id,
+        backend,
+        tokens,
+    } = started;
     println!(
         "{}",
         serde_json::json!({
@@ -125,8 +165,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         tokens.admin.display(),
         tokens.join.display()
     );
-    skiff_controller::serve(listener, state, shutdown.clone()).await?;
-    shutdown.cancel();
+    shutdown.cancelled().await;
     tasks.close();
     tasks.wait().await;
     Ok(())

@@ -1,11 +1,16 @@
 //! `skiff`: one binary for every role. This file parses arguments and wires
 //! the library crates together; it has no logic of its own.
 
+mod client;
+mod commands;
 mod controller;
+mod deploy;
 mod node;
 mod serve;
+mod up;
 
 use clap::{Parser, Subcommand};
+use skiff_sdk::ClientError;
 
 /// Skiff: a lightweight WebAssembly orchestrator.
 #[derive(Debug, Parser)]
@@ -17,21 +22,156 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a controller and a node (or --nodes N) in one process: the local cluster.
+    Up(up::UpArgs),
     /// Serve one wasi:http component standalone, like `wasmtime serve`.
     Serve(serve::ServeArgs),
     /// Run the controller: the HTTP API, state store, scheduler and reconciler.
     Controller(controller::ControllerArgs),
     /// Run a node: join a controller, run its replicas, route requests.
     Node(node::NodeArgs),
+    /// Build the app in DIR (run its build command) and check the component.
+    Build(deploy::BuildArgs),
+    /// Build, upload and apply the app in DIR, then follow its rollout.
+    Deploy {
+        #[command(flatten)]
+        args: deploy::DeployArgs,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// List apps.
+    Apps {
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// Show an app: revision, replicas per node, conditions, recent events.
+    App {
+        /// App name.
+        name: String,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// Set an app's replica count.
+    Scale {
+        /// App name.
+        name: String,
+        /// Replicas.
+        replicas: u32,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// Revision history and rollback.
+    Rollout {
+        #[command(subcommand)]
+        command: commands::Rollout,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// Delete an app.
+    Delete {
+        /// App name.
+        name: String,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// List nodes.
+    Nodes {
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// Stop placing replicas on a node.
+    Cordon {
+        /// Node name.
+        node: String,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// Allow placing replicas on a node again.
+    Uncordon {
+        /// Node name.
+        node: String,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// Move a node's replicas elsewhere and keep it cordoned.
+    Drain {
+        /// Node name.
+        node: String,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// Recent events.
+    Events {
+        #[command(flatten)]
+        args: commands::EventsArgs,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
 }
 
-/// This machine's hostname (for default identities).
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_ascii_lowercase())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "skiff".to_owned())
+/// A failure the CLI explains in one line (plus a hint) and reports with
+/// its own exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Bad input: a manifest, a flag, a missing file (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The build failed or its output is not a wasi:http component (exit 3).
+    #[error("{0}")]
+    Build(String),
+    /// The controller could not be reached (exit 4).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The token was rejected (exit 5).
+    #[error("{0}")]
+    Auth(String),
+    /// The app or node does not exist (exit 6).
+    #[error("{0}")]
+    NotFound(String),
+    /// The controller refused the request (exit 7).
+    #[error("{0}")]
+    Rejected(String),
+    /// A rollout failed or timed out (exit 8).
+    #[error("{0}")]
+    Rollout(String),
+}
+
+impl Failure {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => 2,
+            Failure::Build(_) => 3,
+            Failure::Unreachable(_) => 4,
+            Failure::Auth(_) => 5,
+            Failure::NotFound(_) => 6,
+            Failure::Rejected(_) => 7,
+            Failure::Rollout(_) => 8,
+        }
+    }
+
+    /// The CLI's reading of an API client error.
+    fn from_client(e: &ClientError) -> Option<Self> {
+        if e.is_unreachable() {
+            return Some(Failure::Unreachable(format!(
+                "{e}\n  hint: is the controller running? Start one with `skiff up`, or pass --controller / set SKIFF_CONTROLLER"
+            )));
+        }
+        let message = match e {
+            ClientError::Api { body, .. } => match &body.error.field {
+                Some(field) => format!("{} ({field})", body.error.message),
+                None => body.error.message.clone(),
+            },
+            other => other.to_string(),
+        };
+        Some(match e.status()?.as_u16() {
+            401 | 403 => Failure::Auth(format!(
+                "the controller refused the token: {message}\n  hint: use the admin token (skiff-data/admin.token), via --token or SKIFF_TOKEN"
+            )),
+            404 => Failure::NotFound(message),
+            400..=499 => Failure::Rejected(message),
+            _ => return None,
+        })
+    }
 }
 
 fn init_tracing() {
@@ -43,9 +183,51 @@ fn init_tracing() {
         .init();
 }
 
+/// This machine's hostname (for default identities).
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "skiff".to_owned())
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    use commands as c;
+    match command {
+        Command::Up(args) => up::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
+        Command::Controller(args) => controller::run(args).await,
+        Command::Node(args) => node::run(args).await,
+        Command::Build(args) => deploy::build(&args.dir, false).map(drop),
+        Command::Deploy { args, connect } => deploy::deploy(&connect, &args).await,
+        Command::Apps { connect } => c::apps(&connect).await,
+        Command::App { name, connect } => c::app(&connect, &name).await,
+        Command::Scale {
+            name,
+            replicas,
+            connect,
+        } => c::scale(&connect, &name, replicas).await,
+        Command::Rollout { command, connect } => c::rollout(&connect, &command).await,
+        Command::Delete { name, connect } => c::delete(&connect, &name).await,
+        Command::Nodes { connect } => c::nodes(&connect).await,
+        Command::Cordon { node, connect } => c::node_action(&connect, &node, "cordon").await,
+        Command::Uncordon { node, connect } => c::node_action(&connect, &node, "uncordon").await,
+        Command::Drain { node, connect } => c::node_action(&connect, &node, "drain").await,
+        Command::Events { args, connect } => c::events(&connect, &args).await,
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // Server roles log at info; user commands only say what goes wrong.
+    let server = matches!(
+        cli.command,
+        Command::Up(_) | Command::Serve(_) | Command::Controller(_) | Command::Node(_)
+    );
+    if server || std::env::var_os("SKIFF_LOG").is_some() {
+        init_tracing();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -56,18 +238,22 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => serve::run(args).await,
-            Command::Controller(args) => controller::run(args).await,
-            Command::Node(args) => node::run(args).await,
-        }
-    });
-    match result {
+    match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            let failure = e
+                .downcast_ref::<ClientError>()
+                .and_then(Failure::from_client);
+            match failure.as_ref().or_else(|| e.downcast_ref::<Failure>()) {
+                Some(f) => {
+                    eprintln!("error: {f}");
+                    std::process::ExitCode::from(f.exit_code())
+                }
+                None => {
+                    eprintln!("error: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -31,45 +31,45 @@ const DEFAULT_MEMORY_SHARE: (u64, u64) = (3, 4);
 pub struct NodeArgs {
     /// Controller API URL.
     #[arg(long, env = "SKIFF_CONTROLLER", default_value = DEFAULT_CONTROLLER)]
-    controller: String,
+    pub(crate) controller: String,
     /// File holding the node join token (the controller writes it as
     /// `join.token` in its data directory).
     #[arg(long, env = "SKIFF_TOKEN_FILE", default_value = DEFAULT_TOKEN_FILE)]
-    token_file: PathBuf,
+    pub(crate) token_file: PathBuf,
     /// Node name, its identity across restarts (default: the hostname).
     #[arg(long, env = "SKIFF_NODE_NAME")]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Labels for node selectors, `k=v,k2=v2` (`zone` spreads replicas).
     #[arg(long, env = "SKIFF_LABELS", default_value = "", value_parser = parse_labels)]
-    labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
     /// Memory offered to replicas, e.g. `4Gi` (default: 3/4 of the
     /// machine's memory). Each replica reserves memory × concurrency.
     #[arg(long, env = "SKIFF_MEMORY", value_parser = quantity::parse_bytes)]
-    memory: Option<u64>,
+    pub(crate) memory: Option<u64>,
     /// Ingress address (port 0 picks a free port; the readiness line on
     /// stdout says which).
     #[arg(long, env = "SKIFF_LISTEN", default_value = DEFAULT_LISTEN)]
-    listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Address other nodes use to reach this ingress (default: the bound
     /// listen address).
     #[arg(long, env = "SKIFF_ADVERTISE")]
-    advertise: Option<String>,
+    pub(crate) advertise: Option<String>,
     /// State directory: last assignments and endpoints, compile
     /// cache (default: `skiff-data/nodes/<name>`).
     #[arg(long, env = "SKIFF_DATA_DIR")]
-    data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// Apps are reached as `Host: <app>.<domain>`.
     #[arg(long, env = "SKIFF_DOMAIN", default_value = skiff_runtime::runtime::DEFAULT_DOMAIN)]
-    domain: String,
+    pub(crate) domain: String,
     /// Heartbeat interval, e.g. `1s`.
     #[arg(long, env = "SKIFF_HEARTBEAT", default_value = "1s", value_parser = quantity::parse_duration)]
-    heartbeat: Duration,
+    pub(crate) heartbeat: Duration,
     /// Largest request body accepted, e.g. `16Mi`.
     #[arg(long, env = "SKIFF_MAX_BODY", default_value = "16Mi", value_parser = quantity::parse_bytes)]
-    max_body: u64,
+    pub(crate) max_body: u64,
     /// Do not use the pooling allocator (for hosts with little address space).
     #[arg(long, env = "SKIFF_NO_POOLING")]
-    no_pooling: bool,
+    pub(crate) no_pooling: bool,
 }
 
 fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
@@ -85,6 +85,11 @@ fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
     Ok(labels)
 }
 
+/// The memory a node offers by default: a share of the machine's.
+pub fn default_memory() -> Option<u64> {
+    machine_memory().map(|m| m / DEFAULT_MEMORY_SHARE.1 * DEFAULT_MEMORY_SHARE.0)
+}
+
 /// Total memory from /proc/meminfo, if readable.
 fn machine_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -93,7 +98,24 @@ fn machine_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
-pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+/// A node started by [`start`]: its tasks run until the shutdown token is
+/// cancelled.
+pub struct Started {
+    pub addr: std::net::SocketAddr,
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub memory: u64,
+    pub allocator: &'static str,
+    pub resumed: usize,
+}
+
+/// Builds the runtime, resumes the stored assignments, binds the ingress,
+/// and spawns the ingress and the agent onto `tasks`.
+pub async fn start(
+    args: &NodeArgs,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> anyhow::Result<Started> {
     let name = args.name.clone().unwrap_or_else(crate::hostname);
     skiff_sdk::api::validate_name(&name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
     let join_token = std::fs::read_to_string(&args.token_file)
@@ -102,9 +124,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .to_owned();
     let memory = match args.memory {
         Some(m) => m,
-        None => machine_memory()
-            .map(|m| m / DEFAULT_MEMORY_SHARE.1 * DEFAULT_MEMORY_SHARE.0)
-            .context("cannot read the machine's memory; pass --memory")?,
+        None => default_memory().context("cannot read the machine's memory; pass --memory")?,
     };
     let client = Client::new(&args.controller).with_context(|| "--controller")?;
     let data_dir = args
@@ -139,27 +159,47 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         router.clone(),
     )
     .with_context(|| format!("reading the node state in {}", data_dir.display()))?;
-
     let resumed = agent.resume().await;
+    tasks.spawn(agent.run(shutdown.clone()));
+    let serving = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(error) = skiff_runtime::ingress::run(listener, router, serving.clone()).await {
+            tracing::error!(%error, "the ingress failed");
+        }
+        serving.cancel();
+    });
+    Ok(Started {
+        addr,
+        name,
+        data_dir,
+        memory,
+        allocator: match runtime.allocator() {
+            Allocator::Pooling => "pooling",
+            Allocator::OnDemand { .. } => "on-demand",
+        },
+        resumed,
+    })
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     crate::serve::on_shutdown_signal(shutdown.clone());
     let tasks = TaskTracker::new();
-    tasks.spawn(agent.run(shutdown.clone()));
+    let node = start(&args, &shutdown, &tasks).await?;
     println!(
         "{}",
         serde_json::json!({
-            "listening": addr.to_string(),
+            "listening": node.addr.to_string(),
             "role": "node",
-            "name": name,
+            "name": node.name,
             "controller": args.controller,
-            "data_dir": data_dir,
-            "memory_bytes": memory,
-            "resumed_replicas": resumed,
-            "allocator": match runtime.allocator() { Allocator::Pooling => "pooling", Allocator::OnDemand { .. } => "on-demand" },
+            "data_dir": node.data_dir,
+            "memory_bytes": node.memory,
+            "resumed_replicas": node.resumed,
+            "allocator": node.allocator,
         })
     );
-    skiff_runtime::ingress::run(listener, router, shutdown.clone()).await?;
-    shutdown.cancel();
+    shutdown.cancelled().await;
     tasks.close();
     tasks.wait().await;
     tracing::info!("stopped");

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use crate::Digest;
 use crate::api::{
     App, AppSpec, Artifact, Assignments, Endpoints, ErrorBody, Event, Heartbeat, Node,
-    NodeRegistration, RegisterNode, Replica, ScaleRequest,
+    NodeRegistration, RegisterNode, Replica, Revision, RollbackRequest, ScaleRequest,
 };
 
 /// Deadline of an ordinary call.
@@ -41,10 +41,12 @@ pub enum ClientError {
     #[error("invalid controller URL {0:?} (expected http://HOST:PORT)")]
     InvalidUrl(String),
     /// No answer: connection refused, reset, or similar.
-    #[error("{call}: cannot reach the controller")]
+    #[error("{call}: cannot reach the controller at {url}")]
     Unreachable {
         /// Which call.
         call: &'static str,
+        /// The controller's URL.
+        url: String,
         /// The transport error.
         #[source]
         source: hyper_util::client::legacy::Error,
@@ -216,11 +218,15 @@ impl Client {
         }
         .map_err(|e| ClientError::InvalidUrl(e.to_string()))?;
         let exchange = async {
-            let response = self
-                .http
-                .request(req)
-                .await
-                .map_err(|source| ClientError::Unreachable { call, source })?;
+            let response =
+                self.http
+                    .request(req)
+                    .await
+                    .map_err(|source| ClientError::Unreachable {
+                        call,
+                        url: self.base.to_string(),
+                        source,
+                    })?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, limit)
                 .collect()
@@ -422,6 +428,41 @@ impl Client {
             Method::POST,
             &format!("/v1/apps/{name}/scale"),
             Some(&ScaleRequest { replicas }),
+        )
+        .await
+    }
+
+    /// An app's kept revisions, oldest first.
+    pub async fn revisions(&self, name: &str) -> Result<Vec<Revision>, ClientError> {
+        self.json(
+            "listing revisions",
+            Method::GET,
+            &format!("/v1/apps/{name}/revisions"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Makes an earlier revision's spec current again (default: the one
+    /// before the current).
+    pub async fn rollback(&self, name: &str, to: Option<u64>) -> Result<App, ClientError> {
+        self.json(
+            "rolling back",
+            Method::POST,
+            &format!("/v1/apps/{name}/rollback"),
+            Some(&RollbackRequest { revision: to }),
+        )
+        .await
+    }
+
+    /// Cordons (`"cordon"`), uncordons (`"uncordon"`) or drains (`"drain"`)
+    /// a node.
+    pub async fn node_action(&self, node: &str, action: &str) -> Result<Node, ClientError> {
+        self.json(
+            "changing a node",
+            Method::POST,
+            &format!("/v1/nodes/{node}/{action}"),
+            None::<&()>,
         )
         .await
     }

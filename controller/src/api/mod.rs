@@ -3,6 +3,7 @@
 
 mod apps;
 mod artifacts;
+pub use artifacts::validate_component;
 mod endpoints;
 mod nodes;
 mod system;

@@ -1,0 +1,354 @@
+//! Management commands: read and change apps and nodes through the API and
+//! print a table (or the API's JSON with `-o json`).
+
+use clap::{Args, Subcommand};
+use skiff_sdk::api::{App, Event, NodeState};
+use skiff_sdk::quantity::format_bytes;
+
+use crate::client::{Connect, Output};
+
+/// Prints rows under headers, columns aligned.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i + 1 < widths.len() {
+                out.push_str(&format!("{cell:<w$}   ", w = widths[i]));
+            } else {
+                out.push_str(cell);
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(&mut headers.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+}
+
+/// Bytes for people: `232.0 KiB`, `17.7 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// "3m", "2h", "4d": how long ago a Unix-ms time was.
+pub fn age(ms: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(ms);
+    let s = ((now - ms).max(0) / 1000) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+fn short_digest(d: &skiff_sdk::Digest) -> String {
+    d.hex()[..12].to_owned()
+}
+
+/// The conditions that are not true, as `Kind: message`, or "-".
+fn problems(app: &App) -> String {
+    let bad: Vec<String> = app
+        .status
+        .conditions
+        .iter()
+        .filter(|c| !c.status)
+        .map(|c| format!("{}: {}", c.kind, c.message))
+        .collect();
+    if bad.is_empty() {
+        "-".into()
+    } else {
+        bad.join("; ")
+    }
+}
+
+fn print_events(events: &[Event]) {
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                age(e.time),
+                e.kind.clone(),
+                e.app.clone().or_else(|| e.node.clone()).unwrap_or_default(),
+                e.message.clone(),
+            ]
+        })
+        .collect();
+    table(&["AGE", "KIND", "OBJECT", "MESSAGE"], &rows);
+}
+
+/// `skiff apps`.
+pub async fn apps(connect: &Connect) -> anyhow::Result<()> {
+    let apps = connect.client()?.apps().await?;
+    if connect.output == Output::Json {
+        return json(&apps);
+    }
+    let rows: Vec<Vec<String>> = apps
+        .iter()
+        .map(|a| {
+            vec![
+                a.name.clone(),
+                a.revision.to_string(),
+                format!("{}/{}", a.status.ready_replicas, a.status.desired_replicas),
+                short_digest(&a.spec.artifact),
+                age(a.updated_at),
+                problems(a),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME", "REVISION", "READY", "ARTIFACT", "UPDATED", "PROBLEMS",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+/// `skiff app NAME`: spec summary, replicas per node, conditions, events.
+pub async fn app(connect: &Connect, name: &str) -> anyhow::Result<()> {
+    let client = connect.client()?;
+    let app = client.app(name).await?;
+    let replicas = client.replicas(name).await?;
+    let events = client.events(Some(name), 0, 1000).await?;
+    let recent = &events[events.len().saturating_sub(10)..];
+    if connect.output == Output::Json {
+        return json(&serde_json::json!({ "app": app, "replicas": replicas, "events": recent }));
+    }
+    let q = &app.spec.quota;
+    println!("Name:       {}", app.name);
+    println!("Revision:   {} (version {})", app.revision, app.version);
+    println!("Artifact:   {}", app.spec.artifact);
+    println!(
+        "Replicas:   {} ready / {} desired",
+        app.status.ready_replicas, app.status.desired_replicas
+    );
+    println!(
+        "Quota:      memory {} × concurrency {}, fuel {}, timeout {} ms",
+        format_bytes(q.memory_bytes),
+        q.concurrency,
+        q.fuel,
+        q.timeout_ms
+    );
+    println!("\nReplicas:");
+    let rows: Vec<Vec<String>> = replicas
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.node.clone(),
+                r.revision.to_string(),
+                format!("{:?}", r.state),
+                r.reason.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(&["ID", "NODE", "REVISION", "STATE", "REASON"], &rows);
+    println!("\nConditions:");
+    let rows: Vec<Vec<String>> = app
+        .status
+        .conditions
+        .iter()
+        .map(|c| {
+            vec![
+                c.kind.clone(),
+                c.status.to_string(),
+                c.reason.clone(),
+                c.message.clone(),
+            ]
+        })
+        .collect();
+    table(&["KIND", "STATUS", "REASON", "MESSAGE"], &rows);
+    println!("\nEvents:");
+    print_events(recent);
+    Ok(())
+}
+
+/// `skiff scale NAME N`.
+pub async fn scale(connect: &Connect, name: &str, replicas: u32) -> anyhow::Result<()> {
+    let app = connect.client()?.scale(name, replicas).await?;
+    if connect.output == Output::Json {
+        return json(&app);
+    }
+    println!("{name} scaled to {replicas} replicas");
+    Ok(())
+}
+
+/// `skiff delete NAME`.
+pub async fn delete(connect: &Connect, name: &str) -> anyhow::Result<()> {
+    connect.client()?.delete_app(name).await?;
+    println!("{name} deleted");
+    Ok(())
+}
+
+/// `skiff rollout ...`.
+#[derive(Debug, Subcommand)]
+pub enum Rollout {
+    /// The app's kept revisions.
+    History {
+        /// App name.
+        name: String,
+    },
+    /// Make an earlier revision current again (default: the previous one).
+    Undo {
+        /// App name.
+        name: String,
+        /// Revision to return to.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+}
+
+/// Runs a rollout subcommand.
+pub async fn rollout(connect: &Connect, command: &Rollout) -> anyhow::Result<()> {
+    let client = connect.client()?;
+    match command {
+        Rollout::History { name } => {
+            let app = client.app(name).await?;
+            let revisions = client.revisions(name).await?;
+            if connect.output == Output::Json {
+                return json(&revisions);
+            }
+            let rows: Vec<Vec<String>> = revisions
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.number.to_string(),
+                        age(r.created_at),
+                        short_digest(&r.spec.artifact),
+                        if r.number == app.revision {
+                            "current"
+                        } else {
+                            ""
+                        }
+                        .into(),
+                    ]
+                })
+                .collect();
+            table(&["REVISION", "CREATED", "ARTIFACT", ""], &rows);
+        }
+        Rollout::Undo { name, to } => {
+            let app = client.rollback(name, *to).await?;
+            if connect.output == Output::Json {
+                return json(&app);
+            }
+            println!("{name} rolled back: now at revision {}", app.revision);
+        }
+    }
+    Ok(())
+}
+
+/// `skiff nodes`.
+pub async fn nodes(connect: &Connect) -> anyhow::Result<()> {
+    let nodes = connect.client()?.nodes().await?;
+    if connect.output == Output::Json {
+        return json(&nodes);
+    }
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            let mut state = match n.state {
+                NodeState::Ready => "Ready".to_owned(),
+                NodeState::NotReady => "NotReady".to_owned(),
+            };
+            if n.draining {
+                state.push_str(",Draining");
+            } else if n.cordoned {
+                state.push_str(",Cordoned");
+            }
+            let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vec![
+                n.name.clone(),
+                state,
+                human_bytes(n.capacity.memory_bytes),
+                n.ingress.clone(),
+                n.last_heartbeat.map(age).unwrap_or_else(|| "never".into()),
+                if labels.is_empty() {
+                    "-".into()
+                } else {
+                    labels.join(",")
+                },
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "STATE", "MEMORY", "INGRESS", "HEARTBEAT", "LABELS"],
+        &rows,
+    );
+    Ok(())
+}
+
+/// `skiff cordon|uncordon|drain NODE`.
+pub async fn node_action(connect: &Connect, node: &str, action: &str) -> anyhow::Result<()> {
+    let n = connect.client()?.node_action(node, action).await?;
+    if connect.output == Output::Json {
+        return json(&n);
+    }
+    let done = match action {
+        "cordon" => "cordoned: no new replicas",
+        "uncordon" => "uncordoned: accepts replicas again",
+        _ => "draining: replicas move elsewhere as replacements become ready",
+    };
+    println!("node {node} {done}");
+    Ok(())
+}
+
+/// `skiff events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this app's events.
+    #[arg(long)]
+    app: Option<String>,
+    /// How many of the most recent.
+    #[arg(long, default_value_t = 50)]
+    last: usize,
+}
+
+/// Prints recent events.
+pub async fn events(connect: &Connect, args: &EventsArgs) -> anyhow::Result<()> {
+    let client = connect.client()?;
+    let mut all = Vec::new();
+    let mut since = 0;
+    loop {
+        let page = client.events(args.app.as_deref(), since, 1000).await?;
+        let Some(last) = page.last() else { break };
+        since = last.id;
+        let full = page.len() == 1000;
+        all.extend(page);
+        if !full {
+            break;
+        }
+    }
+    let recent = &all[all.len().saturating_sub(args.last)..];
+    if connect.output == Output::Json {
+        return json(&recent);
+    }
+    print_events(recent);
+    Ok(())
+}

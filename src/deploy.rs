@@ -1,0 +1,231 @@
+//! `skiff build` and `skiff deploy`: from an app directory with a
+//! `skiff.toml` to replicas serving it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use skiff_sdk::api::ReplicaState;
+use skiff_sdk::manifest::Manifest;
+use skiff_sdk::quantity;
+
+use crate::Failure;
+use crate::client::Connect;
+
+/// `skiff build [DIR]`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The app's directory (holding `skiff.toml`), or the manifest itself.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+}
+
+/// `skiff deploy [DIR]`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The app's directory (holding `skiff.toml`), or the manifest itself.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Use the component as it is; do not run the build command.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Return once applied, without following the rollout.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to follow the rollout before giving up, e.g. `2m`.
+    #[arg(long, default_value = "2m", value_parser = quantity::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// A built, checked component.
+pub struct Built {
+    pub manifest: Manifest,
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+}
+
+fn load(dir: &Path) -> anyhow::Result<(PathBuf, Manifest)> {
+    Manifest::load(dir).map_err(|e| Failure::Usage(e.to_string()).into())
+}
+
+/// Runs the build command (unless `skip`) and checks the output is a
+/// `wasi:http` component.
+pub fn build(dir: &Path, skip: bool) -> anyhow::Result<Built> {
+    let (file, manifest) = load(dir)?;
+    let root = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    if let (Some(command), false) = (&manifest.component.build, skip) {
+        eprintln!("building {}: {command}", manifest.name);
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(&root)
+            .status()
+            .with_context(|| format!("running the build command {command:?}"))?;
+        if !status.success() {
+            return Err(Failure::Build(format!(
+                "{}: the build command failed ({status}): {command}\n  hint: run it yourself in {} to see why",
+                file.display(),
+                root.display()
+            ))
+            .into());
+        }
+    }
+    let path = root.join(&manifest.component.source);
+    let bytes = std::fs::read(&path).map_err(|e| {
+        Failure::Build(format!(
+            "{}: component.source {}: {e}\n  hint: build it first (set component.build in the manifest, or run the build yourself)",
+            file.display(),
+            path.display()
+        ))
+    })?;
+    skiff_controller::api::validate_component(&bytes)
+        .map_err(|why| Failure::Build(format!("{}: {why}", path.display())))?;
+    let (imports, exports) = interface(&bytes);
+    if !exports
+        .iter()
+        .any(|e| e.starts_with("wasi:http/incoming-handler"))
+    {
+        return Err(Failure::Build(format!(
+            "{}: a component, but not a wasi:http one: it exports {}\n  hint: an HTTP app exports wasi:http/incoming-handler (e.g. #[wstd::http_server])",
+            path.display(),
+            if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") }
+        ))
+        .into());
+    }
+    eprintln!(
+        "built {}: {}, wasi:http component; imports {}",
+        path.display(),
+        crate::commands::human_bytes(bytes.len() as u64),
+        imports.join(", ")
+    );
+    Ok(Built {
+        manifest,
+        path,
+        bytes,
+    })
+}
+
+/// The component's top-level import and export names.
+fn interface(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
+    let (mut imports, mut exports) = (BTreeSet::new(), BTreeSet::new());
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes).flatten() {
+        match payload {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentImportSection(section) if depth == 0 => {
+                imports.extend(
+                    section
+                        .into_iter()
+                        .flatten()
+                        .map(|i| i.name.name.to_owned()),
+                );
+            }
+            wasmparser::Payload::ComponentExportSection(section) if depth == 0 => {
+                exports.extend(
+                    section
+                        .into_iter()
+                        .flatten()
+                        .map(|e| e.name.name.to_owned()),
+                );
+            }
+            _ => {}
+        }
+    }
+    (imports.into_iter().collect(), exports.into_iter().collect())
+}
+
+/// `skiff deploy`: build, upload, apply, follow.
+pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> {
+    let built = build(&args.dir, args.no_build)?;
+    let client = connect.client()?;
+    let name = built.manifest.name.clone();
+    eprintln!(
+        "uploading {} ({}) to {}",
+        built.path.display(),
+        crate::commands::human_bytes(built.bytes.len() as u64),
+        connect.url()
+    );
+    let artifact = client
+        .upload_artifact(bytes::Bytes::from(built.bytes))
+        .await?;
+    let before = client
+        .events(Some(&name), 0, 1000)
+        .await
+        .unwrap_or_default();
+    let mut seen = before.last().map(|e| e.id).unwrap_or(0);
+    let app = client
+        .apply_app(&name, &built.manifest.to_spec(artifact.digest))
+        .await?;
+    eprintln!(
+        "applied {name}: revision {}, {} replica(s), artifact {}",
+        app.revision, app.spec.replicas, artifact.digest
+    );
+    if args.no_wait {
+        return Ok(());
+    }
+    let start = Instant::now();
+    loop {
+        for e in client.events(Some(&name), seen, 1000).await? {
+            eprintln!("  {:<18} {}", e.kind, e.message);
+            seen = e.id;
+        }
+        let app = client.app(&name).await?;
+        let replicas = client.replicas(&name).await?;
+        let current: Vec<_> = replicas
+            .iter()
+            .filter(|r| r.revision == app.revision)
+            .collect();
+        if let Some(failed) = current.iter().find(|r| r.state == ReplicaState::Failed) {
+            return Err(Failure::Rollout(format!(
+                "{name}: replica {} on {} failed: {}\n  hint: `skiff app {name}` shows every replica; `skiff rollout undo {name}` returns to the previous revision",
+                failed.id,
+                failed.node,
+                failed.reason.as_deref().unwrap_or("no reason given")
+            ))
+            .into());
+        }
+        let ready = current
+            .iter()
+            .filter(|r| r.state == ReplicaState::Ready)
+            .count();
+        if ready as u32 >= app.spec.replicas && replicas.len() == current.len() {
+            eprintln!(
+                "{name} is ready: {ready}/{} replicas at revision {} ({:.1} s)",
+                app.spec.replicas,
+                app.revision,
+                start.elapsed().as_secs_f64()
+            );
+            println!(
+                "{}",
+                serde_json::json!({ "app": name, "revision": app.revision, "ready": ready })
+            );
+            return Ok(());
+        }
+        if start.elapsed() > args.timeout {
+            let why = app
+                .status
+                .conditions
+                .iter()
+                .filter(|c| !c.status)
+                .map(|c| c.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(Failure::Rollout(format!(
+                "{name}: not ready after {:?} ({ready}/{} ready){}",
+                args.timeout,
+                app.spec.replicas,
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {why}")
+                }
+            ))
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
