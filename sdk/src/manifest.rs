@@ -228,20 +228,21 @@ impl fmt::Display for ManifestError {
 }
 
 impl Manifest {
-    /// Reads and validates `path` (a `skiff.toml`, or a directory holding
-    /// one).
+    /// Reads and validates `path`: a `*.toml` file, or a directory holding
+    /// `skiff.toml`.
     pub fn load(path: &Path) -> Result<(PathBuf, Manifest), ManifestError> {
-        let file = if path.is_dir() {
-            path.join(MANIFEST_FILE)
-        } else {
+        let file = if path.extension().is_some_and(|e| e == "toml") && !path.is_dir() {
             path.to_path_buf()
+        } else {
+            path.join(MANIFEST_FILE)
         };
         let text = std::fs::read_to_string(&file).map_err(|e| ManifestError {
             file: file.clone(),
             line: None,
             key: None,
             message: if e.kind() == std::io::ErrorKind::NotFound {
-                format!("not found (create one with `skiff new`, or pass the app's directory): {e}")
+                "not found: an app directory holds a skiff.toml (see examples/hello/skiff.toml)"
+                    .to_owned()
             } else {
                 e.to_string()
             },

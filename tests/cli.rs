@@ -1,0 +1,247 @@
+//! The CLI end to end against a real `skiff up` process: deploy the hello
+//! example, curl it, scale, deploy a new revision and roll it back, and
+//! every error a user can provoke, each with its message and exit code.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the report
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{SkiffProcess, root, send};
+use http::{Method, StatusCode};
+
+/// `skiff <args>` run in `dir`; returns (exit code, stdout, stderr).
+fn skiff(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("SKIFF_CONTROLLER")
+        .env_remove("SKIFF_TOKEN")
+        .env_remove("SKIFF_DATA_DIR")
+        // The hello build command runs cargo for the examples workspace.
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .output()
+        .unwrap();
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let (code, out, err) = skiff(dir, args);
+    assert_eq!(code, 0, "skiff {args:?} failed:\n{err}");
+    out
+}
+
+fn fails(dir: &Path, args: &[&str], code: i32, message: &str) {
+    let (got, _, err) = skiff(dir, args);
+    assert_eq!(got, code, "skiff {args:?}: exit {got}, stderr:\n{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error: ")).count(),
+        1,
+        "one error line: {err}"
+    );
+    assert!(
+        err.contains(message),
+        "skiff {args:?}: expected {message:?} in:\n{err}"
+    );
+}
+
+async fn get(addr: std::net::SocketAddr, app: &str) -> common::Reply {
+    send(
+        addr,
+        &format!("{app}.localhost"),
+        Method::GET,
+        "/",
+        Bytes::new(),
+    )
+    .await
+}
+
+/// A copy of the hello manifest in `dir` with `VERSION` set and the
+/// component path made absolute.
+fn hello_app(dir: &Path, version: &str) -> std::path::PathBuf {
+    let app = dir.join(format!("hello-{version}"));
+    std::fs::create_dir_all(&app).unwrap();
+    let source = common::example_path("hello");
+    let manifest = std::fs::read_to_string(root().join("examples/hello/skiff.toml"))
+        .unwrap()
+        .replace(
+            "../target/wasm32-wasip2/release/hello.wasm",
+            source.to_str().unwrap(),
+        )
+        .replace("VERSION = \"1.0.0\"", &format!("VERSION = \"{version}\""))
+        .lines()
+        .filter(|l| !l.starts_with("build ="))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(app.join("skiff.toml"), manifest).unwrap();
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_curl_scale_and_roll_back_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    common::examples_dir();
+    let mut up = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    up.args([
+        "up",
+        "--listen",
+        "127.0.0.1:0",
+        "--ingress",
+        "127.0.0.1:0",
+        "--memory",
+        "1Gi",
+    ])
+    .current_dir(work);
+    let up = SkiffProcess::spawn(up);
+    assert_eq!(up.ready["role"], "up");
+    let ingress: std::net::SocketAddr = up.ready["nodes"][0]["ingress"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // The real example's manifest, built by its own build command.
+    let out = ok(
+        work,
+        &["deploy", root().join("examples/hello").to_str().unwrap()],
+    );
+    let ready: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(ready["app"], "hello");
+    assert_eq!(ready["revision"], 1);
+    let reply = get(ingress, "hello").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "Hello from Skiff! version=1.0.0\n");
+
+    // Tables and JSON.
+    let apps = ok(work, &["apps"]);
+    assert!(apps.starts_with("NAME"), "{apps}");
+    assert!(
+        apps.lines()
+            .any(|l| l.starts_with("hello") && l.contains("1/1")),
+        "{apps}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(work, &["apps", "-o", "json"])).unwrap();
+    assert_eq!(json[0]["name"], "hello");
+    let nodes = ok(work, &["nodes"]);
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with("local") && l.contains("Ready")),
+        "{nodes}"
+    );
+
+    // Scale, and see it in `skiff app`.
+    ok(work, &["scale", "hello", "2"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let app: serde_json::Value =
+            serde_json::from_str(&ok(work, &["app", "hello", "-o", "json"])).unwrap();
+        if app["app"]["status"]["ready_replicas"] == 2 {
+            assert_eq!(app["replicas"].as_array().unwrap().len(), 2);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not scaled: {app}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let shown = ok(work, &["app", "hello"]);
+    for part in ["Replicas:", "Conditions:", "Events:", "AppScaled"] {
+        assert!(shown.contains(part), "{part} missing in:\n{shown}");
+    }
+
+    // A new revision, then back.
+    let v2 = hello_app(work, "2.0.0");
+    let out = ok(work, &["deploy", v2.to_str().unwrap()]);
+    assert!(out.contains("\"revision\":2"), "{out}");
+    assert_eq!(
+        get(ingress, "hello").await.text(),
+        "Hello from Skiff! version=2.0.0\n"
+    );
+    let history = ok(work, &["rollout", "history", "hello"]);
+    assert!(
+        history
+            .lines()
+            .any(|l| l.starts_with('2') && l.contains("current")),
+        "{history}"
+    );
+    ok(work, &["rollout", "undo", "hello"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while get(ingress, "hello").await.text() != "Hello from Skiff! version=1.0.0\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rollback never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Errors a user can provoke, each with its message and exit code.
+    fails(
+        work,
+        &["deploy", "no-such-dir"],
+        2,
+        "no-such-dir/skiff.toml: not found",
+    );
+    let bad = work.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    let write = |text: &str| std::fs::write(bad.join("skiff.toml"), text).unwrap();
+    write(
+        "manifest_version = 1\nname = \"bad\"\n\n[component]\nsource = \"bad.wasm\"\n\n[resources]\nmemory = \"64MB\"\n",
+    );
+    fails(
+        work,
+        &["deploy", "bad"],
+        2,
+        "bad/skiff.toml:8: resources.memory: \"64MB\" is not a quantity",
+    );
+    fails(work, &["deploy", "bad"], 2, "did you mean \"64Mi\"?");
+    write(
+        "manifest_version = 1\nname = \"bad\"\ncolour = \"red\"\n\n[component]\nsource = \"bad.wasm\"\n",
+    );
+    fails(
+        work,
+        &["deploy", "bad"],
+        2,
+        "bad/skiff.toml:3: colour: unknown field `colour`",
+    );
+    write(
+        "manifest_version = 1\nname = \"bad\"\n\n[component]\nsource = \"bad.wasm\"\nbuild = \"echo not wasm > bad.wasm\"\n",
+    );
+    fails(
+        work,
+        &["deploy", "bad"],
+        3,
+        "bad.wasm: not a Wasm component",
+    );
+    write(
+        "manifest_version = 1\nname = \"bad\"\n\n[component]\nsource = \"bad.wasm\"\nbuild = \"exit 7\"\n",
+    );
+    fails(work, &["deploy", "bad"], 3, "the build command failed");
+    fails(
+        work,
+        &["apps", "--controller", "http://127.0.0.1:1"],
+        4,
+        "cannot reach the controller at http://127.0.0.1:1",
+    );
+    fails(
+        work,
+        &["apps", "--token", "wrong"],
+        5,
+        "the controller refused the token",
+    );
+    fails(work, &["app", "ghost"], 6, "app \"ghost\" not found");
+    let elsewhere = tempfile::tempdir().unwrap();
+    fails(elsewhere.path(), &["apps"], 2, "no admin token");
+    drop(up);
+}
