@@ -352,3 +352,24 @@ pub async fn events(connect: &Connect, args: &EventsArgs) -> anyhow::Result<()> 
     print_events(recent);
     Ok(())
 }
+
+/// `skiff logs NAME [-f]`: `node | line`, or the entries as JSON lines.
+pub async fn logs(connect: &Connect, name: &str, follow: bool) -> anyhow::Result<()> {
+    let client = connect.client()?;
+    let as_json = connect.output == Output::Json;
+    client
+        .logs(name, follow, |entry| {
+            if as_json {
+                if let Ok(line) = serde_json::to_string(&entry) {
+                    println!("{line}");
+                }
+            } else if entry.stream == "skiff" {
+                eprintln!("[{}] {}", entry.node, entry.line);
+            } else {
+                println!("{} | {}", entry.node, entry.line);
+            }
+            true
+        })
+        .await?;
+    Ok(())
+}

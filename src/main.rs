@@ -67,6 +67,16 @@ enum Command {
         #[command(flatten)]
         connect: client::Connect,
     },
+    /// Guest output (stdout/stderr) of an app, from every node running it.
+    Logs {
+        /// App name.
+        name: String,
+        /// Keep following new lines.
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
     /// Delete an app.
     Delete {
         /// App name.
@@ -209,6 +219,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             connect,
         } => c::scale(&connect, &name, replicas).await,
         Command::Rollout { command, connect } => c::rollout(&connect, &command).await,
+        Command::Logs {
+            name,
+            follow,
+            connect,
+        } => c::logs(&connect, &name, follow).await,
         Command::Delete { name, connect } => c::delete(&connect, &name).await,
         Command::Nodes { connect } => c::nodes(&connect).await,
         Command::Cordon { node, connect } => c::node_action(&connect, &node, "cordon").await,

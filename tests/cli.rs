@@ -186,6 +186,73 @@ async fn deploy_curl_scale_and_roll_back_through_the_cli() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // Logs: the guest's output from every replica, through the controller.
+    ok(
+        work,
+        &["deploy", root().join("examples/echo").to_str().unwrap()],
+    );
+    for path in ["/one", "/two"] {
+        let reply = send(ingress, "echo.localhost", Method::GET, path, Bytes::new()).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let logs = ok(work, &["logs", "echo"]);
+    assert!(logs.contains("local | echo: GET /one"), "{logs}");
+    assert!(logs.contains("local | echo: GET /two"), "{logs}");
+    // A node's logs are the controller's to read: without the key, 401.
+    let stolen = send(
+        ingress,
+        "_skiff",
+        Method::GET,
+        "/v1/logs?app=echo",
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(stolen.status, StatusCode::UNAUTHORIZED);
+    // Following: a line written after the command started shows up.
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["logs", "echo", "-f"])
+        .current_dir(work)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    'follow: loop {
+        send(
+            ingress,
+            "echo.localhost",
+            Method::GET,
+            "/three",
+            Bytes::new(),
+        )
+        .await;
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            if line.contains("echo: GET /three") {
+                break 'follow;
+            }
+            seen.push(line);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "followed lines: {seen:?}"
+        );
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+
     // Errors a user can provoke, each with its message and exit code.
     fails(
         work,

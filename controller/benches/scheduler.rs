@@ -123,6 +123,7 @@ async fn committed(t: &common::TestStore) {
                         memory_bytes: CAPACITY,
                     },
                     ingress: format!("127.0.0.1:{}", 10_000 + i),
+                    logs_key: None,
                 },
                 &format!("credential-{i}"),
             )

@@ -29,6 +29,7 @@ fn node(name: &str, zone: &str) -> RegisterNode {
             memory_bytes: 4 << 30,
         },
         ingress: "127.0.0.1:8080".into(),
+        logs_key: None,
     }
 }
 

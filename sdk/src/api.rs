@@ -275,6 +275,28 @@ pub struct RegisterNode {
     pub capacity: NodeCapacity,
     /// Address of its ingress, `host:port`.
     pub ingress: String,
+    /// A secret the node generated: the controller presents it to read the
+    /// node's guest logs (`Host: _skiff`, `GET /v1/logs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs_key: Option<String>,
+}
+
+/// One line of guest output (`GET /v1/apps/{name}/logs`, newline-delimited
+/// JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogEntry {
+    /// The node whose replica wrote it.
+    pub node: String,
+    /// Sequence number within the app on that node.
+    pub seq: u64,
+    /// When (Unix ms).
+    pub time: i64,
+    /// `stdout`, `stderr`, or `skiff` for notes from Skiff itself (e.g. an
+    /// unreachable node).
+    pub stream: String,
+    /// The text, without the newline.
+    pub line: String,
 }
 
 /// Answer to a registration: the node and its credential (shown once).

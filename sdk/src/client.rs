@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::Digest;
 use crate::api::{
-    App, AppSpec, Artifact, Assignments, Endpoints, ErrorBody, Event, Heartbeat, Node,
+    App, AppSpec, Artifact, Assignments, Endpoints, ErrorBody, Event, Heartbeat, LogEntry, Node,
     NodeRegistration, RegisterNode, Replica, Revision, RollbackRequest, ScaleRequest,
 };
 
@@ -247,19 +247,7 @@ impl Client {
             .await
             .map_err(|_| ClientError::Timeout { call, timeout })??;
         if reply.status.is_client_error() || reply.status.is_server_error() {
-            return Err(match serde_json::from_slice::<ErrorBody>(&reply.body) {
-                Ok(body) => ClientError::Api {
-                    call,
-                    status: reply.status,
-                    body,
-                },
-                Err(_) => ClientError::Unexpected {
-                    call,
-                    status: reply.status,
-                    detail: String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)])
-                        .into_owned(),
-                },
-            });
+            return Err(error_from(call, reply.status, &reply.body));
         }
         Ok(reply)
     }
@@ -467,6 +455,72 @@ impl Client {
         .await
     }
 
+    /// An app's guest output from every node running it, oldest first,
+    /// passed to `each` line by line; with `follow`, keeps reading new
+    /// lines until the controller closes the stream or `each` returns
+    /// `false`.
+    pub async fn logs(
+        &self,
+        name: &str,
+        follow: bool,
+        mut each: impl FnMut(LogEntry) -> bool,
+    ) -> Result<(), ClientError> {
+        let call = "reading logs";
+        let uri = format!(
+            "{}/v1/apps/{name}/logs?follow={follow}",
+            self.base.to_string().trim_end_matches('/')
+        );
+        let mut req = http::Request::get(uri);
+        if let Some(token) = &self.token {
+            req = req.header(header::AUTHORIZATION, token.clone());
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::InvalidUrl(e.to_string()))?;
+        let response = tokio::time::timeout(DEFAULT_TIMEOUT, self.http.request(req))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                call,
+                timeout: DEFAULT_TIMEOUT,
+            })?
+            .map_err(|source| ClientError::Unreachable {
+                call,
+                url: self.base.to_string(),
+                source,
+            })?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = Limited::new(body, MAX_JSON_RESPONSE)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(error_from(call, status, &bytes));
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Unexpected {
+                call,
+                status,
+                detail: format!("reading the stream: {e}"),
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if let Ok(entry) = serde_json::from_slice::<LogEntry>(&line)
+                    && !each(entry)
+                {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes an app.
     pub async fn delete_app(&self, name: &str) -> Result<(), ClientError> {
         let path = format!("/v1/apps/{name}");
@@ -494,6 +548,18 @@ impl Client {
         }
         self.json("reading events", Method::GET, &path, None::<&()>)
             .await
+    }
+}
+
+/// The error for a 4xx/5xx answer, keeping the server's error body.
+fn error_from(call: &'static str, status: StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(body) => ClientError::Api { call, status, body },
+        Err(_) => ClientError::Unexpected {
+            call,
+            status,
+            detail: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+        },
     }
 }
 

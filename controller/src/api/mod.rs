@@ -5,6 +5,7 @@ mod apps;
 mod artifacts;
 pub use artifacts::validate_component;
 mod endpoints;
+mod logs;
 mod nodes;
 mod system;
 
@@ -237,7 +238,7 @@ async fn count_responses(
     info(title = "Skiff controller API", description = "Manage apps, artifacts and nodes of a Skiff cluster."),
     paths(
         artifacts::upload, artifacts::download,
-        apps::apply, apps::list, apps::show, apps::delete, apps::revisions, apps::replicas, apps::rollback, apps::scale,
+        apps::apply, apps::list, apps::show, apps::delete, apps::revisions, apps::replicas, logs::logs, apps::rollback, apps::scale,
         nodes::register, nodes::heartbeat, nodes::list, nodes::show, nodes::cordon, nodes::uncordon,
         nodes::drain, nodes::delete, nodes::assignments, endpoints::watch,
         system::events,
@@ -272,6 +273,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/apps/{name}/revisions", get(apps::revisions))
         .route("/apps/{name}/replicas", get(apps::replicas))
+        .route("/apps/{name}/logs", get(logs::logs))
         .route("/apps/{name}/rollback", post(apps::rollback))
         .route("/apps/{name}/scale", post(apps::scale))
         .route("/nodes", post(nodes::register).get(nodes::list))

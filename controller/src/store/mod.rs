@@ -158,6 +158,17 @@ pub struct ReplicaChange {
     pub events: Vec<NewEvent>,
 }
 
+/// A node to gather an app's logs from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSource {
+    /// Node name.
+    pub node: String,
+    /// Its ingress address.
+    pub ingress: String,
+    /// The secret it accepts for its logs (absent: it serves none).
+    pub logs_key: Option<String>,
+}
+
 /// An event to record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NewEvent {
@@ -274,6 +285,8 @@ pub trait Store: Send + Sync + 'static {
     }
     /// The replicas a node should run, with their specs, and their version.
     async fn assignments(&self, node: &str) -> Result<Assignments>;
+    /// The nodes that run replicas of `app`, and how to read their logs.
+    async fn log_sources(&self, app: &str) -> Result<Vec<LogSource>>;
     /// Replicas, of one app or of all.
     async fn replicas(&self, app: Option<&str>) -> Result<Vec<ReplicaRecord>>;
 

@@ -177,6 +177,7 @@ impl Agent {
                     memory_bytes: self.config.memory_bytes,
                 },
                 ingress: self.config.ingress.clone(),
+                logs_key: Some(self.router.logs_key().to_owned()),
             })
             .await?;
         // The credential lives in memory only: every start registers again

@@ -29,6 +29,11 @@ use crate::{Outcome, Runtime};
 pub const FORWARDED_BY: HeaderName = HeaderName::from_static("x-skiff-forwarded-by");
 /// Set on every response a node's replica produced, to that node's name.
 pub const SERVED_BY: HeaderName = HeaderName::from_static("x-skiff-node");
+/// The `Host` of the node's own API (not a valid app name, so it never
+/// shadows an app): `GET /v1/logs?app=NAME&since=SEQ` answers the app's
+/// buffered guest output as newline-delimited JSON to a caller presenting
+/// the node's logs key (which only the controller learns).
+pub const NODE_API_HOST: &str = "_skiff";
 /// Time allowed to connect to a peer node: peers are near, and a dead one
 /// must fail fast so the retry can go elsewhere.
 const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -64,6 +69,7 @@ pub struct NodeRouter {
     client: HttpClient<HttpConnector, BoxBody<Bytes, hyper::Error>>,
     turn: AtomicUsize,
     stats: ForwardStats,
+    logs_key: String,
 }
 
 impl NodeRouter {
@@ -82,7 +88,75 @@ impl NodeRouter {
             client: HttpClient::builder(TokioExecutor::new()).build(connector),
             turn: AtomicUsize::new(0),
             stats: ForwardStats::default(),
+            logs_key: {
+                use rand::RngCore as _;
+                let mut bytes = [0u8; 32];
+                rand::rng().fill_bytes(&mut bytes);
+                hex::encode(bytes)
+            },
         })
+    }
+
+    /// The secret that lets the controller read this node's logs (new on
+    /// every start; sent with the registration).
+    pub fn logs_key(&self) -> &str {
+        &self.logs_key
+    }
+
+    /// The node's own API (`Host: _skiff`).
+    fn node_api(&self, req: &Request<Incoming>) -> Response<HyperOutgoingBody> {
+        use sha2::{Digest as _, Sha256};
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Compared as digests: the comparison time says nothing about the key.
+        if Sha256::digest(presented.as_bytes()) != Sha256::digest(self.logs_key.as_bytes()) {
+            return plain(http::StatusCode::UNAUTHORIZED, "unknown logs key\n");
+        }
+        if req.uri().path() != "/v1/logs" {
+            return plain(http::StatusCode::NOT_FOUND, "no such node route\n");
+        }
+        let query: HashMap<String, String> = req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let app = query.get("app").map(String::as_str).unwrap_or("");
+        let since = query.get("since").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut body = String::new();
+        for line in self.runtime.logs(app, since).unwrap_or_default() {
+            let entry = skiff_sdk::api::LogEntry {
+                node: self.name.clone(),
+                seq: line.seq,
+                time: line
+                    .time
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                    .unwrap_or(0),
+                stream: match line.stream {
+                    crate::logs::Stream::Stdout => "stdout",
+                    crate::logs::Stream::Stderr => "stderr",
+                }
+                .to_owned(),
+                line: line.line,
+            };
+            if let Ok(json) = serde_json::to_string(&entry) {
+                body.push_str(&json);
+                body.push('\n');
+            }
+        }
+        let mut response = plain(http::StatusCode::OK, &body);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        response
     }
 
     /// The runtime serving local replicas.
@@ -213,6 +287,9 @@ impl Handler for NodeRouter {
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
         });
+        if host.is_some_and(|h| h.split(':').next() == Some(NODE_API_HOST)) {
+            return self.node_api(&req);
+        }
         let app = host.and_then(|h| app_for_host(h, &self.domain));
         match app {
             Some(app) if !self.runtime.has_app(app) => {
@@ -239,6 +316,16 @@ impl Handler for NodeRouter {
     async fn drain(&self) {
         self.runtime.drain().await;
     }
+}
+
+fn plain(status: http::StatusCode, text: &str) -> Response<HyperOutgoingBody> {
+    let mut response = Response::new(
+        http_body_util::Full::new(Bytes::from(text.to_owned()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response
 }
 
 fn idempotent(method: &Method) -> bool {

@@ -14,8 +14,8 @@ use super::super::rows::{
     to_u64,
 };
 use super::super::{
-    ARTIFACT_CHUNK, Applied, ArtifactInfo, NewEvent, ReplicaChange, ReplicaRecord, Result, Store,
-    TokenKind, now_ms,
+    ARTIFACT_CHUNK, Applied, ArtifactInfo, LogSource, NewEvent, ReplicaChange, ReplicaRecord,
+    Result, Store, TokenKind, now_ms,
 };
 use super::{Dialect, SqlStore, app_event};
 
@@ -342,10 +342,11 @@ impl Store for SqlStore {
         let now = now_ms();
         let existed = self.load_node(&mut tx, &node.name).await?.is_some();
         sqlx::query(
-            "INSERT INTO nodes (name, labels, memory_bytes, ingress, credential_hash, version, registered_at) \
-             VALUES ($1, $2, $3, $4, $5, 1, $6) \
+            "INSERT INTO nodes (name, labels, memory_bytes, ingress, credential_hash, version, registered_at, logs_key) \
+             VALUES ($1, $2, $3, $4, $5, 1, $6, $7) \
              ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, memory_bytes = excluded.memory_bytes, \
-             ingress = excluded.ingress, credential_hash = excluded.credential_hash, version = nodes.version + 1",
+             ingress = excluded.ingress, credential_hash = excluded.credential_hash, logs_key = excluded.logs_key, \
+             version = nodes.version + 1",
         )
         .bind(&node.name)
         .bind(json(&node.labels))
@@ -353,6 +354,7 @@ impl Store for SqlStore {
         .bind(&node.ingress)
         .bind(credential_hash)
         .bind(now)
+        .bind(node.logs_key.clone())
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -558,6 +560,25 @@ impl Store for SqlStore {
         tx.commit().await?;
         self.wrote();
         Ok(())
+    }
+
+    async fn log_sources(&self, app: &str) -> Result<Vec<LogSource>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT n.name, n.ingress, n.logs_key FROM nodes n \
+             JOIN replicas r ON r.node = n.name WHERE r.app = $1 ORDER BY n.name",
+        )
+        .bind(app)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LogSource {
+                    node: r.try_get("name")?,
+                    ingress: r.try_get("ingress")?,
+                    logs_key: r.try_get("logs_key")?,
+                })
+            })
+            .collect()
     }
 
     async fn assignments(&self, node: &str) -> Result<Assignments> {
