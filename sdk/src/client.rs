@@ -2,6 +2,33 @@
 //! CLI and tests. Plain HTTP over hyper (put TLS in front of the controller
 //! with a proxy); every call has a deadline, every error says which call
 //! failed and how, and API errors keep the server's `{"error": ...}` body.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), skiff_sdk::ClientError> {
+//! use skiff_sdk::Client;
+//! use skiff_sdk::manifest::Manifest;
+//!
+//! let token = std::fs::read_to_string("skiff-data/admin.token").unwrap_or_default();
+//! let client = Client::new("http://127.0.0.1:7070")?.with_token(&token);
+//!
+//! // Upload a component and run it as described by its manifest.
+//! let (_, manifest) = Manifest::load("examples/hello".as_ref()).expect("a valid skiff.toml");
+//! let bytes = std::fs::read("examples/target/wasm32-wasip2/release/hello.wasm").unwrap_or_default();
+//! let artifact = client.upload_artifact(bytes.into()).await?;
+//! let app = client.apply_app(&manifest.name, &manifest.to_spec(artifact.digest)).await?;
+//! println!("{} at revision {}", app.name, app.revision);
+//!
+//! // Scale it, and read what its replicas printed.
+//! client.scale("hello", 3).await?;
+//! client
+//!     .logs("hello", false, |entry| {
+//!         println!("{} | {}", entry.node, entry.line);
+//!         true
+//!     })
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::time::Duration;
 
