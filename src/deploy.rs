@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Args;
 use skiff_sdk::api::ReplicaState;
+use skiff_sdk::bundle::{BUNDLE_EXTENSION, Bundle};
 use skiff_sdk::manifest::Manifest;
 use skiff_sdk::quantity;
 
@@ -22,10 +23,25 @@ pub struct BuildArgs {
     pub dir: PathBuf,
 }
 
-/// `skiff deploy [DIR]`.
+/// `skiff package [DIR]`.
+#[derive(Debug, Args)]
+pub struct PackageArgs {
+    /// The app's directory (holding `skiff.toml`), or the manifest itself.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Where to write the bundle (default: `<name>.skiff` here).
+    #[arg(short = 'O', long = "out")]
+    pub out: Option<PathBuf>,
+    /// Use the component as it is; do not run the build command.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+/// `skiff deploy [DIR | BUNDLE.skiff]`.
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    /// The app's directory (holding `skiff.toml`), or the manifest itself.
+    /// The app's directory (holding `skiff.toml`), the manifest itself, or
+    /// a bundle made by `skiff package`.
     #[arg(default_value = ".")]
     pub dir: PathBuf,
     /// Use the component as it is; do not run the build command.
@@ -42,6 +58,7 @@ pub struct DeployArgs {
 /// A built, checked component.
 pub struct Built {
     pub manifest: Manifest,
+    pub manifest_file: PathBuf,
     pub path: PathBuf,
     pub bytes: Vec<u8>,
 }
@@ -80,9 +97,26 @@ pub fn build(dir: &Path, skip: bool) -> anyhow::Result<Built> {
             path.display()
         ))
     })?;
-    skiff_controller::api::validate_component(&bytes)
+    let imports = check_component(&path, &bytes)?;
+    eprintln!(
+        "built {}: {}, wasi:http component; imports {}",
+        path.display(),
+        crate::commands::human_bytes(bytes.len() as u64),
+        imports.join(", ")
+    );
+    Ok(Built {
+        manifest,
+        manifest_file: file,
+        path,
+        bytes,
+    })
+}
+
+/// Checks `bytes` is a valid `wasi:http` component; returns its imports.
+fn check_component(path: &Path, bytes: &[u8]) -> anyhow::Result<Vec<String>> {
+    skiff_controller::api::validate_component(bytes)
         .map_err(|why| Failure::Build(format!("{}: {why}", path.display())))?;
-    let (imports, exports) = interface(&bytes);
+    let (imports, exports) = interface(bytes);
     if !exports
         .iter()
         .any(|e| e.starts_with("wasi:http/incoming-handler"))
@@ -94,16 +128,52 @@ pub fn build(dir: &Path, skip: bool) -> anyhow::Result<Built> {
         ))
         .into());
     }
+    Ok(imports)
+}
+
+/// `skiff package`: build, then write the deterministic bundle.
+pub fn package(args: &PackageArgs) -> anyhow::Result<()> {
+    let built = build(&args.dir, args.no_build)?;
+    let bundle = Bundle::collect(&built.manifest_file, &built.manifest)
+        .map_err(|e| Failure::Build(skiff_runtime::runtime::error_chain(&e)))?;
+    let bytes = bundle
+        .to_bytes()
+        .map_err(|e| Failure::Build(e.to_string()))?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.{BUNDLE_EXTENSION}", built.manifest.name)));
+    std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    let digest = skiff_sdk::Digest::of(&bytes);
     eprintln!(
-        "built {}: {}, wasi:http component; imports {}",
-        path.display(),
+        "packaged {}: {} ({} static file(s))",
+        out.display(),
         crate::commands::human_bytes(bytes.len() as u64),
-        imports.join(", ")
+        bundle.files.len()
     );
+    println!(
+        "{}",
+        serde_json::json!({ "bundle": out, "digest": digest.to_string(), "size": bytes.len() })
+    );
+    Ok(())
+}
+
+/// The manifest and component of a bundle file.
+fn unbundle(path: &Path) -> anyhow::Result<Built> {
+    let bytes =
+        std::fs::read(path).map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+    let bundle = Bundle::from_bytes(&bytes)
+        .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+    let manifest_file = PathBuf::from(format!("{}!skiff.toml", path.display()));
+    let manifest = Manifest::parse(&manifest_file, &bundle.manifest)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let component = PathBuf::from(format!("{}!component.wasm", path.display()));
+    check_component(&component, &bundle.component)?;
     Ok(Built {
         manifest,
-        path,
-        bytes,
+        manifest_file,
+        path: component,
+        bytes: bundle.component,
     })
 }
 
@@ -138,9 +208,40 @@ fn interface(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
     (imports.into_iter().collect(), exports.into_iter().collect())
 }
 
+/// A progress bar on stderr when it is a terminal; otherwise nothing (the
+/// lines around it say what happened).
+fn progress_bar() -> skiff_sdk::client::Progress {
+    use std::io::{IsTerminal as _, Write as _};
+    if !std::io::stderr().is_terminal() {
+        return Box::new(|_, _| {});
+    }
+    Box::new(|sent, total| {
+        const WIDTH: u64 = 30;
+        let filled = (sent * WIDTH).checked_div(total).unwrap_or(WIDTH);
+        let bar: String = (0..WIDTH)
+            .map(|i| if i < filled { '#' } else { '.' })
+            .collect();
+        let percent = (sent * 100).checked_div(total).unwrap_or(100);
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "\r  [{bar}] {percent:>3}% {} / {}",
+            crate::commands::human_bytes(sent),
+            crate::commands::human_bytes(total)
+        );
+        if sent >= total {
+            let _ = writeln!(err);
+        }
+    })
+}
+
 /// `skiff deploy`: build, upload, apply, follow.
 pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> {
-    let built = build(&args.dir, args.no_build)?;
+    let built = if args.dir.extension().is_some_and(|e| e == BUNDLE_EXTENSION) {
+        unbundle(&args.dir)?
+    } else {
+        build(&args.dir, args.no_build)?
+    };
     let client = connect.client()?;
     let name = built.manifest.name.clone();
     eprintln!(
@@ -150,7 +251,7 @@ pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> 
         connect.url()
     );
     let artifact = client
-        .upload_artifact(bytes::Bytes::from(built.bytes))
+        .upload_artifact_with_progress(bytes::Bytes::from(built.bytes), progress_bar())
         .await?;
     let before = client
         .events(Some(&name), 0, 1000)

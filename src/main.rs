@@ -5,6 +5,7 @@ mod client;
 mod commands;
 mod controller;
 mod deploy;
+mod new;
 mod node;
 mod serve;
 mod up;
@@ -30,8 +31,12 @@ enum Command {
     Controller(controller::ControllerArgs),
     /// Run a node: join a controller, run its replicas, route requests.
     Node(node::NodeArgs),
+    /// Create a new Rust app (wasi:http, with its skiff.toml) in ./NAME.
+    New(new::NewArgs),
     /// Build the app in DIR (run its build command) and check the component.
     Build(deploy::BuildArgs),
+    /// Build, then write a deterministic bundle: manifest, component, files.
+    Package(deploy::PackageArgs),
     /// Build, upload and apply the app in DIR, then follow its rollout.
     Deploy {
         #[command(flatten)]
@@ -209,7 +214,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args).await,
         Command::Controller(args) => controller::run(args).await,
         Command::Node(args) => node::run(args).await,
+        Command::New(args) => new::run(&args),
         Command::Build(args) => deploy::build(&args.dir, false).map(drop),
+        Command::Package(args) => deploy::package(&args),
         Command::Deploy { args, connect } => deploy::deploy(&connect, &args).await,
         Command::Apps { connect } => c::apps(&connect).await,
         Command::App { name, connect } => c::app(&connect, &name).await,

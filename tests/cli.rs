@@ -253,6 +253,23 @@ async fn deploy_curl_scale_and_roll_back_through_the_cli() {
     follow.kill().unwrap();
     follow.wait().unwrap();
 
+    // A new app from the template: build, package (twice: same bytes), and
+    // deploy the bundle.
+    ok(work, &["new", "my-app"]);
+    let first: serde_json::Value =
+        serde_json::from_str(ok(work, &["package", "my-app", "-O", "a.skiff"]).trim()).unwrap();
+    let again: serde_json::Value =
+        serde_json::from_str(ok(work, &["package", "my-app", "-O", "b.skiff"]).trim()).unwrap();
+    assert_eq!(
+        first["digest"], again["digest"],
+        "packaging is deterministic"
+    );
+    let out = ok(work, &["deploy", "a.skiff"]);
+    assert!(out.contains("\"app\":\"my-app\""), "{out}");
+    let reply = get(ingress, "my-app").await;
+    assert_eq!(reply.text(), "Hello from my-app! version=0.1.0\n");
+    fails(work, &["new", "my-app"], 2, "my-app already exists");
+
     // Errors a user can provoke, each with its message and exit code.
     fails(
         work,

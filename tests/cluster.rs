@@ -211,6 +211,48 @@ async fn replicas_spread_scale_and_come_back_after_a_node_is_killed() {
     let reply = cluster.get("n1", "big", "/").await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.reason(), Some("no-ready-replica"));
+
+    // An app's extra host reaches it through every node; a second app
+    // cannot claim the same host.
+    let spec: AppSpec = serde_json::from_value(serde_json::json!({
+        "artifact": artifact, "replicas": 1, "hosts": ["shop.example.com"],
+        "quota": common::cluster::small_quota(),
+    }))
+    .unwrap();
+    cluster.admin.apply_app("shop", &spec).await.unwrap();
+    cluster.wait_ready("shop", 1, CONVERGE).await;
+    cluster
+        .wait(
+            "every node to route shop.example.com",
+            CONVERGE,
+            |c| async move {
+                for node in c.live_nodes() {
+                    let reply = common::send(
+                        c.node_addr(&node),
+                        "shop.example.com",
+                        http::Method::GET,
+                        "/",
+                        bytes::Bytes::new(),
+                    )
+                    .await;
+                    if reply.status != StatusCode::OK {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
+    let err = cluster.admin.apply_app("copycat", &spec).await.unwrap_err();
+    assert_eq!(
+        err.status(),
+        Some(StatusCode::UNPROCESSABLE_ENTITY),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("already reaches app \"shop\""),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

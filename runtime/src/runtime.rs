@@ -478,6 +478,33 @@ impl Runtime {
                 None => None,
             }
         };
+        self.serve(app, req).await
+    }
+
+    /// Serves one request with the app `name`, whatever its Host header
+    /// says (for callers that routed it themselves, e.g. by a custom host).
+    pub async fn handle_app<B>(
+        self: &Arc<Self>,
+        name: &str,
+        req: Request<B>,
+    ) -> Response<HyperOutgoingBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let app = self.app(name);
+        self.serve(app, req).await
+    }
+
+    async fn serve<B>(
+        self: &Arc<Self>,
+        app: Option<Arc<App>>,
+        req: Request<B>,
+    ) -> Response<HyperOutgoingBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let Some(app) = app else {
             self.unrouted.fetch_add(1, Ordering::Relaxed);
             return error_response(Outcome::NotFound, None);

@@ -443,6 +443,9 @@ pub struct Endpoint {
 pub struct Endpoints {
     /// App name to its endpoints, by node name.
     pub apps: BTreeMap<String, Vec<Endpoint>>,
+    /// Extra hosts (an app's `hosts`, lowercase) to the app they reach.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, String>,
 }
 
 /// Something that happened, for `GET /v1/events`.

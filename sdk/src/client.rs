@@ -136,12 +136,56 @@ impl ClientError {
     }
 }
 
+/// Request bodies: whole (`Full`) or chunked with progress.
+type ReqBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+/// Called with (bytes sent, total) as an upload proceeds.
+pub type Progress = Box<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Upload chunk: small enough for a smooth progress bar, large enough to
+/// cost nothing.
+const UPLOAD_CHUNK: usize = 64 << 10;
+
+/// A body that hands out `bytes` in chunks and reports each as it goes.
+struct ProgressBody {
+    bytes: Bytes,
+    sent: usize,
+    progress: Progress,
+}
+
+impl http_body::Body for ProgressBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.sent >= self.bytes.len() {
+            return std::task::Poll::Ready(None);
+        }
+        let end = (self.sent + UPLOAD_CHUNK).min(self.bytes.len());
+        let chunk = self.bytes.slice(self.sent..end);
+        self.sent = end;
+        (self.progress)(end as u64, self.bytes.len() as u64);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent >= self.bytes.len()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact((self.bytes.len() - self.sent) as u64)
+    }
+}
+
 /// A controller API client. Cheap to clone; connections are pooled.
 #[derive(Clone, Debug)]
 pub struct Client {
     base: Uri,
     token: Option<HeaderValue>,
-    http: HttpClient<HttpConnector, Full<Bytes>>,
+    http: HttpClient<HttpConnector, ReqBody>,
 }
 
 /// One call: what to send and how long to wait for how much.
@@ -149,7 +193,7 @@ struct Call<'a> {
     name: &'static str,
     method: Method,
     path: &'a str,
-    body: Option<(&'static str, Bytes)>,
+    body: Option<(&'static str, ReqBody)>,
     headers: Vec<(header::HeaderName, HeaderValue)>,
     timeout: Duration,
     limit: usize,
@@ -169,7 +213,7 @@ impl<'a> Call<'a> {
     }
 
     fn body(mut self, content_type: &'static str, bytes: Bytes) -> Self {
-        self.body = Some((content_type, bytes));
+        self.body = Some((content_type, Full::new(bytes).boxed()));
         self
     }
 
@@ -238,10 +282,8 @@ impl Client {
             req = req.header(name, value);
         }
         let req = match body {
-            Some((content_type, bytes)) => req
-                .header(header::CONTENT_TYPE, content_type)
-                .body(Full::new(bytes)),
-            None => req.body(Full::new(Bytes::new())),
+            Some((content_type, body)) => req.header(header::CONTENT_TYPE, content_type).body(body),
+            None => req.body(Full::new(Bytes::new()).boxed()),
         }
         .map_err(|e| ClientError::InvalidUrl(e.to_string()))?;
         let exchange = async {
@@ -386,14 +428,29 @@ impl Client {
 
     /// Uploads a component; answers its digest and size.
     pub async fn upload_artifact(&self, bytes: Bytes) -> Result<Artifact, ClientError> {
+        self.upload_artifact_with_progress(bytes, Box::new(|_, _| {}))
+            .await
+    }
+
+    /// Uploads a component in chunks, calling `progress` with the bytes
+    /// sent so far and the total.
+    pub async fn upload_artifact_with_progress(
+        &self,
+        bytes: Bytes,
+        progress: Progress,
+    ) -> Result<Artifact, ClientError> {
         let call = "uploading an artifact";
-        let reply = self
-            .send(
-                Call::new(call, Method::POST, "/v1/artifacts")
-                    .body("application/wasm", bytes)
-                    .timeout(TRANSFER_TIMEOUT),
-            )
-            .await?;
+        let mut request = Call::new(call, Method::POST, "/v1/artifacts").timeout(TRANSFER_TIMEOUT);
+        request.body = Some((
+            "application/wasm",
+            ProgressBody {
+                bytes,
+                sent: 0,
+                progress,
+            }
+            .boxed(),
+        ));
+        let reply = self.send(request).await?;
         decode(call, &reply)
     }
 
@@ -502,7 +559,7 @@ impl Client {
             req = req.header(header::AUTHORIZATION, token.clone());
         }
         let req = req
-            .body(Full::new(Bytes::new()))
+            .body(Full::new(Bytes::new()).boxed())
             .map_err(|e| ClientError::InvalidUrl(e.to_string()))?;
         let response = tokio::time::timeout(DEFAULT_TIMEOUT, self.http.request(req))
             .await

@@ -9,6 +9,7 @@
 //! # Layout
 //!
 //! - [`api`]: wire types of the controller's HTTP API and name rules.
+//! - [`bundle`]: deterministic app bundles (manifest, component, files).
 //! - [`client`]: a typed async client of that API (hyper, no TLS).
 //! - [`digest`]: `sha256:<hex>` content digests that name artifacts.
 //! - [`manifest`]: `skiff.toml`, parsed with file:line:key errors.
@@ -17,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod bundle;
 pub mod client;
 pub mod digest;
 pub mod manifest;

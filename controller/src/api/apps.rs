@@ -93,6 +93,31 @@ async fn validate_spec(state: &AppState, spec: &AppSpec) -> Result<(), ApiError>
     Ok(())
 }
 
+/// A host reaches one app: refuses hosts another app already claims.
+async fn check_hosts_free(state: &AppState, name: &str, spec: &AppSpec) -> Result<(), ApiError> {
+    if spec.hosts.is_empty() {
+        return Ok(());
+    }
+    let apps = state
+        .store
+        .apps()
+        .await
+        .map_err(ApiError::store("listing apps"))?;
+    for (i, host) in spec.hosts.iter().enumerate() {
+        if let Some(other) = apps
+            .iter()
+            .find(|a| a.name != name && a.spec.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))
+        {
+            return Err(ApiError::invalid(
+                "host_taken",
+                &format!("hosts[{i}]"),
+                format!("{host:?} already reaches app {:?}", other.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Create or update an app. A changed spec makes a new revision; the same
 /// spec makes none.
 #[utoipa::path(put, path = "/v1/apps/{name}", request_body = AppSpec,
@@ -110,6 +135,7 @@ pub async fn apply(
     check_name(&name)?;
     let expected = if_match(&headers)?;
     validate_spec(&state, &spec).await?;
+    check_hosts_free(&state, &name, &spec).await?;
     let applied = state
         .store
         .apply_app(&name, &spec, expected)

@@ -90,6 +90,21 @@ async fn current(state: &AppState) -> Result<Endpoints, ApiError> {
             *counts.entry((r.app.as_str(), r.node.as_str())).or_default() += 1;
         }
     }
+    let mut hosts = BTreeMap::new();
+    for app in state
+        .store
+        .apps()
+        .await
+        .map_err(ApiError::store("listing apps"))?
+    {
+        for host in &app.spec.hosts {
+            // First come, first served: the API refuses a host that another
+            // app already claims, so clashes only come from older data.
+            hosts
+                .entry(host.to_ascii_lowercase())
+                .or_insert_with(|| app.name.clone());
+        }
+    }
     let mut apps: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
     for ((app, node), replicas) in counts {
         apps.entry(app.to_owned()).or_default().push(Endpoint {
@@ -98,7 +113,7 @@ async fn current(state: &AppState) -> Result<Endpoints, ApiError> {
             replicas,
         });
     }
-    Ok(Endpoints { apps })
+    Ok(Endpoints { apps, hosts })
 }
 
 /// A strong tag over the content: equal endpoints, equal tags, whichever

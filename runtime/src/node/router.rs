@@ -66,6 +66,8 @@ pub struct NodeRouter {
     name_header: HeaderValue,
     domain: String,
     table: RwLock<HashMap<String, Vec<Arc<Peer>>>>,
+    /// Extra hosts (lowercase) to app names, from the endpoints.
+    hosts: RwLock<HashMap<String, String>>,
     client: HttpClient<HttpConnector, BoxBody<Bytes, hyper::Error>>,
     turn: AtomicUsize,
     stats: ForwardStats,
@@ -85,6 +87,7 @@ impl NodeRouter {
                 .unwrap_or_else(|_| HeaderValue::from_static("node")),
             domain: domain.to_owned(),
             table: RwLock::new(HashMap::new()),
+            hosts: RwLock::new(HashMap::new()),
             client: HttpClient::builder(TokioExecutor::new()).build(connector),
             turn: AtomicUsize::new(0),
             stats: ForwardStats::default(),
@@ -172,6 +175,11 @@ impl NodeRouter {
     /// Replaces the endpoints (this node's own entries are left out; the
     /// in-flight counts of peers that remain are kept).
     pub fn set_endpoints(&self, endpoints: &Endpoints) {
+        *self.hosts.write().unwrap_or_else(|e| e.into_inner()) = endpoints
+            .hosts
+            .iter()
+            .map(|(h, a)| (h.clone(), a.clone()))
+            .collect();
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
         let known: HashMap<(String, String), Arc<Peer>> = table
             .values()
@@ -201,6 +209,23 @@ impl NodeRouter {
                 (app.clone(), peers)
             })
             .collect();
+    }
+
+    /// The app a Host value reaches: `<app>.<domain>`, or an app's extra
+    /// host.
+    fn app_for(&self, host: &str) -> Option<String> {
+        if let Some(app) = app_for_host(host, &self.domain) {
+            return Some(app.to_owned());
+        }
+        let bare = host
+            .rsplit_once(':')
+            .map_or(host, |(h, _)| h)
+            .trim_end_matches('.');
+        self.hosts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&bare.to_ascii_lowercase())
+            .cloned()
     }
 
     /// Peers for `app`, fewest in flight first (ties taken in turn).
@@ -290,27 +315,24 @@ impl Handler for NodeRouter {
         if host.is_some_and(|h| h.split(':').next() == Some(NODE_API_HOST)) {
             return self.node_api(&req);
         }
-        let app = host.and_then(|h| app_for_host(h, &self.domain));
-        match app {
-            Some(app) if !self.runtime.has_app(app) => {
-                let app = app.to_owned();
+        let app = host.and_then(|h| self.app_for(h));
+        let mut response = match app {
+            Some(app) if !self.runtime.has_app(&app) => {
                 if req.headers().contains_key(FORWARDED_BY) {
                     // Already forwarded once: the sender's view is stale.
                     self.stats.no_replica.fetch_add(1, Ordering::Relaxed);
                     return error_response(Outcome::NoReplica, Some(&app));
                 }
-                self.forward(&app, req).await
+                return self.forward(&app, req).await;
             }
-            // Served here (or not an app host at all: the runtime answers
-            // 404 and counts it).
-            _ => {
-                let mut response = self.runtime.handle(req).await;
-                response
-                    .headers_mut()
-                    .insert(SERVED_BY, self.name_header.clone());
-                response
-            }
-        }
+            Some(app) => self.runtime.handle_app(&app, req).await,
+            // Not an app host at all: the runtime answers 404 and counts it.
+            None => self.runtime.handle(req).await,
+        };
+        response
+            .headers_mut()
+            .insert(SERVED_BY, self.name_header.clone());
+        response
     }
 
     async fn drain(&self) {
