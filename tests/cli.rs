@@ -90,7 +90,7 @@ fn hello_app(dir: &Path, version: &str) -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deploy_curl_scale_and_roll_back_through_the_cli() {
+async fn new_build_package_deploy_curl_scale_logs_and_roll_back_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path();
     common::examples_dir();
@@ -325,6 +325,18 @@ async fn deploy_curl_scale_and_roll_back_through_the_cli() {
         "the controller refused the token",
     );
     fails(work, &["app", "ghost"], 6, "app \"ghost\" not found");
+    fails(
+        work,
+        &["rollout", "undo", "echo"],
+        7,
+        "app \"echo\" has no earlier revision to return to (revision)",
+    );
+    fails(
+        work,
+        &["rollout", "undo", "hello", "--to", "99"],
+        7,
+        "app \"hello\" has no revision 99",
+    );
     let elsewhere = tempfile::tempdir().unwrap();
     fails(elsewhere.path(), &["apps"], 2, "no admin token");
     drop(up);

@@ -10,6 +10,7 @@ use skiff_sdk::api::{
 
 use super::{AppState, Auth, JsonBody, etag, if_match};
 use crate::error::ApiError;
+use crate::store::StoreError;
 
 /// Most replicas one app may ask for; a typo of `30000` should not flood
 /// the scheduler.
@@ -271,7 +272,32 @@ pub async fn rollback(
         .store
         .rollback_app(&name, req.revision, expected)
         .await
-        .map_err(ApiError::store("rolling back an app"))?;
+        .map_err(|e| match (e, req.revision) {
+            // Say which revision is missing in the caller's words.
+            (
+                StoreError::NotFound {
+                    kind: "revision", ..
+                },
+                None,
+            ) => ApiError::invalid(
+                "no_previous_revision",
+                "revision",
+                format!("app {name:?} has no earlier revision to return to"),
+            ),
+            (
+                StoreError::NotFound {
+                    kind: "revision", ..
+                },
+                Some(n),
+            ) => ApiError::invalid(
+                "unknown_revision",
+                "revision",
+                format!(
+                    "app {name:?} has no revision {n} (see its revisions: the last 10 are kept)"
+                ),
+            ),
+            (e, _) => ApiError::store("rolling back an app")(e),
+        })?;
     state.changed();
     Ok((etag(app.version), Json(app)))
 }
