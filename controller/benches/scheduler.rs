@@ -85,6 +85,8 @@ fn pure() {
             reservation: RESERVATION,
             selector: BTreeMap::new(),
             spread: true,
+            max_surge: 1,
+            max_unavailable: 0,
             conditions: Vec::new(),
         })
         .collect();

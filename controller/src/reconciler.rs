@@ -63,6 +63,11 @@ pub struct DesiredApp {
     pub selector: BTreeMap<String, String>,
     /// Spread replicas across nodes and zones.
     pub spread: bool,
+    /// Replicas allowed above `replicas` while replacing (at least 1 when
+    /// `max_unavailable` is 0).
+    pub max_surge: u32,
+    /// Ready replicas allowed below `replicas` while replacing.
+    pub max_unavailable: u32,
     /// Conditions as last recorded.
     pub conditions: Vec<Condition>,
 }
@@ -70,7 +75,17 @@ pub struct DesiredApp {
 impl DesiredApp {
     /// The desired state of a stored app.
     pub fn from_app(app: &App) -> Self {
+        let want = app.spec.replicas;
+        let max_unavailable = app.spec.strategy.max_unavailable.resolve(want, false);
+        let max_surge = app.spec.strategy.max_surge.resolve(want, true);
         Self {
+            // Both zero could never make progress: surge by one then.
+            max_surge: if max_surge == 0 && max_unavailable == 0 {
+                1
+            } else {
+                max_surge
+            },
+            max_unavailable,
             name: app.name.clone(),
             revision: app.revision,
             replicas: app.spec.replicas,
@@ -204,8 +219,14 @@ pub fn plan(
         }
     }
     let mut scheduler = Scheduler::new(slots);
+    // Spreading counts the replicas of the current revision only: the new
+    // revision spreads on its own while the old one is replaced.
+    let revisions: HashMap<&str, u64> =
+        apps.iter().map(|a| (a.name.as_str(), a.revision)).collect();
     for r in by_app.values().flatten() {
-        scheduler.count(&r.app, &r.node);
+        if revisions.get(r.app.as_str()) == Some(&r.revision) {
+            scheduler.count(&r.app, &r.node);
+        }
     }
 
     for app in apps {
@@ -267,9 +288,14 @@ fn plan_app(
         }
     }
 
-    // Scale up (or replace).
+    // Scale up (or replace). While outgoing replicas remain, the total
+    // stays within `want + max_surge`.
     let mut unschedulable: Option<(Unschedulable, usize)> = None;
-    let missing = want.saturating_sub(current.len());
+    let mut missing = want.saturating_sub(current.len());
+    if !outgoing.is_empty() {
+        let ceiling = want + app.max_surge as usize;
+        missing = missing.min(ceiling.saturating_sub(current.len() + outgoing.len()));
+    }
     for placed in 0..missing {
         let request = Request {
             app: &app.name,
@@ -292,10 +318,19 @@ fn plan_app(
 
     // Outgoing replicas leave once current ones can take their load: the
     // not-ready ones at once, ready ones only while the ready count stays
-    // at or above the desired one.
+    // at or above `want - max_unavailable`. Those sharing a node with a
+    // ready current replica go first, so every node keeps serving locally.
     let ready_current = current.iter().filter(|r| is_ready(r)).count();
     let ready_outgoing = outgoing.iter().filter(|r| is_ready(r)).count();
-    let mut may_remove_ready = (ready_current + ready_outgoing).saturating_sub(want);
+    let floor = want.saturating_sub(app.max_unavailable as usize);
+    let mut may_remove_ready = (ready_current + ready_outgoing).saturating_sub(floor);
+    let covered: HashSet<&str> = current
+        .iter()
+        .filter(|r| is_ready(r))
+        .map(|r| r.node.as_str())
+        .collect();
+    let mut outgoing = outgoing;
+    outgoing.sort_by_key(|r| (!covered.contains(r.node.as_str()), r.id.clone()));
     for r in &outgoing {
         if is_ready(r) {
             if may_remove_ready == 0 {

@@ -13,6 +13,8 @@ fn app(name: &str, replicas: u32) -> DesiredApp {
         reservation: 100 * MI,
         selector: BTreeMap::new(),
         spread: true,
+        max_surge: 1,
+        max_unavailable: 0,
         conditions: Vec::new(),
     }
 }
@@ -231,7 +233,7 @@ fn drain_and_new_revisions_keep_old_replicas_until_replacements_are_ready() {
         replica("o2", "web", "b", ReplicaState::Ready),
     ];
     let actions = plan(&apps, &nodes, &old);
-    assert_eq!(places(&actions).len(), 2);
+    assert_eq!(places(&actions).len(), 1, "max surge 1");
     assert!(removes(&actions).is_empty());
     let mut replicas = old.clone();
     replicas.push(ObservedReplica {
@@ -278,4 +280,58 @@ fn orphans_are_removed() {
             ("r2", RemoveReason::Orphaned)
         ]
     );
+}
+
+#[test]
+fn rolling_update_surges_one_at_a_time_and_ends_spread() {
+    let mut apps = vec![app("web", 3)];
+    let nodes = vec![node("a"), node("b"), node("c")];
+    let mut replicas = vec![
+        replica("o1", "web", "a", ReplicaState::Ready),
+        replica("o2", "web", "b", ReplicaState::Ready),
+        replica("o3", "web", "c", ReplicaState::Ready),
+    ];
+    apps[0].revision = 2;
+    let mut placed_on = Vec::new();
+    for _ in 0..10 {
+        let actions = plan(&apps, &nodes, &replicas);
+        let places = places(&actions);
+        assert!(places.len() <= 1, "max surge 1: {actions:?}");
+        // Never fewer than 3 ready (max unavailable 0).
+        let removed = removes(&actions).len();
+        let ready = replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::Ready)
+            .count();
+        assert!(ready - removed >= 3, "{actions:?}");
+        placed_on.extend(places.iter().map(|n| n.to_string()));
+        replicas = settle(&mut apps, replicas, &actions);
+        for r in &mut replicas {
+            if r.id.contains("-new") {
+                r.revision = 2;
+            }
+        }
+        if actions.is_empty() {
+            break;
+        }
+    }
+    assert!(replicas.iter().all(|r| r.revision == 2), "{replicas:?}");
+    placed_on.sort();
+    assert_eq!(placed_on, ["a", "b", "c"], "one new replica per node");
+}
+
+#[test]
+fn max_unavailable_lets_old_replicas_go_first() {
+    let mut apps = vec![app("web", 2)];
+    apps[0].revision = 2;
+    apps[0].max_surge = 0;
+    apps[0].max_unavailable = 1;
+    let nodes = vec![node("a"), node("b")];
+    let replicas = vec![
+        replica("o1", "web", "a", ReplicaState::Ready),
+        replica("o2", "web", "b", ReplicaState::Ready),
+    ];
+    let actions = plan(&apps, &nodes, &replicas);
+    assert!(places(&actions).is_empty(), "no surge room yet");
+    assert_eq!(removes(&actions), [("o1", RemoveReason::Replaced)]);
 }

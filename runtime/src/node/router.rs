@@ -286,6 +286,18 @@ impl NodeRouter {
             let result = self.client.request(out).await;
             peer.in_flight.fetch_sub(1, Ordering::Relaxed);
             match result {
+                // The peer no longer runs the app (our endpoints were
+                // stale): as safe to retry elsewhere as a refused connection.
+                Ok(response)
+                    if retryable
+                        && attempt == 0
+                        && peers.len() > 1
+                        && response.headers().get(crate::body::REASON_HEADER)
+                            == Some(&HeaderValue::from_static("no-ready-replica")) =>
+                {
+                    tracing::debug!(%app, peer = %peer.node, "peer has no replica any more; retrying on another");
+                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(response) => {
                     return response
                         .map(|b| b.map_err(wasmtime_wasi_http::Error::Hyper).boxed_unsync());
