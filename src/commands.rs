@@ -215,6 +215,14 @@ pub enum Rollout {
         /// App name.
         name: String,
     },
+    /// Follow the current rollout until it is done or has failed.
+    Status {
+        /// App name.
+        name: String,
+        /// Give up after this long, e.g. `2m`.
+        #[arg(long, default_value = "2m", value_parser = skiff_sdk::quantity::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Make an earlier revision current again (default: the previous one).
     Undo {
         /// App name.
@@ -252,6 +260,16 @@ pub async fn rollout(connect: &Connect, command: &Rollout) -> anyhow::Result<()>
                 })
                 .collect();
             table(&["REVISION", "CREATED", "ARTIFACT", ""], &rows);
+        }
+        Rollout::Status { name, timeout } => {
+            // Only what happens from now on, plus the current state.
+            let seen = crate::deploy::latest_event(&client, name).await;
+            let app = client.app(name).await?;
+            eprintln!(
+                "{name}: revision {}, {}/{} ready",
+                app.revision, app.status.ready_replicas, app.status.desired_replicas
+            );
+            crate::deploy::follow_rollout(&client, name, seen, *timeout).await?;
         }
         Rollout::Undo { name, to } => {
             let app = client.rollback(name, *to).await?;

@@ -253,11 +253,7 @@ pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> 
     let artifact = client
         .upload_artifact_with_progress(bytes::Bytes::from(built.bytes), progress_bar())
         .await?;
-    let before = client
-        .events(Some(&name), 0, 1000)
-        .await
-        .unwrap_or_default();
-    let mut seen = before.last().map(|e| e.id).unwrap_or(0);
+    let seen = latest_event(&client, &name).await;
     let app = client
         .apply_app(&name, &built.manifest.to_spec(artifact.digest))
         .await?;
@@ -268,6 +264,19 @@ pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> 
     if args.no_wait {
         return Ok(());
     }
+    follow_rollout(&client, &name, seen, args.timeout).await
+}
+
+/// Prints the app's events from `seen` on until every replica runs the
+/// current revision and is Ready (Ok), one of them Failed, or `timeout`
+/// passes (a rollout failure, exit 8).
+pub async fn follow_rollout(
+    client: &skiff_sdk::Client,
+    name: &str,
+    mut seen: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let name = name.to_owned();
     let start = Instant::now();
     loop {
         for e in client.events(Some(&name), seen, 1000).await? {
@@ -306,7 +315,7 @@ pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> 
             );
             return Ok(());
         }
-        if start.elapsed() > args.timeout {
+        if start.elapsed() > timeout {
             let why = app
                 .status
                 .conditions
@@ -317,7 +326,7 @@ pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> 
                 .join("; ");
             return Err(Failure::Rollout(format!(
                 "{name}: not ready after {:?} ({ready}/{} ready){}",
-                args.timeout,
+                timeout,
                 app.spec.replicas,
                 if why.is_empty() {
                     String::new()
@@ -329,4 +338,17 @@ pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> 
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The id of the app's newest event (0 if none or unreadable).
+pub async fn latest_event(client: &skiff_sdk::Client, name: &str) -> u64 {
+    let mut since = 0;
+    while let Ok(page) = client.events(Some(name), since, 1000).await {
+        match page.last() {
+            Some(last) if page.len() == 1000 => since = last.id,
+            Some(last) => return last.id,
+            None => break,
+        }
+    }
+    since
 }

@@ -177,6 +177,11 @@ async fn new_build_package_deploy_curl_scale_logs_and_roll_back_through_the_cli(
         "{history}"
     );
     ok(work, &["rollout", "undo", "hello"]);
+    // `rollout status` follows the rollback to its end.
+    let (code, out, err) = skiff(work, &["rollout", "status", "hello"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("hello is ready"), "{err}");
+    assert!(out.contains("\"revision\":3"), "{out}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while get(ingress, "hello").await.text() != "Hello from Skiff! version=1.0.0\n" {
         assert!(
