@@ -29,6 +29,7 @@ fn spec(artifact: skiff_sdk::Digest, version: u32) -> AppSpec {
         "replicas": 3,
         "quota": small_quota(),
         "env": { "VERSION": version.to_string() },
+        "health": { "path": "/healthz", "interval_ms": 100, "failure_threshold": 3 },
     }))
     .unwrap()
 }
@@ -49,6 +50,24 @@ async fn rollouts_with_a_forwarding_node_fail_no_request() {
         ("n4", "zone=d"),
     ])
     .await;
+}
+
+/// Waits until exactly the three replicas of `revision` run, all Ready.
+async fn settled_on(cluster: &Cluster, revision: u64) {
+    cluster
+        .wait(
+            &format!("revision {revision} everywhere"),
+            Duration::from_secs(60),
+            |c| async move {
+                let replicas = c.admin.replicas("hello").await.ok()?;
+                (replicas.len() == 3
+                    && replicas
+                        .iter()
+                        .all(|r| r.revision == revision && r.state == ReplicaState::Ready))
+                .then_some(())
+            },
+        )
+        .await;
 }
 
 async fn rollouts_under_load(nodes: &[(&str, &str)]) {
@@ -102,22 +121,36 @@ async fn rollouts_under_load(nodes: &[(&str, &str)]) {
             .apply_app("hello", &spec(artifact, version))
             .await
             .unwrap();
-        let revision = app.revision;
-        cluster
-            .wait(
-                &format!("revision {revision} everywhere"),
-                Duration::from_secs(60),
-                |c| async move {
-                    let replicas = c.admin.replicas("hello").await.ok()?;
-                    (replicas.len() == 3
-                        && replicas
-                            .iter()
-                            .all(|r| r.revision == revision && r.state == ReplicaState::Ready))
-                    .then_some(())
-                },
-            )
-            .await;
+        settled_on(&cluster, app.revision).await;
     }
+    // A revision whose health check fails never takes traffic: its replica
+    // fails on its node while the old ones keep serving; undoing it rolls
+    // the app forward to the good spec again.
+    let mut broken = spec(artifact, 5);
+    if let Some(health) = broken.health.as_mut() {
+        health.path = "/no-such-health".into();
+    }
+    cluster.admin.apply_app("hello", &broken).await.unwrap();
+    let failed = cluster
+        .wait(
+            "the broken revision's replica to fail",
+            Duration::from_secs(60),
+            |c| async move {
+                let replicas = c.admin.replicas("hello").await.ok()?;
+                replicas
+                    .into_iter()
+                    .find(|r| r.state == ReplicaState::Failed)
+                    .and_then(|r| r.reason)
+            },
+        )
+        .await;
+    assert!(
+        failed.contains("health check GET /no-such-health answered 404"),
+        "{failed}"
+    );
+    let app = cluster.admin.rollback("hello", None).await.unwrap();
+    settled_on(&cluster, app.revision).await;
+
     // Let the clients see the settled state for a moment, then stop them.
     let settled = seen.ok.load(Ordering::Relaxed);
     cluster
@@ -138,7 +171,7 @@ async fn rollouts_under_load(nodes: &[(&str, &str)]) {
     let ok = seen.ok.load(Ordering::Relaxed);
     let failed = seen.failed.lock().unwrap().clone();
     eprintln!(
-        "{} nodes: {ok} requests in {elapsed:?} ({:.0}/s) across 3 rollouts; {} failed",
+        "{} nodes: {ok} requests in {elapsed:?} ({:.0}/s) across 3 rollouts, a failed one and its undo; {} failed",
         nodes.len(),
         ok as f64 / elapsed.as_secs_f64(),
         failed.len()

@@ -323,60 +323,95 @@ impl Agent {
                 Load::Failed(why) => self.set_state(&a.id, ReplicaState::Failed, Some(why)),
             }
         }
-        let Some(revision) = loadable.iter().map(|a| a.revision).max() else {
-            runtime.remove(app);
-            return pending;
-        };
-        let serving: Vec<&Assignment> = loadable
-            .iter()
-            .copied()
-            .filter(|a| a.revision == revision)
-            .collect();
-        let spec = &serving[0].spec;
-        let mut quota = spec.quota;
-        // Each replica brings its own concurrency slots (and reservation).
-        quota.concurrency = quota
-            .concurrency
-            .saturating_mul(u32::try_from(serving.len()).unwrap_or(u32::MAX));
-        let deployed = runtime.deploy(AppSpec {
-            name: app.to_owned(),
-            digest: spec.artifact,
-            quota,
-            env: spec.env.clone().into_iter().collect(),
-        });
-        let probe = match deployed {
-            Ok(())
-                if loadable
-                    .iter()
-                    .all(|a| self.state_of(&a.id) == Some(ReplicaState::Ready)) =>
+        // A replica that failed stays failed (its revision will fail the
+        // same way here); the newest revision that starts serves, and the
+        // replicas of older ones are served by it.
+        loadable.retain(|a| self.state_of(&a.id) != Some(ReplicaState::Failed));
+        let mut revisions: Vec<u64> = loadable.iter().map(|a| a.revision).collect();
+        revisions.sort_unstable();
+        revisions.dedup();
+        for &revision in revisions.iter().rev() {
+            let serving: Vec<&Assignment> = loadable
+                .iter()
+                .copied()
+                .filter(|a| a.revision == revision)
+                .collect();
+            let up_to: Vec<&Assignment> = loadable
+                .iter()
+                .copied()
+                .filter(|a| a.revision <= revision)
+                .collect();
+            let started = if serving
+                .iter()
+                .all(|a| self.state_of(&a.id) == Some(ReplicaState::Ready))
             {
-                Ok(())
-            }
-            Ok(()) => {
-                for a in &loadable {
+                // Already serving (re-deploying the same spec is a no-op).
+                runtime
+                    .deploy(app_spec(app, serving[0], serving.len()))
+                    .map_err(|e| error_chain(&e))
+            } else {
+                for a in &serving {
                     self.set_state(&a.id, ReplicaState::Starting, None);
                 }
-                runtime.instantiate_once(app).await.map(drop)
-            }
-            Err(e) => Err(e),
-        };
-        match probe {
-            // Older revisions' replicas are served by the newest one here.
-            Ok(()) => {
-                for a in &loadable {
-                    self.set_state(&a.id, ReplicaState::Ready, None);
+                self.start_revision(runtime, app, &serving).await
+            };
+            match started {
+                Ok(()) => {
+                    for a in &up_to {
+                        self.set_state(&a.id, ReplicaState::Ready, None);
+                    }
+                    return pending;
                 }
-            }
-            Err(e) => {
-                let why = error_chain(&e);
-                tracing::warn!(%app, error = %why, "replica failed to start");
-                runtime.remove(app);
-                for a in &loadable {
-                    self.set_state(&a.id, ReplicaState::Failed, Some(why.clone()));
+                Err(why) => {
+                    tracing::warn!(%app, revision, error = %why, "replica failed to start");
+                    for a in &serving {
+                        self.set_state(&a.id, ReplicaState::Failed, Some(why.clone()));
+                    }
                 }
             }
         }
+        runtime.remove(app);
         pending
+    }
+
+    /// Starts a revision and switches the app's traffic to it only once it
+    /// proved itself: instantiated under its quota and, when it has a
+    /// health check, answering 2xx on it. Until then the previous revision
+    /// (if any) keeps serving; a candidate with a health check is tried
+    /// under a name no request can route to.
+    async fn start_revision(
+        &self,
+        runtime: &Arc<Runtime>,
+        app: &str,
+        serving: &[&Assignment],
+    ) -> Result<(), String> {
+        let first = serving[0];
+        let spec = app_spec(app, first, serving.len());
+        if let Some(health) = &first.spec.health {
+            let candidate = format!("{app}@{}", first.revision);
+            runtime
+                .deploy(AppSpec {
+                    name: candidate.clone(),
+                    ..spec.clone()
+                })
+                .map_err(|e| error_chain(&e))?;
+            let checked = async {
+                runtime
+                    .instantiate_once(&candidate)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                health_gate(runtime, &candidate, app, health).await
+            }
+            .await;
+            runtime.remove(&candidate);
+            checked?;
+        }
+        runtime.deploy(spec).map_err(|e| error_chain(&e))?;
+        runtime
+            .instantiate_once(app)
+            .await
+            .map(drop)
+            .map_err(|e| error_chain(&e))
     }
 
     /// Makes sure a component is here and loaded.
@@ -434,6 +469,59 @@ impl Agent {
             self.report.notify_one();
         }
     }
+}
+
+/// The runtime spec of `app` running `a`'s revision with `replicas`
+/// replicas' worth of concurrency.
+fn app_spec(app: &str, a: &Assignment, replicas: usize) -> AppSpec {
+    let mut quota = a.spec.quota;
+    // Each replica brings its own concurrency slots (and reservation).
+    quota.concurrency = quota
+        .concurrency
+        .saturating_mul(u32::try_from(replicas).unwrap_or(u32::MAX));
+    AppSpec {
+        name: app.to_owned(),
+        digest: a.spec.artifact,
+        quota,
+        env: a.spec.env.clone().into_iter().collect(),
+    }
+}
+
+/// Passes once `GET health.path` answers 2xx; fails after
+/// `failure_threshold` answers that are not, `interval_ms` apart.
+async fn health_gate(
+    runtime: &Arc<Runtime>,
+    candidate: &str,
+    app: &str,
+    health: &skiff_sdk::api::HealthCheck,
+) -> Result<(), String> {
+    use http_body_util::BodyExt as _;
+    let mut last = String::new();
+    for attempt in 0..health.failure_threshold.max(1) {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(health.interval_ms)).await;
+        }
+        let body = http_body_util::Empty::<bytes::Bytes>::new()
+            .map_err(|never| -> hyper::Error { match never {} });
+        let Ok(req) = http::Request::get(health.path.as_str())
+            .header(http::header::HOST, app)
+            .body(body)
+        else {
+            return Err(format!(
+                "health path {:?} is not a valid request path",
+                health.path
+            ));
+        };
+        let response = runtime.handle_app(candidate, req).await;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        last = response.status().to_string();
+    }
+    Err(format!(
+        "health check GET {} answered {last} {} time(s) in a row",
+        health.path, health.failure_threshold
+    ))
 }
 
 enum Load {
