@@ -278,9 +278,13 @@ pub async fn follow_rollout(
 ) -> anyhow::Result<()> {
     let name = name.to_owned();
     let start = Instant::now();
+    let mut rolled_back: Option<String> = None;
     loop {
         for e in client.events(Some(&name), seen, 1000).await? {
             eprintln!("  {:<18} {}", e.kind, e.message);
+            if e.kind == "RolloutFailed" {
+                rolled_back = Some(e.message.clone());
+            }
             seen = e.id;
         }
         let app = client.app(&name).await?;
@@ -289,7 +293,14 @@ pub async fn follow_rollout(
             .iter()
             .filter(|r| r.revision == app.revision)
             .collect();
-        if let Some(failed) = current.iter().find(|r| r.state == ReplicaState::Failed) {
+        // With automatic rollback the controller returns to the last good
+        // revision by itself: keep following until that is done.
+        let will_roll_back = app.spec.strategy.auto_rollback && app.status.good_revision.is_some();
+        if let Some(failed) = current
+            .iter()
+            .find(|r| r.state == ReplicaState::Failed)
+            .filter(|_| !will_roll_back)
+        {
             return Err(Failure::Rollout(format!(
                 "{name}: replica {} on {} failed: {}\n  hint: `skiff app {name}` shows every replica; `skiff rollout undo {name}` returns to the previous revision",
                 failed.id,
@@ -303,6 +314,13 @@ pub async fn follow_rollout(
             .filter(|r| r.state == ReplicaState::Ready)
             .count();
         if ready as u32 >= app.spec.replicas && replicas.len() == current.len() {
+            if let Some(why) = rolled_back {
+                return Err(Failure::Rollout(format!(
+                    "{name}: the rollout failed and was rolled back: {why}; now at revision {} ({ready} ready)\n  hint: `skiff app {name}` and `skiff events --app {name}` show what happened",
+                    app.revision
+                ))
+                .into());
+            }
             eprintln!(
                 "{name} is ready: {ready}/{} replicas at revision {} ({:.1} s)",
                 app.spec.replicas,

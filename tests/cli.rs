@@ -191,6 +191,27 @@ async fn new_build_package_deploy_curl_scale_logs_and_roll_back_through_the_cli(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // A release whose health check fails: deploy reports the automatic
+    // rollback and exits 8; the app still answers with the good version.
+    let broken = hello_app(work, "broken");
+    let manifest = std::fs::read_to_string(broken.join("skiff.toml"))
+        .unwrap()
+        .replace(
+            "path = \"/healthz\"",
+            "path = \"/nope\"\ninterval = \"100ms\"",
+        );
+    std::fs::write(broken.join("skiff.toml"), manifest).unwrap();
+    fails(
+        work,
+        &["deploy", broken.to_str().unwrap()],
+        8,
+        "the rollout failed and was rolled back",
+    );
+    assert_eq!(
+        get(ingress, "hello").await.text(),
+        "Hello from Skiff! version=1.0.0\n"
+    );
+
     // Logs: the guest's output from every replica, through the controller.
     ok(
         work,

@@ -87,6 +87,10 @@ fn pure() {
             spread: true,
             max_surge: 1,
             max_unavailable: 0,
+            good_revision: None,
+            rollback_to: None,
+            rollout_age_ms: None,
+            progress_deadline_ms: 60_000,
             conditions: Vec::new(),
         })
         .collect();

@@ -68,6 +68,16 @@ pub struct DesiredApp {
     pub max_surge: u32,
     /// Ready replicas allowed below `replicas` while replacing.
     pub max_unavailable: u32,
+    /// The last revision that was fully available.
+    pub good_revision: Option<u64>,
+    /// Where a failed rollout of the current revision returns (the good
+    /// revision, when automatic rollback is on and its spec differs).
+    pub rollback_to: Option<u64>,
+    /// How long the current revision has been rolling out (milliseconds),
+    /// when it is not the good one.
+    pub rollout_age_ms: Option<u64>,
+    /// A rollout older than this has failed.
+    pub progress_deadline_ms: u64,
     /// Conditions as last recorded.
     pub conditions: Vec<Condition>,
 }
@@ -86,6 +96,10 @@ impl DesiredApp {
                 max_surge
             },
             max_unavailable,
+            good_revision: app.status.good_revision,
+            rollback_to: None,
+            rollout_age_ms: None,
+            progress_deadline_ms: app.spec.strategy.progress_deadline_ms,
             name: app.name.clone(),
             revision: app.revision,
             replicas: app.spec.replicas,
@@ -162,6 +176,22 @@ pub enum Action {
         node: String,
         /// Why.
         reason: RemoveReason,
+    },
+    /// Record that the app's current revision became fully available.
+    SetGoodRevision {
+        /// App.
+        app: String,
+        /// Revision.
+        revision: u64,
+    },
+    /// The current revision's rollout failed: return to revision `to`.
+    Rollback {
+        /// App.
+        app: String,
+        /// Revision whose spec becomes current again.
+        to: u64,
+        /// Why the rollout failed.
+        reason: String,
     },
     /// Record an app's conditions.
     SetConditions {
@@ -260,6 +290,51 @@ fn plan_app(
     let (mut current, outgoing): (Vec<&ObservedReplica>, Vec<&ObservedReplica>) = mine
         .iter()
         .partition(|r| r.revision == app.revision && node_of(r).is_some_and(|n| !n.draining));
+    let proven = app.good_revision == Some(app.revision);
+
+    // A rollout that fails (a replica of the new revision failed, or the
+    // deadline passed) returns to the last good revision.
+    if !proven && let Some(to) = app.rollback_to {
+        let failed = current.iter().find(|r| r.state == ReplicaState::Failed);
+        let overdue = app
+            .rollout_age_ms
+            .is_some_and(|age| age > app.progress_deadline_ms);
+        let reason = match (failed, overdue) {
+            (Some(r), _) => Some(format!(
+                "revision {} failed on {}: {}",
+                app.revision,
+                r.node,
+                r.reason.as_deref().unwrap_or("no reason given")
+            )),
+            (None, true) => Some(format!(
+                "revision {} made no full progress within {} ms",
+                app.revision, app.progress_deadline_ms
+            )),
+            (None, false) => None,
+        };
+        if let Some(reason) = reason {
+            actions.push(Action::Rollback {
+                app: app.name.clone(),
+                to,
+                reason,
+            });
+            return;
+        }
+    }
+    // A revision that already proved itself does not fail by its nature: a
+    // replica of it that fails now (e.g. its health check after it was
+    // Ready) is replaced.
+    if proven {
+        current.retain(|r| {
+            if r.state == ReplicaState::Failed {
+                scheduler.release(&r.app, &r.node, r.reservation);
+                actions.push(remove(r, RemoveReason::Replaced));
+                false
+            } else {
+                true
+            }
+        });
+    }
 
     // Scale down: drop not-ready replicas first, then where the app is most
     // concentrated, then the newest-named (ids sort by creation only
@@ -341,6 +416,12 @@ fn plan_app(
         actions.push(remove(r, RemoveReason::Replaced));
     }
 
+    if outgoing.is_empty() && current.len() == want && ready_current >= want && !proven {
+        actions.push(Action::SetGoodRevision {
+            app: app.name.clone(),
+            revision: app.revision,
+        });
+    }
     let conditions = conditions(app, &current, ready_current, unschedulable, is_ready);
     if conditions != app.conditions {
         actions.push(Action::SetConditions {
@@ -488,7 +569,35 @@ impl Reconciler {
                 }
             }
         }
-        let desired: Vec<DesiredApp> = apps.iter().map(DesiredApp::from_app).collect();
+        let mut desired = Vec::with_capacity(apps.len());
+        for app in &apps {
+            let mut d = DesiredApp::from_app(app);
+            if app.status.good_revision != Some(app.revision) {
+                // Rolling out: how long for, and where a failure returns.
+                let revisions = self.store.revisions(&app.name).await?;
+                let now = crate::store::now_ms();
+                d.rollout_age_ms = revisions
+                    .iter()
+                    .find(|r| r.number == app.revision)
+                    .map(|r| u64::try_from(now - r.created_at).unwrap_or(0));
+                let differs = |spec: &skiff_sdk::api::AppSpec| {
+                    skiff_sdk::api::AppSpec {
+                        replicas: app.spec.replicas,
+                        ..spec.clone()
+                    } != app.spec
+                };
+                d.rollback_to = app
+                    .status
+                    .good_revision
+                    .filter(|_| app.spec.strategy.auto_rollback)
+                    .filter(|good| {
+                        revisions
+                            .iter()
+                            .any(|r| r.number == *good && differs(&r.spec))
+                    });
+            }
+            desired.push(d);
+        }
         let observed_nodes: Vec<ObservedNode> = nodes
             .iter()
             .map(|n| ObservedNode {
@@ -531,6 +640,8 @@ impl Reconciler {
     ) -> Result<Summary, StoreError> {
         let mut change = ReplicaChange::default();
         let mut conditions = Vec::new();
+        let mut good = Vec::new();
+        let mut rollbacks = Vec::new();
         // Events are grouped per (kind, app, node) so that a large pass
         // writes a handful of rows, not one per replica.
         let mut groups: BTreeMap<(&'static str, String, Option<String>), Vec<String>> =
@@ -573,6 +684,8 @@ impl Reconciler {
                     change.remove.push(id);
                 }
                 Action::SetConditions { app, conditions: c } => conditions.push((app, c)),
+                Action::SetGoodRevision { app, revision } => good.push((app, revision)),
+                Action::Rollback { app, to, reason } => rollbacks.push((app, to, reason)),
             }
         }
         for ((kind, app, node), items) in groups {
@@ -614,10 +727,31 @@ impl Reconciler {
         let summary = Summary {
             placed: change.add.len(),
             removed: change.remove.len(),
-            conditions: conditions.len(),
+            conditions: conditions.len() + good.len() + rollbacks.len(),
         };
         if change != ReplicaChange::default() {
             self.store.change_replicas(&change).await?;
+        }
+        for (app, revision) in good {
+            match self.store.set_good_revision(&app, revision).await {
+                Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for (app, to, reason) in rollbacks {
+            tracing::warn!(%app, to, %reason, "rollout failed: rolling back");
+            self.store
+                .record_event(NewEvent {
+                    app: Some(app.clone()),
+                    node: None,
+                    kind: "RolloutFailed".into(),
+                    message: format!("{reason}; rolling back to revision {to}"),
+                })
+                .await?;
+            match self.store.rollback_app(&app, Some(to), None).await {
+                Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         for (app, c) in conditions {
             match self.store.set_app_conditions(&app, &c).await {

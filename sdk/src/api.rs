@@ -100,13 +100,24 @@ pub struct UpdateStrategy {
     pub max_surge: IntOrPercent,
     /// Replicas that may be missing below the desired count during an update.
     pub max_unavailable: IntOrPercent,
+    /// A rollout not finished within this many milliseconds has failed.
+    pub progress_deadline_ms: u64,
+    /// Roll a failed rollout back to the last revision that was fully
+    /// available, automatically.
+    pub auto_rollback: bool,
 }
+
+/// Default progress deadline: a minute, far above a healthy rollout's
+/// seconds yet short enough that a broken release does not linger.
+pub const DEFAULT_PROGRESS_DEADLINE_MS: u64 = 60_000;
 
 impl Default for UpdateStrategy {
     fn default() -> Self {
         Self {
             max_surge: IntOrPercent::Count(1),
             max_unavailable: IntOrPercent::Count(0),
+            progress_deadline_ms: DEFAULT_PROGRESS_DEADLINE_MS,
+            auto_rollback: true,
         }
     }
 }
@@ -201,6 +212,10 @@ pub struct AppStatus {
     pub ready_replicas: u32,
     /// Current conditions.
     pub conditions: Vec<Condition>,
+    /// The last revision that was fully available (where an automatic
+    /// rollback returns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub good_revision: Option<u64>,
 }
 
 /// An app as stored.

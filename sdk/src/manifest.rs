@@ -27,6 +27,8 @@
 //! [update]
 //! max_surge = 1                  # or "25%"
 //! max_unavailable = 0
+//! progress_deadline = "60s"      # a rollout not done by then has failed
+//! auto_rollback = true           # …and returns to the last good revision
 //!
 //! [env]
 //! VERSION = "1.0.0"
@@ -146,6 +148,12 @@ pub struct UpdateSection {
     /// Missing replicas allowed during an update.
     #[serde(default)]
     pub max_unavailable: Option<IntOrPercent>,
+    /// A rollout not finished within this long has failed (milliseconds).
+    #[serde(default, deserialize_with = "millis")]
+    pub progress_deadline: Option<u64>,
+    /// Roll a failed rollout back automatically (default true).
+    #[serde(default)]
+    pub auto_rollback: Option<bool>,
 }
 
 /// `[health]`.
@@ -360,6 +368,11 @@ impl Manifest {
                     .update
                     .max_unavailable
                     .unwrap_or(strategy.max_unavailable),
+                progress_deadline_ms: self
+                    .update
+                    .progress_deadline
+                    .unwrap_or(strategy.progress_deadline_ms),
+                auto_rollback: self.update.auto_rollback.unwrap_or(strategy.auto_rollback),
             },
             health: self.health.as_ref().map(|h| HealthCheck {
                 path: h.path.clone(),

@@ -15,6 +15,10 @@ fn app(name: &str, replicas: u32) -> DesiredApp {
         spread: true,
         max_surge: 1,
         max_unavailable: 0,
+        good_revision: Some(1),
+        rollback_to: None,
+        rollout_age_ms: None,
+        progress_deadline_ms: 60_000,
         conditions: Vec::new(),
     }
 }
@@ -77,7 +81,12 @@ fn settle(
                     a.conditions = conditions.clone();
                 }
             }
-            Action::Remove { .. } => {}
+            Action::SetGoodRevision { app, revision } => {
+                if let Some(a) = apps.iter_mut().find(|a| &a.name == app) {
+                    a.good_revision = Some(*revision);
+                }
+            }
+            Action::Remove { .. } | Action::Rollback { .. } => {}
         }
     }
     out
@@ -249,8 +258,10 @@ fn drain_and_new_revisions_keep_old_replicas_until_replacements_are_ready() {
 }
 
 #[test]
-fn failed_replicas_are_kept_and_reported() {
-    let apps = vec![app("web", 1)];
+fn failed_replicas_of_an_unproven_revision_are_kept_and_reported() {
+    let mut apps = vec![app("web", 1)];
+    // Never fully available, nothing to roll back to: kept and reported.
+    apps[0].good_revision = None;
     let nodes = vec![node("a")];
     let mut r = replica("r1", "web", "a", ReplicaState::Failed);
     r.reason = Some("component does not link".into());
@@ -334,4 +345,81 @@ fn max_unavailable_lets_old_replicas_go_first() {
     let actions = plan(&apps, &nodes, &replicas);
     assert!(places(&actions).is_empty(), "no surge room yet");
     assert_eq!(removes(&actions), [("o1", RemoveReason::Replaced)]);
+}
+
+#[test]
+fn a_failed_or_overdue_rollout_rolls_back_and_a_proven_revision_replaces_failures() {
+    let mut apps = vec![app("web", 2)];
+    apps[0].revision = 3;
+    apps[0].good_revision = Some(2);
+    apps[0].rollback_to = Some(2);
+    apps[0].rollout_age_ms = Some(1_000);
+    let nodes = vec![node("a"), node("b")];
+    let mut replicas = vec![
+        ObservedReplica {
+            revision: 2,
+            ..replica("o1", "web", "a", ReplicaState::Ready)
+        },
+        ObservedReplica {
+            revision: 2,
+            ..replica("o2", "web", "b", ReplicaState::Ready)
+        },
+        ObservedReplica {
+            revision: 3,
+            ..replica("n1", "web", "a", ReplicaState::Starting)
+        },
+    ];
+    // In progress, within the deadline: no rollback.
+    let actions = plan(&apps, &nodes, &replicas);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Rollback { .. })),
+        "{actions:?}"
+    );
+    // Over the deadline: roll back.
+    apps[0].rollout_age_ms = Some(61_000);
+    let actions = plan(&apps, &nodes, &replicas);
+    assert!(
+        matches!(&actions[..], [Action::Rollback { to: 2, reason, .. }] if reason.contains("no full progress")),
+        "{actions:?}"
+    );
+    // A failed new replica: roll back at once, saying why.
+    apps[0].rollout_age_ms = Some(1_000);
+    replicas[2].state = ReplicaState::Failed;
+    replicas[2].reason = Some("health check GET /healthz answered 500".into());
+    let actions = plan(&apps, &nodes, &replicas);
+    assert!(
+        matches!(&actions[..], [Action::Rollback { to: 2, reason, .. }] if reason.contains("answered 500")),
+        "{actions:?}"
+    );
+    // Without a target (auto rollback off, or nothing good yet): kept.
+    apps[0].rollback_to = None;
+    let actions = plan(&apps, &nodes, &replicas);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Rollback { .. })));
+
+    // A proven revision replaces a replica that fails later.
+    let apps = vec![app("web", 1)];
+    let failed = replica("r1", "web", "a", ReplicaState::Failed);
+    let actions = plan(&apps, &nodes, &[failed]);
+    assert_eq!(removes(&actions), [("r1", RemoveReason::Replaced)]);
+    assert_eq!(places(&actions).len(), 1);
+}
+
+#[test]
+fn a_fully_available_revision_becomes_the_good_one() {
+    let mut apps = vec![app("web", 1)];
+    apps[0].revision = 2;
+    apps[0].good_revision = Some(1);
+    let nodes = vec![node("a")];
+    let ready = ObservedReplica {
+        revision: 2,
+        ..replica("n1", "web", "a", ReplicaState::Ready)
+    };
+    let actions = plan(&apps, &nodes, &[ready]);
+    assert!(
+        actions.contains(&Action::SetGoodRevision {
+            app: "web".into(),
+            revision: 2
+        }),
+        "{actions:?}"
+    );
 }

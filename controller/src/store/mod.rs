@@ -226,6 +226,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<App>;
     /// Sets the desired replica count.
     async fn scale_app(&self, name: &str, replicas: u32, if_version: Option<u64>) -> Result<App>;
+    /// Records the last revision that was fully available (reconciler).
+    async fn set_good_revision(&self, name: &str, revision: u64) -> Result<()>;
     /// Records the app's conditions (written by the reconciler).
     async fn set_app_conditions(&self, name: &str, conditions: &[Condition]) -> Result<()>;
 

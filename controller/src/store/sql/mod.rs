@@ -174,6 +174,7 @@ impl SqlStore {
                 desired_replicas: replicas,
                 ready_replicas: ready,
                 conditions,
+                good_revision: row.try_get::<Option<i64>, _>("good_revision")?.map(to_u64),
             },
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
@@ -330,11 +331,13 @@ impl SqlStore {
             created_at: i64,
             updated_at: i64,
             ready: u32,
+            good_revision: Option<u64>,
         }
         let row = sqlx::query(
             "SELECT json_group_array(json_object('name', a.name, 'spec', json(a.spec), \
              'replicas', a.replicas, 'revision', a.revision, 'conditions', json(a.conditions), \
              'version', a.version, 'created_at', a.created_at, 'updated_at', a.updated_at, \
+             'good_revision', a.good_revision, \
              'ready', (SELECT COUNT(*) FROM replicas r WHERE r.app = a.name AND r.revision = a.revision \
              AND r.state = 'Ready')) ORDER BY a.name) AS apps FROM apps a",
         )
@@ -355,6 +358,7 @@ impl SqlStore {
                     desired_replicas: r.replicas,
                     ready_replicas: r.ready,
                     conditions: r.conditions,
+                    good_revision: r.good_revision,
                 },
                 created_at: r.created_at,
                 updated_at: r.updated_at,

@@ -323,6 +323,16 @@ impl Store for SqlStore {
         self.commit_app(tx, name).await
     }
 
+    async fn set_good_revision(&self, name: &str, revision: u64) -> Result<()> {
+        sqlx::query("UPDATE apps SET good_revision = $1 WHERE name = $2")
+            .bind(to_i64(revision))
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        self.wrote();
+        Ok(())
+    }
+
     async fn set_app_conditions(&self, name: &str, conditions: &[Condition]) -> Result<()> {
         sqlx::query("UPDATE apps SET conditions = $1 WHERE name = $2")
             .bind(json(&conditions))
