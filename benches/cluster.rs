@@ -76,7 +76,8 @@ async fn deploy_to_first_200(cluster: &Cluster, app: &str, artifact: Digest) -> 
     }
 }
 
-async fn run() {
+#[tokio::main]
+async fn main() {
     let deploys: u32 = std::env::var("SKIFF_BENCH_DEPLOYS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -155,12 +156,4 @@ async fn run() {
         recovery,
         Some(Duration::from_secs(5)),
     );
-}
-
-fn main() {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(run());
 }

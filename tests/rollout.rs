@@ -6,33 +6,9 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::cluster::{Cluster, small_quota};
-use http::{Method, StatusCode};
-use skiff_sdk::api::{AppSpec, ReplicaState};
-
-/// What the load generator saw.
-#[derive(Default)]
-struct Seen {
-    ok: AtomicU64,
-    failed: std::sync::Mutex<Vec<String>>,
-    last: std::sync::Mutex<Vec<String>>,
-}
-
-fn spec(artifact: skiff_sdk::Digest, version: u32) -> AppSpec {
-    serde_json::from_value(serde_json::json!({
-        "artifact": artifact,
-        "replicas": 3,
-        "quota": small_quota(),
-        "env": { "VERSION": version.to_string() },
-        "health": { "path": "/healthz", "interval_ms": 100, "failure_threshold": 3 },
-    }))
-    .unwrap()
-}
+use common::cluster::{Cluster, Load, hello_spec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_rollouts_under_load_fail_no_request() {
@@ -52,81 +28,27 @@ async fn rollouts_with_a_forwarding_node_fail_no_request() {
     .await;
 }
 
-/// Waits until exactly the three replicas of `revision` run, all Ready.
-async fn settled_on(cluster: &Cluster, revision: u64) {
-    cluster
-        .wait(
-            &format!("revision {revision} everywhere"),
-            Duration::from_secs(60),
-            |c| async move {
-                let replicas = c.admin.replicas("hello").await.ok()?;
-                (replicas.len() == 3
-                    && replicas
-                        .iter()
-                        .all(|r| r.revision == revision && r.state == ReplicaState::Ready))
-                .then_some(())
-            },
-        )
-        .await;
-}
-
 async fn rollouts_under_load(nodes: &[(&str, &str)]) {
     let cluster = Cluster::start(nodes).await;
-    let first = cluster.deploy("hello", "hello", 3).await;
-    let artifact = first.spec.artifact;
-    cluster
-        .admin
-        .apply_app("hello", &spec(artifact, 1))
-        .await
-        .unwrap();
-    cluster
-        .wait_ready("hello", 3, Duration::from_secs(30))
-        .await;
+    let artifact = cluster.hello_v1().await;
 
     // Two keep-alive clients per ingress, as fast as they can.
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Seen::default());
-    let mut clients = Vec::new();
-    for node in cluster.live_nodes() {
-        for _ in 0..2 {
-            let addr = cluster.node_addr(&node);
-            let (stop, seen, node) = (stop.clone(), seen.clone(), node.clone());
-            clients.push(tokio::spawn(async move {
-                let mut client = common::Client::connect(addr).await;
-                let mut last = String::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let reply = client
-                        .send("hello.localhost", Method::GET, "/", Bytes::new())
-                        .await;
-                    if reply.status == StatusCode::OK {
-                        seen.ok.fetch_add(1, Ordering::Relaxed);
-                        last = reply.text();
-                    } else {
-                        seen.failed.lock().unwrap().push(format!(
-                            "via {node}: {} {}",
-                            reply.status,
-                            reply.text()
-                        ));
-                    }
-                }
-                seen.last.lock().unwrap().push(last);
-            }));
-        }
-    }
+    let addrs = cluster.ingresses();
+    let load = Load::start(&addrs, "hello.localhost", 2).await;
 
     let started = std::time::Instant::now();
     for version in 2..=4 {
         let app = cluster
             .admin
-            .apply_app("hello", &spec(artifact, version))
+            .apply_app("hello", &hello_spec(artifact, version))
             .await
             .unwrap();
-        settled_on(&cluster, app.revision).await;
+        cluster.wait_revision("hello", app.revision, 3).await;
     }
     // A revision whose health check fails never takes traffic: its replica
     // fails on its node while the old ones keep serving, and the rollout
     // returns to the last good revision by itself.
-    let mut broken = spec(artifact, 5);
+    let mut broken = hello_spec(artifact, 5);
     if let Some(health) = broken.health.as_mut() {
         health.path = "/no-such-health".into();
     }
@@ -160,26 +82,21 @@ async fn rollouts_under_load(nodes: &[(&str, &str)]) {
         "rolled forward to the good spec"
     );
     assert_eq!(app.spec.env["VERSION"], "4");
-    settled_on(&cluster, app.revision).await;
+    cluster.wait_revision("hello", app.revision, 3).await;
 
     // Let the clients see the settled state for a moment, then stop them.
-    let settled = seen.ok.load(Ordering::Relaxed);
-    cluster
-        .wait(
-            "more answers after the last rollout",
-            Duration::from_secs(10),
-            |_| {
-                let seen = seen.clone();
-                async move { (seen.ok.load(Ordering::Relaxed) > settled + 300).then_some(()) }
-            },
-        )
-        .await;
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.unwrap();
+    let settled = load.ok();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while load.ok() < settled + 300 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answers after the last rollout"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let seen = load.stop().await;
     let elapsed = started.elapsed();
-    let ok = seen.ok.load(Ordering::Relaxed);
+    let ok = seen.ok.load(std::sync::atomic::Ordering::Relaxed);
     let failed = seen.failed.lock().unwrap().clone();
     eprintln!(
         "{} nodes: {ok} requests in {elapsed:?} ({:.0}/s) across 3 rollouts and an automatically rolled back one; {} failed",

@@ -256,3 +256,134 @@ pub fn kill9(mut process: SkiffProcess) {
     process.child.kill().unwrap();
     process.child.wait().unwrap();
 }
+
+/// The hello spec for rollout tests: 3 replicas, `VERSION=version`, a fast
+/// health check.
+pub fn hello_spec(artifact: skiff_sdk::Digest, version: u32) -> AppSpec {
+    serde_json::from_value(serde_json::json!({
+        "artifact": artifact,
+        "replicas": 3,
+        "quota": small_quota(),
+        "env": { "VERSION": version.to_string() },
+        "health": { "path": "/healthz", "interval_ms": 100, "failure_threshold": 3 },
+    }))
+    .unwrap()
+}
+
+impl Cluster {
+    /// Deploys `hello` as [`hello_spec`] version 1 and waits for its three
+    /// replicas; returns the artifact.
+    pub async fn hello_v1(&self) -> skiff_sdk::Digest {
+        let artifact = self.deploy("hello", "hello", 3).await.spec.artifact;
+        let app = self
+            .admin
+            .apply_app("hello", &hello_spec(artifact, 1))
+            .await
+            .unwrap();
+        self.wait_revision("hello", app.revision, 3).await;
+        artifact
+    }
+
+    /// The ingress of every live node, by name.
+    pub fn ingresses(&self) -> Vec<(String, SocketAddr)> {
+        self.live_nodes()
+            .into_iter()
+            .map(|n| (n.clone(), self.node_addr(&n)))
+            .collect()
+    }
+
+    /// Waits until exactly `n` replicas of `app` run, all of `revision`
+    /// and Ready.
+    pub async fn wait_revision(&self, app: &str, revision: u64, n: usize) {
+        self.wait(
+            &format!("{n} replicas of {app} at revision {revision}"),
+            Duration::from_secs(60),
+            |c| async move {
+                let replicas = c.admin.replicas(app).await.ok()?;
+                (replicas.len() == n
+                    && replicas
+                        .iter()
+                        .all(|r| r.revision == revision && r.state == ReplicaState::Ready))
+                .then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+/// Keep-alive clients sending `GET /` for one app as fast as they can,
+/// recording each answer's latency, failures and the last body per client.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+    pub seen: std::sync::Arc<Seen>,
+}
+
+/// What the load generator saw.
+#[derive(Default)]
+pub struct Seen {
+    pub ok: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::Mutex<Vec<String>>,
+    pub last: std::sync::Mutex<Vec<String>>,
+    /// (seconds since start, latency) of every OK answer.
+    pub latencies: std::sync::Mutex<Vec<(f64, Duration)>>,
+}
+
+impl Load {
+    /// `per_addr` clients on each of `addrs`, asking `host`.
+    pub async fn start(addrs: &[(String, SocketAddr)], host: &str, per_addr: usize) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = std::sync::Arc::new(Seen::default());
+        let origin = Instant::now();
+        let mut clients = Vec::new();
+        for (node, addr) in addrs {
+            for _ in 0..per_addr {
+                let (stop, seen, node, addr) = (stop.clone(), seen.clone(), node.clone(), *addr);
+                let host = host.to_owned();
+                clients.push(tokio::spawn(async move {
+                    let mut client = super::Client::connect(addr).await;
+                    let mut last = String::new();
+                    let mut latencies = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let sent = Instant::now();
+                        let reply = client.send(&host, Method::GET, "/", Bytes::new()).await;
+                        if reply.status == http::StatusCode::OK {
+                            latencies
+                                .push((sent.duration_since(origin).as_secs_f64(), sent.elapsed()));
+                            seen.ok.fetch_add(1, Ordering::Relaxed);
+                            last = reply.text();
+                        } else {
+                            seen.failed.lock().unwrap().push(format!(
+                                "via {node}: {} {}",
+                                reply.status,
+                                reply.text()
+                            ));
+                        }
+                    }
+                    seen.last.lock().unwrap().push(last);
+                    seen.latencies.lock().unwrap().extend(latencies);
+                }));
+            }
+        }
+        Self {
+            stop,
+            clients,
+            seen,
+        }
+    }
+
+    /// Answers so far.
+    pub fn ok(&self) -> u64 {
+        self.seen.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops the clients and waits for them.
+    pub async fn stop(self) -> std::sync::Arc<Seen> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for client in self.clients {
+            client.await.unwrap();
+        }
+        self.seen
+    }
+}
