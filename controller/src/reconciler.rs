@@ -139,7 +139,15 @@ pub struct ObservedReplica {
     pub reason: Option<String>,
     /// Memory it reserves.
     pub reservation: u64,
+    /// How long it has been retiring (milliseconds), if it is.
+    pub retiring_ms: Option<u64>,
 }
+
+/// How long a retiring replica stays out of the endpoints before it is
+/// removed: nodes see an endpoints change within milliseconds (a long-poll),
+/// and a second covers a slow one. Its in-flight requests then finish on
+/// its node, each bounded by the app's timeout.
+pub const DRAIN_MS: u64 = 1_000;
 
 /// Why a replica is removed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +160,8 @@ pub enum RemoveReason {
     Replaced,
     /// Its app or node no longer exists.
     Orphaned,
+    /// It finished retiring.
+    Drained,
 }
 
 /// One step towards the desired state.
@@ -165,6 +175,18 @@ pub enum Action {
         revision: u64,
         /// Node.
         node: String,
+    },
+    /// Take a Ready replica out of the endpoints; it is removed once
+    /// drained.
+    Retire {
+        /// Replica id.
+        id: String,
+        /// App.
+        app: String,
+        /// Node it is on.
+        node: String,
+        /// Why.
+        reason: RemoveReason,
     },
     /// Remove a replica.
     Remove {
@@ -238,9 +260,17 @@ pub fn plan(
             Some(n) if n.lost => Some(RemoveReason::NodeLost),
             Some(_) => None,
         };
-        match reason {
-            Some(reason) => actions.push(remove(r, reason)),
-            None => {
+        let drained = r.retiring_ms.map(|age| age >= DRAIN_MS);
+        match (reason, drained) {
+            (Some(reason), _) => actions.push(remove(r, reason)),
+            (None, Some(true)) => actions.push(remove(r, RemoveReason::Drained)),
+            (None, Some(false)) => {
+                // Still draining: holds its memory, serves nobody new.
+                if let Some(&i) = index.get(r.node.as_str()) {
+                    slots[i].allocated = slots[i].allocated.saturating_add(r.reservation);
+                }
+            }
+            (None, None) => {
                 if let Some(&i) = index.get(r.node.as_str()) {
                     slots[i].allocated = slots[i].allocated.saturating_add(r.reservation);
                 }
@@ -264,6 +294,19 @@ pub fn plan(
         plan_app(app, &mine, &node_by_name, &mut scheduler, &mut actions);
     }
     actions
+}
+
+/// Retires a Ready replica (it may be serving); removes one that is not.
+fn retire(r: &ObservedReplica, reason: RemoveReason) -> Action {
+    if r.state != ReplicaState::Ready {
+        return remove(r, reason);
+    }
+    Action::Retire {
+        id: r.id.clone(),
+        app: r.app.clone(),
+        node: r.node.clone(),
+        reason,
+    }
 }
 
 fn remove(r: &ObservedReplica, reason: RemoveReason) -> Action {
@@ -358,8 +401,7 @@ fn plan_app(
         });
         let extra = current.len() - want;
         for r in current.drain(..extra) {
-            scheduler.release(&r.app, &r.node, r.reservation);
-            actions.push(remove(r, RemoveReason::ScaledDown));
+            actions.push(retire(r, RemoveReason::ScaledDown));
         }
     }
 
@@ -626,6 +668,9 @@ impl Reconciler {
                 node: r.node,
                 state: r.state,
                 reason: r.reason,
+                retiring_ms: r
+                    .retiring_at
+                    .map(|at| u64::try_from(crate::store::now_ms() - at).unwrap_or(0)),
             })
             .collect();
 
@@ -667,6 +712,27 @@ impl Reconciler {
                 }
                 Action::Remove {
                     id,
+                    reason: RemoveReason::Drained,
+                    ..
+                } => change.remove.push(id),
+                Action::Retire {
+                    id,
+                    app,
+                    node,
+                    reason,
+                } => {
+                    let kind = match reason {
+                        RemoveReason::ScaledDown => "ReplicaRemoved",
+                        _ => "ReplicaReplaced",
+                    };
+                    groups
+                        .entry((kind, app, None))
+                        .or_default()
+                        .push(format!("{id} on {node}"));
+                    change.retire.push(id);
+                }
+                Action::Remove {
+                    id,
                     app,
                     node,
                     reason,
@@ -675,7 +741,7 @@ impl Reconciler {
                         RemoveReason::NodeLost => ("NodeLost", Some(node.clone())),
                         RemoveReason::ScaledDown => ("ReplicaRemoved", None),
                         RemoveReason::Replaced => ("ReplicaReplaced", None),
-                        RemoveReason::Orphaned => ("ReplicaOrphaned", None),
+                        RemoveReason::Orphaned | RemoveReason::Drained => ("ReplicaOrphaned", None),
                     };
                     groups
                         .entry((kind, app, on))
@@ -726,7 +792,7 @@ impl Reconciler {
 
         let summary = Summary {
             placed: change.add.len(),
-            removed: change.remove.len(),
+            removed: change.remove.len() + change.retire.len(),
             conditions: conditions.len() + good.len() + rollbacks.len(),
         };
         if change != ReplicaChange::default() {

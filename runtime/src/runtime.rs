@@ -483,17 +483,21 @@ impl Runtime {
 
     /// Serves one request with the app `name`, whatever its Host header
     /// says (for callers that routed it themselves, e.g. by a custom host).
+    /// Gives the request back when no such app is deployed (checked and
+    /// taken in one step, so a concurrent removal cannot slip between).
     pub async fn handle_app<B>(
         self: &Arc<Self>,
         name: &str,
         req: Request<B>,
-    ) -> Response<HyperOutgoingBody>
+    ) -> Result<Response<HyperOutgoingBody>, Request<B>>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let app = self.app(name);
-        self.serve(app, req).await
+        match self.app(name) {
+            Some(app) => Ok(self.serve(Some(app), req).await),
+            None => Err(req),
+        }
     }
 
     async fn serve<B>(

@@ -436,6 +436,9 @@ pub struct Replica {
     /// Why, when failed or pending.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Being retired: out of the endpoints, removed once drained.
+    #[serde(default)]
+    pub retiring: bool,
 }
 
 /// A node where an app has a Ready replica.

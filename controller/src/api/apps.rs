@@ -251,6 +251,7 @@ pub async fn replicas(
                 node: r.node,
                 state: r.state,
                 reason: r.reason,
+                retiring: r.retiring_at.is_some(),
             })
             .collect(),
     ))

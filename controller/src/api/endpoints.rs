@@ -85,7 +85,12 @@ async fn current(state: &AppState) -> Result<Endpoints, ApiError> {
         .map(|n| (n.name.as_str(), n.ingress.as_str()))
         .collect();
     let mut counts: BTreeMap<(&str, &str), u32> = BTreeMap::new();
-    for r in replicas.iter().filter(|r| r.state == ReplicaState::Ready) {
+    // A retiring replica leaves the endpoints first, so no node sends it
+    // new requests by the time it is removed.
+    for r in replicas
+        .iter()
+        .filter(|r| r.state == ReplicaState::Ready && r.retiring_at.is_none())
+    {
         if live.contains_key(r.node.as_str()) {
             *counts.entry((r.app.as_str(), r.node.as_str())).or_default() += 1;
         }

@@ -47,6 +47,7 @@ fn replica(id: &str, app: &str, node: &str, state: ReplicaState) -> ObservedRepl
         state,
         reason: None,
         reservation: 100 * MI,
+        retiring_ms: None,
     }
 }
 
@@ -63,7 +64,7 @@ fn settle(
         .filter(|r| {
             !actions
                 .iter()
-                .any(|a| matches!(a, Action::Remove { id, .. } if id == &r.id))
+                .any(|a| matches!(a, Action::Remove { id, .. } | Action::Retire { id, .. } if id == &r.id))
         })
         .collect();
     for (n, action) in actions.iter().enumerate() {
@@ -86,7 +87,7 @@ fn settle(
                     a.good_revision = Some(*revision);
                 }
             }
-            Action::Remove { .. } | Action::Rollback { .. } => {}
+            Action::Remove { .. } | Action::Retire { .. } | Action::Rollback { .. } => {}
         }
     }
     out
@@ -108,7 +109,9 @@ fn removes(actions: &[Action]) -> Vec<(&str, RemoveReason)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Remove { id, reason, .. } => Some((id.as_str(), *reason)),
+            Action::Remove { id, reason, .. } | Action::Retire { id, reason, .. } => {
+                Some((id.as_str(), *reason))
+            }
             _ => None,
         })
         .collect()
@@ -421,5 +424,35 @@ fn a_fully_available_revision_becomes_the_good_one() {
             revision: 2
         }),
         "{actions:?}"
+    );
+}
+
+#[test]
+fn ready_replicas_retire_then_go_once_drained() {
+    let apps = vec![app("web", 1)];
+    let nodes = vec![node("a"), node("b")];
+    let replicas = vec![
+        replica("r1", "web", "a", ReplicaState::Ready),
+        replica("r2", "web", "b", ReplicaState::Ready),
+    ];
+    // Scaling down retires (out of the endpoints) rather than removes.
+    let actions = plan(&apps, &nodes, &replicas);
+    let retired: Vec<&Action> = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Retire { .. }))
+        .collect();
+    assert_eq!(retired.len(), 1, "{actions:?}");
+    // While draining it is left alone and not counted; once drained, removed.
+    let mut replicas = replicas;
+    replicas[1].retiring_ms = Some(DRAIN_MS / 2);
+    let actions = plan(&apps, &nodes, &replicas);
+    assert!(
+        removes(&actions).is_empty() && places(&actions).is_empty(),
+        "{actions:?}"
+    );
+    replicas[1].retiring_ms = Some(DRAIN_MS);
+    assert_eq!(
+        removes(&plan(&apps, &nodes, &replicas)),
+        [("r2", RemoveReason::Drained)]
     );
 }

@@ -131,6 +131,9 @@ pub struct ReplicaRecord {
     pub state: ReplicaState,
     /// Why, when failed.
     pub reason: Option<String>,
+    /// When it started retiring (out of the endpoints, removed once
+    /// drained), Unix ms.
+    pub retiring_at: Option<i64>,
 }
 
 /// A replica to create, in state `Pending`.
@@ -152,6 +155,9 @@ pub struct NewReplica {
 pub struct ReplicaChange {
     /// Ids of replicas to remove (applied first).
     pub remove: Vec<String>,
+    /// Ids of replicas to start retiring: they leave the endpoints now and
+    /// keep running until removed.
+    pub retire: Vec<String>,
     /// Replicas to add.
     pub add: Vec<NewReplica>,
     /// Events to record with it.

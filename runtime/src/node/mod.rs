@@ -512,7 +512,9 @@ async fn health_gate(
                 health.path
             ));
         };
-        let response = runtime.handle_app(candidate, req).await;
+        let Ok(response) = runtime.handle_app(candidate, req).await else {
+            return Err("the candidate was removed while being checked".to_owned());
+        };
         if response.status().is_success() {
             return Ok(());
         }

@@ -329,15 +329,18 @@ impl Handler for NodeRouter {
         }
         let app = host.and_then(|h| self.app_for(h));
         let mut response = match app {
-            Some(app) if !self.runtime.has_app(&app) => {
-                if req.headers().contains_key(FORWARDED_BY) {
-                    // Already forwarded once: the sender's view is stale.
-                    self.stats.no_replica.fetch_add(1, Ordering::Relaxed);
-                    return error_response(Outcome::NoReplica, Some(&app));
+            Some(app) => match self.runtime.handle_app(&app, req).await {
+                Ok(response) => response,
+                // Not (or no longer) here: a peer that has it answers.
+                Err(req) => {
+                    if req.headers().contains_key(FORWARDED_BY) {
+                        // Already forwarded once: the sender's view is stale.
+                        self.stats.no_replica.fetch_add(1, Ordering::Relaxed);
+                        return error_response(Outcome::NoReplica, Some(&app));
+                    }
+                    return self.forward(&app, req).await;
                 }
-                return self.forward(&app, req).await;
-            }
-            Some(app) => self.runtime.handle_app(&app, req).await,
+            },
             // Not an app host at all: the runtime answers 404 and counts it.
             None => self.runtime.handle(req).await,
         };

@@ -544,6 +544,15 @@ impl Store for SqlStore {
                 .ok_or_else(|| not_found("replica", id))?;
             touched.insert(row.try_get::<String, _>("node")?);
         }
+        for id in &change.retire {
+            sqlx::query(
+                "UPDATE replicas SET retiring_at = $1 WHERE id = $2 AND retiring_at IS NULL",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
         for r in &change.add {
             if !touched.contains(&r.node) && self.load_node(&mut tx, &r.node).await?.is_none() {
                 return Err(not_found("node", &r.node));
@@ -650,6 +659,7 @@ impl Store for SqlStore {
                     node: r.try_get("node")?,
                     state: parse_state(&r.try_get::<String, _>("state")?),
                     reason: r.try_get("reason")?,
+                    retiring_at: r.try_get("retiring_at")?,
                 })
             })
             .collect()
