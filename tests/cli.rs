@@ -192,7 +192,18 @@ async fn new_build_package_deploy_curl_scale_logs_and_roll_back_through_the_cli(
     }
 
     // A release whose health check fails: deploy reports the automatic
-    // rollback and exits 8; the app still answers with the good version.
+    // rollback and exits 8; the app still answers with the good version
+    // (once the current one has settled as the good revision).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let app: serde_json::Value =
+            serde_json::from_str(&ok(work, &["app", "hello", "-o", "json"])).unwrap();
+        if app["app"]["status"]["good_revision"] == app["app"]["revision"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never proven: {app}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let broken = hello_app(work, "broken");
     let manifest = std::fs::read_to_string(broken.join("skiff.toml"))
         .unwrap()

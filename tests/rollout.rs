@@ -37,6 +37,7 @@ async fn rollouts_under_load(nodes: &[(&str, &str)]) {
     let load = Load::start(&addrs, "hello.localhost", 2).await;
 
     let started = std::time::Instant::now();
+    let mut last = 0;
     for version in 2..=4 {
         let app = cluster
             .admin
@@ -44,7 +45,10 @@ async fn rollouts_under_load(nodes: &[(&str, &str)]) {
             .await
             .unwrap();
         cluster.wait_revision("hello", app.revision, 3).await;
+        last = app.revision;
     }
+    // The last one becomes the good revision once it has settled.
+    cluster.wait_proven("hello", last).await;
     // A revision whose health check fails never takes traffic: its replica
     // fails on its node while the old ones keep serving, and the rollout
     // returns to the last good revision by itself.
@@ -112,4 +116,116 @@ async fn rollouts_under_load(nodes: &[(&str, &str)]) {
     for last in seen.last.lock().unwrap().iter() {
         assert_eq!(last, "Hello from Skiff! version=4\n");
     }
+}
+
+/// A proven revision's replica whose health check starts failing while it
+/// serves is reported Failed by its node and replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_failing_its_health_check_while_serving_is_replaced() {
+    let cluster = Cluster::start(&[("n1", "zone=a"), ("n2", "zone=b")]).await;
+    let artifact = cluster
+        .admin
+        .upload_artifact(bytes::Bytes::from(common::example("sleep")))
+        .await
+        .unwrap()
+        .digest;
+    // One instance slot: a long request makes the health check wait for it,
+    // give up after the queue wait, and fail.
+    let spec: skiff_sdk::api::AppSpec = serde_json::from_value(serde_json::json!({
+        "artifact": artifact, "replicas": 1,
+        "quota": { "memory_bytes": 16 << 20, "concurrency": 1, "timeout_ms": 10_000 },
+        "health": { "path": "/?ms=1", "interval_ms": 100, "failure_threshold": 3 },
+    }))
+    .unwrap();
+    let app = cluster.admin.apply_app("nap", &spec).await.unwrap();
+    cluster.wait_revision("nap", app.revision, 1).await;
+    cluster.wait_proven("nap", app.revision).await;
+    let first = cluster.admin.replicas("nap").await.unwrap().remove(0);
+    let addr = cluster.node_addr(&first.node);
+    let hog = tokio::spawn(async move {
+        common::send(
+            addr,
+            "nap.localhost",
+            http::Method::GET,
+            "/?ms=4000",
+            bytes::Bytes::new(),
+        )
+        .await
+    });
+    let replacement = cluster
+        .wait("the replica to be replaced", Duration::from_secs(30), |c| {
+            let first = first.id.clone();
+            async move {
+                let replicas = c.admin.replicas("nap").await.ok()?;
+                replicas
+                    .into_iter()
+                    .find(|r| r.id != first && r.state == skiff_sdk::api::ReplicaState::Ready)
+            }
+        })
+        .await;
+    assert_ne!(replacement.id, first.id);
+    let events = cluster.admin.events(Some("nap"), 0, 1000).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.kind == "ReplicaReplaced"),
+        "{events:?}"
+    );
+    // The request that held the slot still finished.
+    assert_eq!(hog.await.unwrap().status, http::StatusCode::OK);
+}
+
+/// A new revision that passes its health check but traps on its first
+/// requests is failed by its node and rolled back automatically.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_that_traps_on_its_first_requests_is_rolled_back() {
+    let cluster = Cluster::start(&[("n1", "zone=a"), ("n2", "zone=b")]).await;
+    let good = cluster.hello_v1_with(1).await;
+    // `panic` answers /ok and panics on anything else.
+    let panic = cluster
+        .admin
+        .upload_artifact(bytes::Bytes::from(common::example("panic")))
+        .await
+        .unwrap()
+        .digest;
+    let mut bad = hello_spec(panic, 2);
+    bad.replicas = 1;
+    if let Some(h) = bad.health.as_mut() {
+        h.path = "/ok".into();
+    }
+    let broken = cluster
+        .admin
+        .apply_app("hello", &bad)
+        .await
+        .unwrap()
+        .revision;
+    let event = cluster
+        .wait(
+            "the automatic rollback",
+            Duration::from_secs(60),
+            |c| async move {
+                // Keep asking through every node: the new revision takes
+                // traffic where it started, and traps there.
+                for (_, addr) in c.ingresses() {
+                    common::send(
+                        addr,
+                        "hello.localhost",
+                        http::Method::GET,
+                        "/",
+                        bytes::Bytes::new(),
+                    )
+                    .await;
+                }
+                let events = c.admin.events(Some("hello"), 0, 1000).await.ok()?;
+                events.into_iter().find(|e| e.kind == "RolloutFailed")
+            },
+        )
+        .await;
+    assert!(
+        event.message.contains("requests here (trapped"),
+        "{}",
+        event.message
+    );
+    let app = cluster.admin.app("hello").await.unwrap();
+    assert!(app.revision > broken);
+    assert_eq!(app.spec.artifact, good);
+    cluster.wait_revision("hello", app.revision, 1).await;
 }

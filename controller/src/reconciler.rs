@@ -149,6 +149,12 @@ pub struct ObservedReplica {
 /// its node, each bounded by the app's timeout.
 pub const DRAIN_MS: u64 = 1_000;
 
+/// A revision becomes the good one (the target of automatic rollbacks) once
+/// it has been rolling out this long and is fully available: long enough
+/// for nodes to judge its first requests, so a release that fails on them
+/// is rolled back rather than taken for good.
+pub const GOOD_AFTER_MS: u64 = 5_000;
+
 /// Why a replica is removed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RemoveReason {
@@ -458,7 +464,8 @@ fn plan_app(
         actions.push(remove(r, RemoveReason::Replaced));
     }
 
-    if outgoing.is_empty() && current.len() == want && ready_current >= want && !proven {
+    let settled = app.rollout_age_ms.is_none_or(|age| age >= GOOD_AFTER_MS);
+    if outgoing.is_empty() && current.len() == want && ready_current >= want && !proven && settled {
         actions.push(Action::SetGoodRevision {
             app: app.name.clone(),
             revision: app.revision,

@@ -93,12 +93,34 @@ pub struct AppSpec {
 #[derive(Debug, Default)]
 pub struct AppStats {
     counts: [AtomicU64; Outcome::ALL.len()],
+    server_errors: AtomicU64,
 }
 
 impl AppStats {
     /// Requests that ended with `outcome`.
     pub fn count(&self, outcome: Outcome) -> u64 {
         self.counts[outcome.index()].load(Ordering::Relaxed)
+    }
+
+    /// Requests in all.
+    pub fn total(&self) -> u64 {
+        Outcome::ALL.iter().map(|o| self.count(*o)).sum()
+    }
+
+    /// Requests the app failed: it trapped, broke a quota, returned an
+    /// error, or answered with a 5xx status of its own.
+    pub fn failed_by_app(&self) -> u64 {
+        [
+            Outcome::Trap,
+            Outcome::GuestError,
+            Outcome::Fuel,
+            Outcome::Memory,
+            Outcome::Timeout,
+        ]
+        .iter()
+        .map(|o| self.count(*o))
+        .sum::<u64>()
+            + self.server_errors.load(Ordering::Relaxed)
     }
 
     fn record(&self, outcome: Outcome) {
@@ -620,7 +642,12 @@ impl Runtime {
         });
 
         match rx.await {
-            Ok(Ok(response)) => response,
+            Ok(Ok(response)) => {
+                if response.status().is_server_error() {
+                    app.stats.server_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                response
+            }
             Ok(Err(_code)) => error_response(Outcome::GuestError, Some(&app.name)),
             Err(_) => {
                 let outcome = task.await.unwrap_or(Outcome::Trap);

@@ -274,14 +274,33 @@ impl Cluster {
     /// Deploys `hello` as [`hello_spec`] version 1 and waits for its three
     /// replicas; returns the artifact.
     pub async fn hello_v1(&self) -> skiff_sdk::Digest {
-        let artifact = self.deploy("hello", "hello", 3).await.spec.artifact;
-        let app = self
-            .admin
-            .apply_app("hello", &hello_spec(artifact, 1))
-            .await
-            .unwrap();
-        self.wait_revision("hello", app.revision, 3).await;
+        self.hello_v1_with(3).await
+    }
+
+    /// [`Cluster::hello_v1`] with `replicas` replicas, waiting until the
+    /// revision is proven (the controller's `good_revision`).
+    pub async fn hello_v1_with(&self, replicas: u32) -> skiff_sdk::Digest {
+        let artifact = self.deploy("hello", "hello", replicas).await.spec.artifact;
+        let mut spec = hello_spec(artifact, 1);
+        spec.replicas = replicas;
+        let app = self.admin.apply_app("hello", &spec).await.unwrap();
+        self.wait_revision("hello", app.revision, replicas as usize)
+            .await;
+        self.wait_proven("hello", app.revision).await;
         artifact
+    }
+
+    /// Waits until `revision` is `app`'s good revision (the target of
+    /// automatic rollbacks).
+    pub async fn wait_proven(&self, app: &str, revision: u64) {
+        self.wait(
+            &format!("revision {revision} of {app} to be proven"),
+            Duration::from_secs(30),
+            |c| async move {
+                (c.admin.app(app).await.ok()?.status.good_revision == Some(revision)).then_some(())
+            },
+        )
+        .await;
     }
 
     /// The ingress of every live node, by name.

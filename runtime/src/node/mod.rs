@@ -76,7 +76,27 @@ pub struct Agent {
     assignments: watch::Sender<Option<Assignments>>,
     /// Components kept loaded while assigned, or why they cannot load.
     loaded: Mutex<HashMap<Digest, Result<Arc<Preloaded>, String>>>,
+    /// What is watched of each serving app: its health and, for a newly
+    /// started revision, its first requests.
+    watched: Mutex<HashMap<String, Watched>>,
 }
+
+/// A serving app under watch.
+struct Watched {
+    revision: u64,
+    health: Option<(skiff_sdk::api::HealthCheck, tokio::time::Instant, u32)>,
+    /// (requests, failed-by-app) when the revision took traffic, while its
+    /// first [`CANARY_REQUESTS`] are being judged.
+    canary: Option<(u64, u64)>,
+}
+
+/// A new revision is judged on this many of its first requests here...
+const CANARY_REQUESTS: u64 = 10;
+/// ...and fails if the app itself failed at least half of them (traps,
+/// quota breaches, errors, 5xx answers).
+const CANARY_FAILED_SHARE: (u64, u64) = (1, 2);
+/// How often the watch loop looks.
+const WATCH_TICK: Duration = Duration::from_millis(100);
 
 impl Agent {
     /// An agent for `router`'s runtime, resuming the assignments and
@@ -110,6 +130,7 @@ impl Agent {
             report: Notify::new(),
             assignments: watch::channel(last).0,
             loaded: Mutex::new(HashMap::new()),
+            watched: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -134,7 +155,101 @@ impl Agent {
 
     /// Runs the converge loop and the control loop until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        tokio::join!(self.converge_loop(&shutdown), self.control_loop(&shutdown));
+        tokio::join!(
+            self.converge_loop(&shutdown),
+            self.control_loop(&shutdown),
+            self.watch_loop(&shutdown)
+        );
+    }
+
+    // ---- watch: health of serving apps, first requests of new revisions ----
+
+    async fn watch_loop(&self, shutdown: &CancellationToken) {
+        let runtime = self.router.runtime().clone();
+        loop {
+            if sleep_or_shutdown(WATCH_TICK, shutdown).await {
+                return;
+            }
+            let due: Vec<(String, u64, skiff_sdk::api::HealthCheck)> = {
+                let now = tokio::time::Instant::now();
+                lock(&self.watched)
+                    .iter()
+                    .filter_map(|(app, w)| {
+                        let (check, next, _) = w.health.as_ref()?;
+                        (now >= *next).then(|| (app.clone(), w.revision, check.clone()))
+                    })
+                    .collect()
+            };
+            for (app, revision, check) in due {
+                let passed = health_once(&runtime, &app, &app, &check).await;
+                let failing = {
+                    let mut watched = lock(&self.watched);
+                    let Some(w) = watched.get_mut(&app).filter(|w| w.revision == revision) else {
+                        continue;
+                    };
+                    let Some((_, next, failures)) = w.health.as_mut() else {
+                        continue;
+                    };
+                    *next = tokio::time::Instant::now() + Duration::from_millis(check.interval_ms);
+                    *failures = match &passed {
+                        Ok(()) => 0,
+                        Err(_) => *failures + 1,
+                    };
+                    (*failures >= check.failure_threshold).then(|| passed.clone().err())
+                };
+                if let Some(why) = failing {
+                    self.fail_app(
+                        &runtime,
+                        &app,
+                        revision,
+                        format!("health check failing: {}", why.unwrap_or_default()),
+                    );
+                }
+            }
+            let canaries: Vec<(String, u64, u64, u64)> = lock(&self.watched)
+                .iter()
+                .filter_map(|(app, w)| w.canary.map(|(t, f)| (app.clone(), w.revision, t, f)))
+                .collect();
+            for (app, revision, base_total, base_failed) in canaries {
+                let Some(stats) = runtime.app_stats(&app) else {
+                    continue;
+                };
+                let total = stats.total().saturating_sub(base_total);
+                if total < CANARY_REQUESTS {
+                    continue;
+                }
+                let failed = stats.failed_by_app().saturating_sub(base_failed);
+                if let Some(w) = lock(&self.watched).get_mut(&app) {
+                    w.canary = None;
+                }
+                if failed * CANARY_FAILED_SHARE.1 >= total * CANARY_FAILED_SHARE.0 {
+                    self.fail_app(&runtime, &app, revision, format!(
+                        "the app failed {failed} of its first {total} requests here (trapped, broke a quota or answered 5xx)"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Stops serving `app` here and reports its replicas at `revision`
+    /// Failed; requests for it go to peers.
+    fn fail_app(&self, runtime: &Arc<Runtime>, app: &str, revision: u64, why: String) {
+        tracing::warn!(%app, revision, reason = %why, "replica failed while serving");
+        lock(&self.watched).remove(app);
+        runtime.remove(app);
+        let ids: Vec<String> = self
+            .assignments
+            .borrow()
+            .iter()
+            .flat_map(|a| a.replicas.iter())
+            .filter(|a| a.app == app && a.revision == revision)
+            .map(|a| a.id.clone())
+            .collect();
+        for id in ids {
+            self.set_state(&id, ReplicaState::Failed, Some(why.clone()));
+        }
+        // Converge again: an older revision assigned here serves instead.
+        self.assignments.send_modify(|_| {});
     }
 
     // ---- control: register, heartbeat, watch -------------------------------
@@ -286,6 +401,7 @@ impl Agent {
         for app in runtime.apps() {
             if !by_app.contains_key(app.as_str()) {
                 runtime.remove(&app);
+                lock(&self.watched).remove(&app);
                 tracing::info!(%app, "app no longer assigned here: removed");
             }
         }
@@ -360,6 +476,7 @@ impl Agent {
                     for a in &up_to {
                         self.set_state(&a.id, ReplicaState::Ready, None);
                     }
+                    self.watch(runtime, app, serving[0]);
                     return pending;
                 }
                 Err(why) => {
@@ -371,7 +488,31 @@ impl Agent {
             }
         }
         runtime.remove(app);
+        lock(&self.watched).remove(app);
         pending
+    }
+
+    /// Watches the revision `a` now serving `app`: its health check, and
+    /// (when it just took over) its first requests.
+    fn watch(&self, runtime: &Arc<Runtime>, app: &str, a: &Assignment) {
+        let mut watched = lock(&self.watched);
+        if watched.get(app).is_some_and(|w| w.revision == a.revision) {
+            return;
+        }
+        let canary = runtime
+            .app_stats(app)
+            .map(|s| (s.total(), s.failed_by_app()));
+        watched.insert(
+            app.to_owned(),
+            Watched {
+                revision: a.revision,
+                health: a.spec.health.clone().map(|h| {
+                    let next = tokio::time::Instant::now() + Duration::from_millis(h.interval_ms);
+                    (h, next, 0)
+                }),
+                canary,
+            },
+        );
     }
 
     /// Starts a revision and switches the app's traffic to it only once it
@@ -495,35 +636,50 @@ async fn health_gate(
     app: &str,
     health: &skiff_sdk::api::HealthCheck,
 ) -> Result<(), String> {
-    use http_body_util::BodyExt as _;
     let mut last = String::new();
     for attempt in 0..health.failure_threshold.max(1) {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(health.interval_ms)).await;
         }
-        let body = http_body_util::Empty::<bytes::Bytes>::new()
-            .map_err(|never| -> hyper::Error { match never {} });
-        let Ok(req) = http::Request::get(health.path.as_str())
-            .header(http::header::HOST, app)
-            .body(body)
-        else {
-            return Err(format!(
-                "health path {:?} is not a valid request path",
-                health.path
-            ));
-        };
-        let Ok(response) = runtime.handle_app(candidate, req).await else {
-            return Err("the candidate was removed while being checked".to_owned());
-        };
-        if response.status().is_success() {
-            return Ok(());
+        match health_once(runtime, candidate, app, health).await {
+            Ok(()) => return Ok(()),
+            Err(why) => last = why,
         }
-        last = response.status().to_string();
     }
     Err(format!(
-        "health check GET {} answered {last} {} time(s) in a row",
-        health.path, health.failure_threshold
+        "{last} {} time(s) in a row",
+        health.failure_threshold
     ))
+}
+
+/// One `GET health.path` to the deployed app `name` (reached as `host`):
+/// Ok on 2xx, else what it answered.
+async fn health_once(
+    runtime: &Arc<Runtime>,
+    name: &str,
+    host: &str,
+    health: &skiff_sdk::api::HealthCheck,
+) -> Result<(), String> {
+    use http_body_util::BodyExt as _;
+    let body = http_body_util::Empty::<bytes::Bytes>::new()
+        .map_err(|never| -> hyper::Error { match never {} });
+    let req = http::Request::get(health.path.as_str())
+        .header(http::header::HOST, host)
+        .body(body)
+        .map_err(|_| format!("health path {:?} is not a valid request path", health.path))?;
+    let response = runtime
+        .handle_app(name, req)
+        .await
+        .map_err(|_| "the app was removed while being checked".to_owned())?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "health check GET {} answered {}",
+            health.path,
+            response.status()
+        ))
+    }
 }
 
 enum Load {
