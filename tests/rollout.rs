@@ -52,27 +52,8 @@ async fn rollouts_under_load(nodes: &[(&str, &str)]) {
     // A revision whose health check fails never takes traffic: its replica
     // fails on its node while the old ones keep serving, and the rollout
     // returns to the last good revision by itself.
-    let mut broken = hello_spec(artifact, 5);
-    if let Some(health) = broken.health.as_mut() {
-        health.path = "/no-such-health".into();
-    }
-    let broken_revision = cluster
-        .admin
-        .apply_app("hello", &broken)
-        .await
-        .unwrap()
-        .revision;
-    // It is rolled back automatically, with an event that says why.
-    let event = cluster
-        .wait(
-            "the automatic rollback",
-            Duration::from_secs(60),
-            |c| async move {
-                let events = c.admin.events(Some("hello"), 0, 1000).await.ok()?;
-                events.into_iter().find(|e| e.kind == "RolloutFailed")
-            },
-        )
-        .await;
+    let (broken_revision, event) =
+        expect_rollback(&cluster, hello_spec(artifact, 5), "/no-such-health", false).await;
     assert!(
         event
             .message
@@ -188,37 +169,8 @@ async fn a_revision_that_traps_on_its_first_requests_is_rolled_back() {
         .digest;
     let mut bad = hello_spec(panic, 2);
     bad.replicas = 1;
-    if let Some(h) = bad.health.as_mut() {
-        h.path = "/ok".into();
-    }
-    let broken = cluster
-        .admin
-        .apply_app("hello", &bad)
-        .await
-        .unwrap()
-        .revision;
-    let event = cluster
-        .wait(
-            "the automatic rollback",
-            Duration::from_secs(60),
-            |c| async move {
-                // Keep asking through every node: the new revision takes
-                // traffic where it started, and traps there.
-                for (_, addr) in c.ingresses() {
-                    common::send(
-                        addr,
-                        "hello.localhost",
-                        http::Method::GET,
-                        "/",
-                        bytes::Bytes::new(),
-                    )
-                    .await;
-                }
-                let events = c.admin.events(Some("hello"), 0, 1000).await.ok()?;
-                events.into_iter().find(|e| e.kind == "RolloutFailed")
-            },
-        )
-        .await;
+    // The new revision takes traffic where it started, and traps there.
+    let (broken, event) = expect_rollback(&cluster, bad, "/ok", true).await;
     assert!(
         event.message.contains("requests here (trapped"),
         "{}",
@@ -228,4 +180,48 @@ async fn a_revision_that_traps_on_its_first_requests_is_rolled_back() {
     assert!(app.revision > broken);
     assert_eq!(app.spec.artifact, good);
     cluster.wait_revision("hello", app.revision, 1).await;
+}
+
+/// Applies `spec` with its health check on `health_path`, then waits for
+/// the automatic rollback (sending a request through every node on each
+/// look when `poke`); returns the broken revision and the `RolloutFailed`
+/// event.
+async fn expect_rollback(
+    cluster: &Cluster,
+    mut spec: skiff_sdk::api::AppSpec,
+    health_path: &str,
+    poke: bool,
+) -> (u64, skiff_sdk::api::Event) {
+    if let Some(health) = spec.health.as_mut() {
+        health.path = health_path.into();
+    }
+    let broken = cluster
+        .admin
+        .apply_app("hello", &spec)
+        .await
+        .unwrap()
+        .revision;
+    let event = cluster
+        .wait(
+            "the automatic rollback",
+            Duration::from_secs(60),
+            |c| async move {
+                if poke {
+                    for (_, addr) in c.ingresses() {
+                        common::send(
+                            addr,
+                            "hello.localhost",
+                            http::Method::GET,
+                            "/",
+                            bytes::Bytes::new(),
+                        )
+                        .await;
+                    }
+                }
+                let events = c.admin.events(Some("hello"), 0, 1000).await.ok()?;
+                events.into_iter().find(|e| e.kind == "RolloutFailed")
+            },
+        )
+        .await;
+    (broken, event)
 }
