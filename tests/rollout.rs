@@ -94,6 +94,16 @@ async fn rollouts_under_load(nodes: &[(&str, &str)]) {
         ok as f64 / elapsed.as_secs_f64() >= 200.0,
         "load too low to mean much"
     );
+    // The revision whose health check failed never answered anyone.
+    let bodies = seen.bodies.lock().unwrap().clone();
+    assert!(
+        !bodies.iter().any(|b| b.contains("version=5")),
+        "the broken revision took traffic: {bodies:?}"
+    );
+    assert!(
+        bodies.contains("Hello from Skiff! version=4\n"),
+        "{bodies:?}"
+    );
     for last in seen.last.lock().unwrap().iter() {
         assert_eq!(last, "Hello from Skiff! version=4\n");
     }

@@ -40,4 +40,4 @@ pub mod runtime;
 
 pub use error::RuntimeError;
 pub use quota::Outcome;
-pub use runtime::{AppSpec, AppStats, Preloaded, Runtime, RuntimeConfig};
+pub use runtime::{AppRef, AppSpec, AppStats, Preloaded, Runtime, RuntimeConfig};

@@ -142,6 +142,9 @@ struct App {
     logs: Arc<LogBuffer>,
 }
 
+/// A deployed app as found by [`Runtime::find`].
+pub struct AppRef(Arc<App>);
+
 /// Keeps a component loaded (see [`Runtime::preload`]).
 pub struct Preloaded {
     _cell: Arc<Loaded>,
@@ -294,12 +297,10 @@ impl Runtime {
         self.cache.contains(digest)
     }
 
-    /// Whether an app of this name is deployed here.
-    pub fn has_app(&self, name: &str) -> bool {
-        self.apps
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(name)
+    /// The deployed app `name`, taken as it is now (a later removal or
+    /// redeploy does not affect requests served with it).
+    pub fn find(&self, name: &str) -> Option<AppRef> {
+        self.app(name).map(AppRef)
     }
 
     /// Removes an app; its in-flight requests finish.
@@ -516,10 +517,23 @@ impl Runtime {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        match self.app(name) {
-            Some(app) => Ok(self.serve(Some(app), req).await),
+        match self.find(name) {
+            Some(app) => Ok(self.handle_found(app, req).await),
             None => Err(req),
         }
+    }
+
+    /// Serves one request with an app found by [`Runtime::find`].
+    pub async fn handle_found<B>(
+        self: &Arc<Self>,
+        app: AppRef,
+        req: Request<B>,
+    ) -> Response<HyperOutgoingBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        self.serve(Some(app.0), req).await
     }
 
     async fn serve<B>(

@@ -344,6 +344,8 @@ pub struct Seen {
     pub ok: std::sync::atomic::AtomicU64,
     pub failed: std::sync::Mutex<Vec<String>>,
     pub last: std::sync::Mutex<Vec<String>>,
+    /// Every distinct OK body.
+    pub bodies: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// (seconds since start, latency) of every OK answer.
     pub latencies: std::sync::Mutex<Vec<(f64, Duration)>>,
 }
@@ -364,6 +366,7 @@ impl Load {
                     let mut client = super::Client::connect(addr).await;
                     let mut last = String::new();
                     let mut latencies = Vec::new();
+                    let mut bodies = std::collections::BTreeSet::new();
                     while !stop.load(Ordering::Relaxed) {
                         let sent = Instant::now();
                         let reply = client.send(&host, Method::GET, "/", Bytes::new()).await;
@@ -372,6 +375,9 @@ impl Load {
                                 .push((sent.duration_since(origin).as_secs_f64(), sent.elapsed()));
                             seen.ok.fetch_add(1, Ordering::Relaxed);
                             last = reply.text();
+                            if !bodies.contains(&last) {
+                                bodies.insert(last.clone());
+                            }
                         } else {
                             seen.failed.lock().unwrap().push(format!(
                                 "via {node}: {} {}",
@@ -381,6 +387,7 @@ impl Load {
                         }
                     }
                     seen.last.lock().unwrap().push(last);
+                    seen.bodies.lock().unwrap().extend(bodies);
                     seen.latencies.lock().unwrap().extend(latencies);
                 }));
             }

@@ -4,6 +4,7 @@
 //! after a connection failure when that is safe. The controller is never on
 //! the request path: the endpoints come from a watch and survive its loss.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -37,6 +38,14 @@ pub const NODE_API_HOST: &str = "_skiff";
 /// Time allowed to connect to a peer node: peers are near, and a dead one
 /// must fail fast so the retry can go elsewhere.
 const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Where [`NodeRouter::route`] sends a request.
+enum Route {
+    NodeApi,
+    Local(crate::runtime::AppRef),
+    Elsewhere(String),
+    NoApp,
+}
 
 /// A peer node's ingress, with the requests this node has in flight to it.
 #[derive(Debug)]
@@ -211,21 +220,47 @@ impl NodeRouter {
             .collect();
     }
 
-    /// The app a Host value reaches: `<app>.<domain>`, or an app's extra
-    /// host.
-    fn app_for(&self, host: &str) -> Option<String> {
-        if let Some(app) = app_for_host(host, &self.domain) {
-            return Some(app.to_owned());
+    /// Where a request goes: an app deployed here (found without copying
+    /// anything, this is every request's path), an app elsewhere, or no app.
+    fn route(&self, req: &Request<Incoming>) -> Route {
+        let Some(host) = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        }) else {
+            return Route::NoApp;
+        };
+        if host.split(':').next() == Some(NODE_API_HOST) {
+            return Route::NodeApi;
         }
-        let bare = host
-            .rsplit_once(':')
-            .map_or(host, |(h, _)| h)
-            .trim_end_matches('.');
-        self.hosts
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&bare.to_ascii_lowercase())
-            .cloned()
+        let name: Cow<'_, str> = match app_for_host(host, &self.domain) {
+            Some(app) => Cow::Borrowed(app),
+            None => {
+                // An app's extra host (the map's keys are lowercase).
+                let bare = host
+                    .rsplit_once(':')
+                    .map_or(host, |(h, _)| h)
+                    .trim_end_matches('.');
+                let key = if bare.bytes().any(|b| b.is_ascii_uppercase()) {
+                    Cow::Owned(bare.to_ascii_lowercase())
+                } else {
+                    Cow::Borrowed(bare)
+                };
+                match self
+                    .hosts
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(key.as_ref())
+                {
+                    Some(app) => Cow::Owned(app.clone()),
+                    None => return Route::NoApp,
+                }
+            }
+        };
+        match self.runtime.find(&name) {
+            Some(app) => Route::Local(app),
+            None => Route::Elsewhere(name.into_owned()),
+        }
     }
 
     /// Peers for `app`, fewest in flight first (ties taken in turn).
@@ -319,30 +354,19 @@ impl NodeRouter {
 
 impl Handler for NodeRouter {
     async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
-        let host = req.uri().authority().map(|a| a.as_str()).or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        });
-        if host.is_some_and(|h| h.split(':').next() == Some(NODE_API_HOST)) {
-            return self.node_api(&req);
-        }
-        let app = host.and_then(|h| self.app_for(h));
-        let mut response = match app {
-            Some(app) => match self.runtime.handle_app(&app, req).await {
-                Ok(response) => response,
-                // Not (or no longer) here: a peer that has it answers.
-                Err(req) => {
-                    if req.headers().contains_key(FORWARDED_BY) {
-                        // Already forwarded once: the sender's view is stale.
-                        self.stats.no_replica.fetch_add(1, Ordering::Relaxed);
-                        return error_response(Outcome::NoReplica, Some(&app));
-                    }
-                    return self.forward(&app, req).await;
+        let mut response = match self.route(&req) {
+            Route::NodeApi => return self.node_api(&req),
+            Route::Local(app) => self.runtime.handle_found(app, req).await,
+            Route::Elsewhere(app) => {
+                if req.headers().contains_key(FORWARDED_BY) {
+                    // Already forwarded once: the sender's view is stale.
+                    self.stats.no_replica.fetch_add(1, Ordering::Relaxed);
+                    return error_response(Outcome::NoReplica, Some(&app));
                 }
-            },
+                return self.forward(&app, req).await;
+            }
             // Not an app host at all: the runtime answers 404 and counts it.
-            None => self.runtime.handle(req).await,
+            Route::NoApp => self.runtime.handle(req).await,
         };
         response
             .headers_mut()
