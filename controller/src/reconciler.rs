@@ -610,20 +610,45 @@ impl Reconciler {
                 )
             })
             .collect();
-        for r in &records {
-            if !reservations.contains_key(&(r.app.clone(), r.revision)) {
-                // An older revision: its own quota decides what it holds.
-                for rev in self.store.revisions(&r.app).await.unwrap_or_default() {
-                    reservations.insert((rev.app, rev.number), rev.spec.quota.reservation_bytes());
-                }
+        // Revision histories, read once per app that needs one: apps still
+        // rolling out, and apps with replicas of an older revision (whose
+        // own quota decides what they hold).
+        let current: HashMap<&str, u64> =
+            apps.iter().map(|a| (a.name.as_str(), a.revision)).collect();
+        let mut wanted: HashSet<&str> = apps
+            .iter()
+            .filter(|a| a.status.good_revision != Some(a.revision))
+            .map(|a| a.name.as_str())
+            .collect();
+        wanted.extend(
+            records
+                .iter()
+                .filter(|r| {
+                    current
+                        .get(r.app.as_str())
+                        .is_some_and(|rev| *rev != r.revision)
+                })
+                .map(|r| r.app.as_str()),
+        );
+        let mut histories: HashMap<&str, Vec<skiff_sdk::api::Revision>> = HashMap::new();
+        for app in wanted {
+            let revisions = self.store.revisions(app).await?;
+            for rev in &revisions {
+                reservations
+                    .entry((rev.app.clone(), rev.number))
+                    .or_insert_with(|| rev.spec.quota.reservation_bytes());
             }
+            histories.insert(app, revisions);
         }
         let mut desired = Vec::with_capacity(apps.len());
         for app in &apps {
             let mut d = DesiredApp::from_app(app);
             if app.status.good_revision != Some(app.revision) {
                 // Rolling out: how long for, and where a failure returns.
-                let revisions = self.store.revisions(&app.name).await?;
+                let revisions = histories
+                    .get(app.name.as_str())
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
                 let now = crate::store::now_ms();
                 d.rollout_age_ms = revisions
                     .iter()

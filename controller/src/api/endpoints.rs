@@ -2,17 +2,16 @@
 //! (with `If-None-Match` and a wait) so any node can forward to any app.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use skiff_sdk::api::{Endpoint, Endpoints, ErrorBody, NodeState, ReplicaState};
 
-use super::{AppState, Auth, DEFAULT_WATCH, MAX_WATCH, QueryParams, WATCH_RECHECK};
+use super::{AppState, Auth, QueryParams, WATCH_RECHECK};
 use crate::error::ApiError;
 
 /// Query of the endpoints watch.
@@ -40,28 +39,53 @@ pub async fn watch(
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_owned());
-    let wait = query
-        .timeout_ms
-        .map(Duration::from_millis)
-        .unwrap_or(DEFAULT_WATCH)
-        .min(MAX_WATCH);
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut changes = state.changes.subscribe();
-    loop {
-        let endpoints = current(&state).await?;
-        let tag = tag_of(&endpoints);
-        if seen.as_deref() != Some(tag.as_str()) {
-            return Ok(([(header::ETAG, tag)], Json(endpoints)).into_response());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(([(header::ETAG, tag)], StatusCode::NOT_MODIFIED).into_response());
-        }
-        let recheck = tokio::time::Instant::now() + WATCH_RECHECK;
-        tokio::select! {
-            _ = changes.changed() => {}
-            () = tokio::time::sleep_until(recheck.min(deadline)) => {}
-        }
+    let ((tag, body), changed) = super::long_poll(
+        &state,
+        query.timeout_ms,
+        || cached(&state),
+        |(tag, _): &(String, Bytes)| seen.as_deref() != Some(tag.as_str()),
+    )
+    .await?;
+    let etag = [(header::ETAG, tag)];
+    if !changed && seen.is_some() {
+        return Ok((etag, StatusCode::NOT_MODIFIED).into_response());
     }
+    Ok((etag, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The endpoints (tag and JSON body), computed at most once per local
+/// write and per [`WATCH_RECHECK`] (which bounds how stale writes by other
+/// controllers can be) however many nodes are watching.
+async fn cached(state: &AppState) -> Result<(String, Bytes), ApiError> {
+    let generation = *state.changes.borrow();
+    if let Some(hit) = state
+        .endpoints
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .filter(|c| c.generation == generation && c.at.elapsed() < WATCH_RECHECK)
+    {
+        return Ok((hit.tag.clone(), hit.body.clone()));
+    }
+    let endpoints = current(state).await?;
+    let body = Bytes::from(serde_json::to_vec(&endpoints).unwrap_or_default());
+    let tag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..12]));
+    *state.endpoints.lock().unwrap_or_else(|e| e.into_inner()) = Some(CachedEndpoints {
+        generation,
+        at: std::time::Instant::now(),
+        tag: tag.clone(),
+        body: body.clone(),
+    });
+    Ok((tag, body))
+}
+
+/// The last endpoints answer, shared by every watcher.
+#[derive(Debug)]
+pub struct CachedEndpoints {
+    generation: u64,
+    at: std::time::Instant,
+    tag: String,
+    body: Bytes,
 }
 
 /// Ready replicas on live nodes, grouped by app. Just after this controller
@@ -119,11 +143,4 @@ async fn current(state: &AppState) -> Result<Endpoints, ApiError> {
         });
     }
     Ok(Endpoints { apps, hosts })
-}
-
-/// A strong tag over the content: equal endpoints, equal tags, whichever
-/// controller answers.
-fn tag_of(endpoints: &Endpoints) -> String {
-    let json = serde_json::to_vec(endpoints).unwrap_or_default();
-    format!("\"{}\"", hex::encode(&Sha256::digest(&json)[..12]))
 }

@@ -82,6 +82,8 @@ pub struct AppState {
     pub leader: tokio::sync::watch::Receiver<bool>,
     /// When this controller started serving.
     pub started: std::time::Instant,
+    /// The last endpoints answer (see `endpoints::cached`).
+    endpoints: Arc<std::sync::Mutex<Option<endpoints::CachedEndpoints>>>,
     /// The admin and join token hashes, read on first use.
     tokens: Arc<tokio::sync::OnceCell<TokenHashes>>,
 }
@@ -100,6 +102,7 @@ impl AppState {
             http: Arc::default(),
             leader,
             started: std::time::Instant::now(),
+            endpoints: Arc::default(),
             tokens: Arc::default(),
         }
     }
@@ -107,6 +110,42 @@ impl AppState {
     /// Wakes long-polls after a write.
     pub fn changed(&self) {
         self.changes.send_modify(|n| *n += 1);
+    }
+}
+
+/// A long-poll: reads with `read` now, then again after every local write
+/// and every [`WATCH_RECHECK`] (writes by other controllers), until `done`
+/// says the value is worth answering or `timeout_ms` (default
+/// [`DEFAULT_WATCH`], at most [`MAX_WATCH`]) has passed. Returns the last
+/// value read and whether `done` accepted it.
+pub(crate) async fn long_poll<T, Fut>(
+    state: &AppState,
+    timeout_ms: Option<u64>,
+    mut read: impl FnMut() -> Fut,
+    done: impl Fn(&T) -> bool,
+) -> Result<(T, bool), ApiError>
+where
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let wait = timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_WATCH)
+        .min(MAX_WATCH);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = state.changes.subscribe();
+    loop {
+        let current = read().await?;
+        if done(&current) {
+            return Ok((current, true));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok((current, false));
+        }
+        let recheck = tokio::time::Instant::now() + WATCH_RECHECK;
+        tokio::select! {
+            _ = changes.changed() => {}
+            () = tokio::time::sleep_until(recheck.min(deadline)) => {}
+        }
     }
 }
 

@@ -1,7 +1,5 @@
 //! `/v1/nodes`: registration, heartbeats, flags, and assignment watches.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -11,9 +9,7 @@ use skiff_sdk::api::{
     Assignments, ErrorBody, Heartbeat, Node, NodeRegistration, RegisterNode, validate_name,
 };
 
-use super::{
-    AppState, Auth, DEFAULT_WATCH, JsonBody, MAX_WATCH, QueryParams, WATCH_RECHECK, etag, if_match,
-};
+use super::{AppState, Auth, JsonBody, QueryParams, etag, if_match};
 use crate::auth::{hash_secret, new_secret};
 use crate::error::ApiError;
 
@@ -219,30 +215,18 @@ pub async fn assignments(
     QueryParams(query): QueryParams<WatchQuery>,
 ) -> Result<Json<Assignments>, ApiError> {
     who.require_node(&name)?;
-    let wait = query
-        .timeout_ms
-        .map(Duration::from_millis)
-        .unwrap_or(DEFAULT_WATCH)
-        .min(MAX_WATCH);
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut changes = state.changes.subscribe();
-    loop {
-        let current = state
-            .store
-            .assignments(&name)
-            .await
-            .map_err(ApiError::store("reading assignments"))?;
-        if query.after.is_none_or(|after| current.version > after)
-            || tokio::time::Instant::now() >= deadline
-        {
-            return Ok(Json(current));
-        }
-        // Wake on a local write, on a periodic re-check (writes by other
-        // controllers), or at the deadline.
-        let recheck = tokio::time::Instant::now() + WATCH_RECHECK;
-        tokio::select! {
-            _ = changes.changed() => {}
-            () = tokio::time::sleep_until(recheck.min(deadline)) => {}
-        }
-    }
+    let (current, _) = super::long_poll(
+        &state,
+        query.timeout_ms,
+        || async {
+            state
+                .store
+                .assignments(&name)
+                .await
+                .map_err(ApiError::store("reading assignments"))
+        },
+        |current: &Assignments| query.after.is_none_or(|after| current.version > after),
+    )
+    .await?;
+    Ok(Json(current))
 }
