@@ -701,7 +701,7 @@ impl Reconciler {
                 state: r.state,
                 reason: r.reason,
                 retiring_ms: r
-                    .retiring_at
+                    .retiring_since
                     .map(|at| u64::try_from(crate::store::now_ms() - at).unwrap_or(0)),
             })
             .collect();

@@ -436,9 +436,10 @@ pub struct Replica {
     /// Why, when failed or pending.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Being retired: out of the endpoints, removed once drained.
-    #[serde(default)]
-    pub retiring: bool,
+    /// Retiring since then (Unix ms): out of the endpoints, removed once
+    /// drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retiring_since: Option<i64>,
 }
 
 /// A node where an app has a Ready replica.

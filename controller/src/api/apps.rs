@@ -241,20 +241,7 @@ pub async fn replicas(
         return Err(ApiError::NotFound(format!("app {name:?} not found")));
     }
     let replicas = state.store.replicas(Some(&name)).await.map_err(read())?;
-    Ok(Json(
-        replicas
-            .into_iter()
-            .map(|r| Replica {
-                id: r.id,
-                app: r.app,
-                revision: r.revision,
-                node: r.node,
-                state: r.state,
-                reason: r.reason,
-                retiring: r.retiring_at.is_some(),
-            })
-            .collect(),
-    ))
+    Ok(Json(replicas))
 }
 
 /// Return to the previous revision, or to `revision`.

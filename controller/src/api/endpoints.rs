@@ -113,7 +113,7 @@ async fn current(state: &AppState) -> Result<Endpoints, ApiError> {
     // new requests by the time it is removed.
     for r in replicas
         .iter()
-        .filter(|r| r.state == ReplicaState::Ready && r.retiring_at.is_none())
+        .filter(|r| r.state == ReplicaState::Ready && r.retiring_since.is_none())
     {
         if live.contains_key(r.node.as_str()) {
             *counts.entry((r.app.as_str(), r.node.as_str())).or_default() += 1;

@@ -18,8 +18,7 @@ mod sql;
 use async_trait::async_trait;
 use skiff_sdk::Digest;
 use skiff_sdk::api::{
-    App, AppSpec, Assignments, Condition, Event, Heartbeat, Node, RegisterNode, ReplicaState,
-    Revision,
+    App, AppSpec, Assignments, Condition, Event, Heartbeat, Node, RegisterNode, Replica, Revision,
 };
 
 pub use sql::{SqlStore, StoreOptions};
@@ -114,26 +113,6 @@ pub struct ArtifactInfo {
     pub size: u64,
     /// Number of chunks of [`ARTIFACT_CHUNK`] bytes (the last may be shorter).
     pub chunks: u64,
-}
-
-/// A replica as the scheduler placed it and its node last reported it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplicaRecord {
-    /// Id.
-    pub id: String,
-    /// App.
-    pub app: String,
-    /// Revision number.
-    pub revision: u64,
-    /// Node it is assigned to.
-    pub node: String,
-    /// Last reported state.
-    pub state: ReplicaState,
-    /// Why, when failed.
-    pub reason: Option<String>,
-    /// When it started retiring (out of the endpoints, removed once
-    /// drained), Unix ms.
-    pub retiring_at: Option<i64>,
 }
 
 /// A replica to create, in state `Pending`.
@@ -296,7 +275,7 @@ pub trait Store: Send + Sync + 'static {
     /// The nodes that run replicas of `app`, and how to read their logs.
     async fn log_sources(&self, app: &str) -> Result<Vec<LogSource>>;
     /// Replicas, of one app or of all.
-    async fn replicas(&self, app: Option<&str>) -> Result<Vec<ReplicaRecord>>;
+    async fn replicas(&self, app: Option<&str>) -> Result<Vec<Replica>>;
 
     /// Records an event (and drops the oldest beyond the cap).
     async fn record_event(&self, event: NewEvent) -> Result<()>;

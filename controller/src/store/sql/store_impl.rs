@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use skiff_sdk::Digest;
 use skiff_sdk::api::{
     App, AppSpec, Assignment, Assignments, Condition, Event, Heartbeat, Node, RegisterNode,
-    Revision,
+    Replica, Revision,
 };
 use sqlx::Row;
 
@@ -14,8 +14,8 @@ use super::super::rows::{
     to_u64,
 };
 use super::super::{
-    ARTIFACT_CHUNK, Applied, ArtifactInfo, LogSource, NewEvent, ReplicaChange, ReplicaRecord,
-    Result, Store, TokenKind, now_ms,
+    ARTIFACT_CHUNK, Applied, ArtifactInfo, LogSource, NewEvent, ReplicaChange, Result, Store,
+    TokenKind, now_ms,
 };
 use super::{Dialect, SqlStore, app_event};
 
@@ -173,14 +173,8 @@ impl Store for SqlStore {
             },
         )
         .await?;
-        let app = self
-            .load_app(&mut tx, name)
-            .await?
-            .ok_or_else(|| not_found("app", name))?;
-        tx.commit().await?;
-        self.wrote();
         Ok(Applied {
-            app,
+            app: self.commit_app(tx, name).await?,
             created,
             new_revision,
         })
@@ -636,7 +630,7 @@ impl Store for SqlStore {
         })
     }
 
-    async fn replicas(&self, app: Option<&str>) -> Result<Vec<ReplicaRecord>> {
+    async fn replicas(&self, app: Option<&str>) -> Result<Vec<Replica>> {
         let rows = match app {
             Some(app) => {
                 sqlx::query("SELECT * FROM replicas WHERE app = $1 ORDER BY id")
@@ -652,14 +646,14 @@ impl Store for SqlStore {
         };
         rows.iter()
             .map(|r| {
-                Ok(ReplicaRecord {
+                Ok(Replica {
                     id: r.try_get("id")?,
                     app: r.try_get("app")?,
                     revision: to_u64(r.try_get("revision")?),
                     node: r.try_get("node")?,
                     state: parse_state(&r.try_get::<String, _>("state")?),
                     reason: r.try_get("reason")?,
-                    retiring_at: r.try_get("retiring_at")?,
+                    retiring_since: r.try_get("retiring_at")?,
                 })
             })
             .collect()
