@@ -78,6 +78,7 @@ fn main() {
                 digest,
                 quota: Quota::default(),
                 env: vec![],
+                capabilities: Default::default(),
             })
             .unwrap();
         runtime.warm("hello").await.unwrap();

@@ -49,6 +49,8 @@ pub struct ControllerArgs {
     /// Identity in the leader lease (default: hostname and pid).
     #[arg(long, env = "SKIFF_CONTROLLER_ID")]
     pub(crate) id: Option<String>,
+    #[command(flatten)]
+    pub(crate) limits: crate::serve::LimitArgs,
 }
 
 /// A controller started by [`start`]: its tasks run until the shutdown
@@ -124,8 +126,10 @@ pub async fn start(
     // Where the CLI finds this controller when run from the same directory.
     crate::client::write_controller_file(&args.data_dir, addr)?;
     let serving = shutdown.clone();
+    let limits = args.limits.limits();
     tasks.spawn(async move {
-        if let Err(error) = skiff_controller::serve(listener, state, serving.clone()).await {
+        if let Err(error) = skiff_controller::serve(listener, state, limits, serving.clone()).await
+        {
             tracing::error!(%error, "the API server failed");
         }
         serving.cancel();

@@ -1,7 +1,7 @@
 //! `skiff build` and `skiff deploy`: from an app directory with a
 //! `skiff.toml` to replicas serving it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,11 @@ pub struct DeployArgs {
     /// Return once applied, without following the rollout.
     #[arg(long)]
     pub no_wait: bool,
+    /// Apply even if the new revision widens the app's capabilities (new
+    /// outbound hosts or files); without it such a deploy stops and shows
+    /// the difference.
+    #[arg(long)]
+    pub approve_capabilities: bool,
     /// How long to follow the rollout before giving up, e.g. `2m`.
     #[arg(long, default_value = "2m", value_parser = quantity::parse_duration)]
     pub timeout: Duration,
@@ -61,6 +66,8 @@ pub struct Built {
     pub manifest_file: PathBuf,
     pub path: PathBuf,
     pub bytes: Vec<u8>,
+    /// The declared static files by guest path.
+    pub files: BTreeMap<String, Vec<u8>>,
 }
 
 fn load(dir: &Path) -> anyhow::Result<(PathBuf, Manifest)> {
@@ -104,11 +111,24 @@ pub fn build(dir: &Path, skip: bool) -> anyhow::Result<Built> {
         crate::commands::human_bytes(bytes.len() as u64),
         imports.join(", ")
     );
+    let mut files = BTreeMap::new();
+    for rel in &manifest.component.files {
+        let full = root.join(rel);
+        let content = std::fs::read(&full).map_err(|e| {
+            Failure::Usage(format!(
+                "{}: component.files: {}: {e}",
+                file.display(),
+                full.display()
+            ))
+        })?;
+        files.insert(rel.to_string_lossy().into_owned(), content);
+    }
     Ok(Built {
         manifest,
         manifest_file: file,
         path,
         bytes,
+        files,
     })
 }
 
@@ -174,6 +194,11 @@ fn unbundle(path: &Path) -> anyhow::Result<Built> {
         manifest_file,
         path: component,
         bytes: bundle.component,
+        files: bundle
+            .files
+            .into_iter()
+            .map(|(path, bytes)| (path.to_string_lossy().into_owned(), bytes))
+            .collect(),
     })
 }
 
@@ -253,10 +278,33 @@ pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> 
     let artifact = client
         .upload_artifact_with_progress(bytes::Bytes::from(built.bytes), progress_bar())
         .await?;
+    let mut files = BTreeMap::new();
+    for (path, bytes) in built.files {
+        let uploaded = client.upload_file(bytes::Bytes::from(bytes)).await?;
+        files.insert(path, uploaded.digest);
+    }
+    let spec = built.manifest.to_spec(artifact.digest, files);
     let seen = latest_event(&client, &name).await;
-    let app = client
-        .apply_app(&name, &built.manifest.to_spec(artifact.digest))
-        .await?;
+    let applied = if args.approve_capabilities {
+        client.apply_app_approved(&name, &spec).await
+    } else {
+        client.apply_app(&name, &spec).await
+    };
+    let app = match applied {
+        Err(skiff_sdk::ClientError::Api { body, .. })
+            if body.error.code == "capabilities_not_approved" =>
+        {
+            let diff = body.error.capabilities.unwrap_or_default();
+            return Err(Failure::Rejected(format!(
+                "{name}: this revision widens what the app may reach:\n{diff}  review it, then run again with --approve-capabilities"
+            ))
+            .into());
+        }
+        other => other?,
+    };
+    if let Some(diff) = &app.capability_changes {
+        eprint!("capabilities changed (approved):\n{diff}");
+    }
     eprintln!(
         "applied {name}: revision {}, {} replica(s), artifact {}",
         app.revision, app.spec.replicas, artifact.digest

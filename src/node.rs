@@ -70,6 +70,8 @@ pub struct NodeArgs {
     /// Do not use the pooling allocator (for hosts with little address space).
     #[arg(long, env = "SKIFF_NO_POOLING")]
     pub(crate) no_pooling: bool,
+    #[command(flatten)]
+    pub(crate) limits: crate::serve::LimitArgs,
 }
 
 fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
@@ -162,8 +164,11 @@ pub async fn start(
     let resumed = agent.resume().await;
     tasks.spawn(agent.run(shutdown.clone()));
     let serving = shutdown.clone();
+    let limits = args.limits.limits();
     tasks.spawn(async move {
-        if let Err(error) = skiff_runtime::ingress::run(listener, router, serving.clone()).await {
+        if let Err(error) =
+            skiff_runtime::ingress::run(listener, router, limits, serving.clone()).await
+        {
             tracing::error!(%error, "the ingress failed");
         }
         serving.cancel();

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::Args;
 use skiff_runtime::engine::Allocator;
 use skiff_runtime::{AppSpec, Runtime, RuntimeConfig};
+use skiff_sdk::serve::Limits;
 use skiff_sdk::{Quota, quantity};
 use tokio_util::sync::CancellationToken;
 
@@ -55,6 +56,42 @@ pub struct ServeArgs {
     /// Do not use the pooling allocator (for hosts with little address space).
     #[arg(long, env = "SKIFF_NO_POOLING")]
     no_pooling: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// What one client may hold of a server (`skiff serve`, `node`,
+/// `controller`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct LimitArgs {
+    /// Time a client has to send a request's headers, e.g. `10s`; a slower
+    /// or idle connection is closed.
+    #[arg(long, env = "SKIFF_HEADER_TIMEOUT", default_value = "10s", value_parser = quantity::parse_duration)]
+    pub(crate) header_timeout: Duration,
+    /// Connections open at once; one more is answered 503 and closed.
+    #[arg(long, env = "SKIFF_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
+    pub(crate) max_connections: usize,
+}
+
+impl Default for LimitArgs {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Self {
+            header_timeout: limits.header_read_timeout,
+            max_connections: limits.max_connections,
+        }
+    }
+}
+
+impl LimitArgs {
+    /// The server limits these flags give.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            header_read_timeout: self.header_timeout,
+            max_connections: self.max_connections,
+            ..Limits::default()
+        }
+    }
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -156,6 +193,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         digest,
         quota,
         env: args.env.clone(),
+        capabilities: Default::default(),
     })?;
     runtime
         .warm(&name)
@@ -179,7 +217,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let shutdown = CancellationToken::new();
     on_shutdown_signal(shutdown.clone());
-    skiff_runtime::ingress::run(listener, runtime, shutdown).await?;
+    skiff_runtime::ingress::run(listener, runtime, args.limits.limits(), shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -82,6 +82,7 @@ async fn env_reaches_the_guest_and_host_routing_works() {
                 digest,
                 quota: Quota::default(),
                 env,
+                capabilities: Default::default(),
             })
             .unwrap();
     }
@@ -127,6 +128,7 @@ async fn registering_many_components_compiles_nothing_and_a_restart_reuses_the_c
             digest,
             quota: Quota::default(),
             env: vec![],
+            capabilities: Default::default(),
         };
         runtime.deploy(spec).unwrap();
     }
@@ -144,6 +146,7 @@ async fn registering_many_components_compiles_nothing_and_a_restart_reuses_the_c
             digest: hello,
             quota: Quota::default(),
             env: vec![],
+            capabilities: Default::default(),
         })
         .unwrap();
     runtime.warm("hello").await.unwrap();
@@ -161,6 +164,7 @@ async fn registering_many_components_compiles_nothing_and_a_restart_reuses_the_c
             digest: hello,
             quota: Quota::default(),
             env: vec![],
+            capabilities: Default::default(),
         })
         .unwrap();
     runtime.warm("hello").await.unwrap();

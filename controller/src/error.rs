@@ -4,6 +4,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use skiff_sdk::api::{ErrorBody, ErrorDetail};
+use skiff_sdk::capability::CapabilityDiff;
 
 use crate::store::StoreError;
 
@@ -34,6 +35,12 @@ pub enum ApiError {
     /// 409: a version precondition or uniqueness conflict.
     #[error("{0}")]
     Conflict(String),
+    /// 409: the spec grants more than the running revision and the request
+    /// did not approve it.
+    #[error(
+        "the new spec widens the app's capabilities; review the difference and apply again with approve_capabilities=true (skiff deploy --approve-capabilities)"
+    )]
+    CapabilitiesNotApproved(CapabilityDiff),
     /// 413: the body is larger than allowed.
     #[error("{0}")]
     TooLarge(String),
@@ -94,6 +101,11 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
+            ApiError::CapabilitiesNotApproved(_) => (
+                StatusCode::CONFLICT,
+                "capabilities_not_approved",
+                Some("approve_capabilities".to_owned()),
+            ),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
             ApiError::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -124,6 +136,10 @@ impl IntoResponse for ApiError {
                     code: code.to_owned(),
                     message,
                     field,
+                    capabilities: match self {
+                        ApiError::CapabilitiesNotApproved(diff) => Some(diff),
+                        _ => None,
+                    },
                 },
             }),
         )

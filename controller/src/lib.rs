@@ -59,17 +59,20 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then lets
 /// in-flight requests finish.
+/// `limits` bound what one client may hold (slow headers, header size,
+/// connections).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: api::AppState,
+    limits: skiff_sdk::serve::Limits,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // No Nagle delay on responses: large lists end in a small segment.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let router = api::router(state);
+    skiff_sdk::serve::serve(
+        listener,
+        limits,
+        move || hyper_util::service::TowerToHyperService::new(router.clone()),
+        shutdown,
+    )
+    .await
 }

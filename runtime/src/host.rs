@@ -2,50 +2,210 @@
 //!
 //! Each request gets a fresh [`HostState`] in a fresh `Store`. It grants the
 //! guest its app's environment variables, stdout/stderr into the app's log
-//! buffer, clocks and randomness — and nothing else: no preopened
-//! directories, no sockets, no host environment, and outbound HTTP refused
-//! (see [`OutboundPolicy`]).
+//! buffer, clocks and randomness, and what the app's [`Capabilities`] grant
+//! — and nothing else: no host environment, no file system but the app's
+//! own static files (read-only), and no network but granted destinations
+//! (see [`OutboundPolicy`] and [`skiff_sdk::capability`]). Every denial is
+//! logged on the node and in the app's log, and counted.
 
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use http_body_util::BodyExt;
+use skiff_sdk::capability::{Denial, OutboundRules, Scheme};
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
+    WasiHttpView,
+};
 
 use crate::logs::{LogBuffer, Stream};
 use crate::quota::Limiter;
 
-/// Decides a guest's outbound HTTP requests. Skiff denies by default:
-/// `wasmtime-wasi-http` would otherwise let a guest reach anything the node
-/// can, the node's own loopback services included.
-#[derive(Debug)]
-pub struct OutboundPolicy {
-    app: Arc<str>,
+/// What an app may reach beyond computing, from its spec: outbound
+/// destinations and a directory of static files. The default grants
+/// nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Outbound HTTP and socket grants.
+    pub outbound: Arc<OutboundRules>,
+    /// A directory preopened read-only at `/`: the app's declared static
+    /// files, and nothing else of the node's file system.
+    pub files: Option<PathBuf>,
 }
+
+/// Where a denial is reported: the node's log (with the app's name), the
+/// app's own log (so `skiff logs` shows it) and its counter.
+#[derive(Clone)]
+struct DenialSink {
+    app: Arc<str>,
+    logs: Arc<LogBuffer>,
+    denied: Arc<AtomicU64>,
+}
+
+impl DenialSink {
+    fn record(&self, what: &str, denial: &Denial) {
+        self.denied.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(app = %self.app, %what, reason = %denial, "outbound access denied");
+        self.logs.note(&format!(
+            "skiff: outbound access to {what} denied: {denial}"
+        ));
+    }
+}
+
+/// Decides a guest's outbound HTTP requests against its grants. Without
+/// it `wasmtime-wasi-http` would let a guest reach anything the node can,
+/// the node's own loopback services included.
+pub struct OutboundPolicy {
+    rules: Arc<OutboundRules>,
+    sink: DenialSink,
+}
+
+/// Where an allowed request goes: a vetted address for plain HTTP (so a
+/// second DNS answer cannot point it elsewhere), or the name for HTTPS
+/// (whose certificate check binds the connection to that name).
+async fn vet(rules: &OutboundRules, uri: &http::Uri) -> Result<Option<SocketAddr>, Denied> {
+    let scheme = match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => Scheme::Http,
+        Some(s) if s.eq_ignore_ascii_case("https") => Scheme::Https,
+        _ => return Err(Denied::Protocol),
+    };
+    let host = uri.host().ok_or(Denied::Protocol)?;
+    let port = uri
+        .port_u16()
+        .or(scheme.default_port())
+        .ok_or(Denied::Protocol)?;
+    rules.check_host(scheme, host, port).map_err(Denied::Rule)?;
+    let literal = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>();
+    let addrs: Vec<SocketAddr> = match literal {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|_| Denied::Dns)?
+            .collect(),
+    };
+    // Every address must pass: a name that resolves to a public and a
+    // private address is refused rather than raced.
+    for addr in &addrs {
+        rules
+            .check_address(scheme, host, addr.ip(), port)
+            .map_err(Denied::Rule)?;
+    }
+    match (scheme, addrs.first()) {
+        (_, None) => Err(Denied::Dns),
+        (Scheme::Http, Some(addr)) => Ok(Some(*addr)),
+        _ => Ok(None),
+    }
+}
+
+enum Denied {
+    Rule(Denial),
+    Protocol,
+    Dns,
+}
+
+type SendResult = Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ),
+    HttpError,
+>;
 
 impl WasiHttpHooks for OutboundPolicy {
     fn send_request(
         &mut self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = Result<
-                    (
-                        http::Response<wasmtime_wasi_http::WasiBody>,
-                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                    ),
-                    wasmtime_wasi_http::Error,
-                >,
-            > + Send,
-    > {
-        tracing::warn!(
-            app = %self.app,
-            uri = %request.uri(),
-            "outbound HTTP request denied: the app has no outbound grant"
-        );
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+        mut request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        let rules = self.rules.clone();
+        let sink = self.sink.clone();
+        Box::new(async move {
+            let uri = request.uri().clone();
+            match vet(&rules, &uri).await {
+                Ok(Some(addr)) => {
+                    // Connect to the vetted address; the Host header keeps
+                    // the name the guest used.
+                    let mut parts = uri.into_parts();
+                    parts.authority = addr.to_string().parse().ok();
+                    *request.uri_mut() = http::Uri::from_parts(parts)
+                        .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+                }
+                Ok(None) => {}
+                Err(Denied::Rule(denial)) => {
+                    sink.record(&uri.to_string(), &denial);
+                    return Err(match denial {
+                        Denial::NotAllowed { .. } => HttpError::HttpRequestDenied,
+                        Denial::Restricted { .. } => HttpError::DestinationIpProhibited,
+                    });
+                }
+                Err(Denied::Protocol) => return Err(HttpError::HttpRequestUriInvalid),
+                Err(Denied::Dns) => {
+                    return Err(HttpError::DnsError {
+                        rcode: Some("address not available".into()),
+                        info_code: None,
+                    });
+                }
+            }
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+/// The `wasi:sockets` check: connections and datagrams only to granted
+/// addresses, binds only to an ephemeral port (implicit binds), and never
+/// a listening socket.
+fn socket_check(
+    rules: Arc<OutboundRules>,
+    sink: DenialSink,
+) -> impl Fn(SocketAddr, SocketAddrUse) -> Pin<Box<dyn Future<Output = bool> + Send + Sync>>
++ Send
++ Sync
++ 'static {
+    move |addr, usage| {
+        let verdict = match usage {
+            SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
+                if addr.ip().is_unspecified() && addr.port() == 0 {
+                    Ok(())
+                } else {
+                    Err(Denial::NotAllowed {
+                        scheme: Scheme::Tcp,
+                        host: format!("bind {}", addr.ip()),
+                        port: addr.port(),
+                    })
+                }
+            }
+            SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => Err(Denial::NotAllowed {
+                scheme: Scheme::Tcp,
+                host: format!("listen {}", addr.ip()),
+                port: addr.port(),
+            }),
+            SocketAddrUse::TcpConnect => rules.check_socket(Scheme::Tcp, addr.ip(), addr.port()),
+            SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {
+                rules.check_socket(Scheme::Udp, addr.ip(), addr.port())
+            }
+        };
+        let allowed = match verdict {
+            Ok(()) => true,
+            Err(denial) => {
+                sink.record(&format!("socket {addr}"), &denial);
+                false
+            }
+        };
+        Box::pin(std::future::ready(allowed))
     }
 }
 
@@ -65,31 +225,47 @@ pub struct HostState {
 pub const MAX_RESOURCES: usize = 10_000;
 
 impl HostState {
-    /// Host state for one instance of `app`.
+    /// Host state for one instance of `app`. Fails only if the app's
+    /// static files directory cannot be opened.
     pub fn new(
         app: &Arc<str>,
         env: &[(String, String)],
+        capabilities: &Capabilities,
         logs: &Arc<LogBuffer>,
+        denied: &Arc<AtomicU64>,
         limiter: Limiter,
-    ) -> Self {
+    ) -> wasmtime::Result<Self> {
+        let rules = &capabilities.outbound;
+        let sink = DenialSink {
+            app: app.clone(),
+            logs: logs.clone(),
+            denied: denied.clone(),
+        };
         let mut builder = WasiCtx::builder();
         builder
             .envs(env)
             .stdout(logs.writer(Stream::Stdout))
             .stderr(logs.writer(Stream::Stderr))
             .allow_blocking_current_thread(false)
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
+            .allow_tcp(rules.grants(Scheme::Tcp))
+            .allow_udp(rules.grants(Scheme::Udp))
+            .allow_ip_name_lookup(rules.grants(Scheme::Tcp) || rules.grants(Scheme::Udp))
+            .socket_addr_check(socket_check(rules.clone(), sink.clone()));
+        if let Some(dir) = &capabilities.files {
+            builder.preopened_dir(dir, "/", FsPerms::ReadOnly)?;
+        }
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
-        Self {
+        Ok(Self {
             wasi: builder.build(),
             http: WasiHttpCtx::new(),
             table,
-            hooks: OutboundPolicy { app: app.clone() },
+            hooks: OutboundPolicy {
+                rules: rules.clone(),
+                sink,
+            },
             limiter,
-        }
+        })
     }
 }
 

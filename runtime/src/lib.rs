@@ -39,5 +39,6 @@ pub mod routing;
 pub mod runtime;
 
 pub use error::RuntimeError;
+pub use host::Capabilities;
 pub use quota::Outcome;
 pub use runtime::{AppRef, AppSpec, AppStats, Preloaded, Runtime, RuntimeConfig};

@@ -92,6 +92,12 @@ impl LogBuffer {
         });
     }
 
+    /// Adds a line the host writes about the app (e.g. a denied access), so
+    /// its owner sees it with `skiff logs`.
+    pub fn note(&self, line: &str) {
+        self.push(Stream::Stderr, line.as_bytes());
+    }
+
     /// The lines kept, oldest first, with sequence numbers at or after `since`.
     pub fn lines_since(&self, since: u64) -> Vec<LogLine> {
         self.ring

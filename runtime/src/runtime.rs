@@ -24,7 +24,7 @@ use crate::RuntimeError;
 use crate::body::{LimitedBody, error_response};
 use crate::cache::{CacheStats, ComponentCache};
 use crate::engine::{Allocator, EngineOptions, EpochTicker, build_engine};
-use crate::host::HostState;
+use crate::host::{Capabilities, HostState};
 use crate::logs::{DEFAULT_LOG_LINES, LogBuffer, LogLine};
 use crate::quota::{Limiter, Outcome, classify};
 use crate::routing::app_for_host;
@@ -87,6 +87,8 @@ pub struct AppSpec {
     pub quota: Quota,
     /// Environment variables the guest sees (and the only ones).
     pub env: Vec<(String, String)>,
+    /// Outbound grants and static files; the default grants nothing.
+    pub capabilities: Capabilities,
 }
 
 /// Requests of one app, counted by how they ended.
@@ -94,12 +96,19 @@ pub struct AppSpec {
 pub struct AppStats {
     counts: [AtomicU64; Outcome::ALL.len()],
     server_errors: AtomicU64,
+    /// Outbound accesses (HTTP or sockets) refused by the app's grants.
+    denied: Arc<AtomicU64>,
 }
 
 impl AppStats {
     /// Requests that ended with `outcome`.
     pub fn count(&self, outcome: Outcome) -> u64 {
         self.counts[outcome.index()].load(Ordering::Relaxed)
+    }
+
+    /// Outbound accesses refused because the app was not granted them.
+    pub fn denied(&self) -> u64 {
+        self.denied.load(Ordering::Relaxed)
     }
 
     /// Requests in all.
@@ -411,7 +420,14 @@ impl Runtime {
         let limiter = Limiter::new(quota.memory_bytes);
         let mut store = Store::new(
             &self.engine,
-            HostState::new(&app.name, &app.spec.env, &app.logs, limiter),
+            HostState::new(
+                &app.name,
+                &app.spec.env,
+                &app.spec.capabilities,
+                &app.logs,
+                &app.stats.denied,
+                limiter,
+            )?,
         );
         store.limiter(|state| &mut state.limiter);
         let tick = self.config.engine.epoch_tick.as_millis().max(1) as u64;

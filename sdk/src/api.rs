@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::capability::CapabilityDiff;
 use crate::{Digest, Quota};
 
 /// Default number of replicas of an app.
@@ -31,6 +32,9 @@ pub struct ErrorDetail {
     /// The request field at fault, as a dotted path, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// With `capabilities_not_approved`: what the new spec would grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<CapabilityDiff>,
 }
 
 /// A stored artifact.
@@ -174,9 +178,20 @@ pub struct AppSpec {
     /// Extra host names (besides `<name>.<domain>`) the app answers to.
     #[serde(default)]
     pub hosts: Vec<String>,
-    /// Environment variables the guest sees.
+    /// Environment variables the guest sees (and the only ones: never the
+    /// node's).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Destinations the guest may reach, e.g. `https://api.example.com`,
+    /// `https://*.example.com:443`, `tcp://10.0.0.5:5432`. Empty: none.
+    /// See [`crate::capability`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Static files the guest may read (read-only, under `/`): guest path
+    /// to the digest of a file uploaded with `POST /v1/artifacts?kind=file`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub files: BTreeMap<String, Digest>,
     /// Where replicas may run.
     #[serde(default)]
     pub placement: Placement,
@@ -236,6 +251,9 @@ pub struct App {
     pub created_at: i64,
     /// Last change (Unix ms).
     pub updated_at: i64,
+    /// In the answer to an apply only: how the capabilities changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability_changes: Option<CapabilityDiff>,
 }
 
 /// An immutable, numbered snapshot of an app's spec (replica count aside).

@@ -15,7 +15,7 @@
 //! let (_, manifest) = Manifest::load("examples/hello".as_ref()).expect("a valid skiff.toml");
 //! let bytes = std::fs::read("examples/target/wasm32-wasip2/release/hello.wasm").unwrap_or_default();
 //! let artifact = client.upload_artifact(bytes.into()).await?;
-//! let app = client.apply_app(&manifest.name, &manifest.to_spec(artifact.digest)).await?;
+//! let app = client.apply_app(&manifest.name, &manifest.to_spec(artifact.digest, Default::default())).await?;
 //! println!("{} at revision {}", app.name, app.revision);
 //!
 //! // Scale it, and read what its replicas printed.
@@ -439,10 +439,39 @@ impl Client {
         bytes: Bytes,
         progress: Progress,
     ) -> Result<Artifact, ClientError> {
-        let call = "uploading an artifact";
-        let mut request = Call::new(call, Method::POST, "/v1/artifacts").timeout(TRANSFER_TIMEOUT);
-        request.body = Some((
+        self.upload(
+            "uploading an artifact",
+            "/v1/artifacts",
             "application/wasm",
+            bytes,
+            progress,
+        )
+        .await
+    }
+
+    /// Uploads a static file an app's spec can mount (`AppSpec::files`).
+    pub async fn upload_file(&self, bytes: Bytes) -> Result<Artifact, ClientError> {
+        self.upload(
+            "uploading a file",
+            "/v1/artifacts?kind=file",
+            "application/octet-stream",
+            bytes,
+            Box::new(|_, _| {}),
+        )
+        .await
+    }
+
+    async fn upload(
+        &self,
+        call: &'static str,
+        path: &str,
+        content_type: &'static str,
+        bytes: Bytes,
+        progress: Progress,
+    ) -> Result<Artifact, ClientError> {
+        let mut request = Call::new(call, Method::POST, path).timeout(TRANSFER_TIMEOUT);
+        request.body = Some((
+            content_type,
             ProgressBody {
                 bytes,
                 sent: 0,
@@ -454,12 +483,25 @@ impl Client {
         decode(call, &reply)
     }
 
-    /// Creates or updates an app.
+    /// Creates or updates an app. A spec that grants more than the running
+    /// revision is refused (`capabilities_not_approved`, with the
+    /// difference in the error body) unless [`Self::apply_app_approved`].
     pub async fn apply_app(&self, name: &str, spec: &AppSpec) -> Result<App, ClientError> {
         self.json(
             "applying an app",
             Method::PUT,
             &format!("/v1/apps/{name}"),
+            Some(spec),
+        )
+        .await
+    }
+
+    /// Creates or updates an app, approving any capabilities it widens.
+    pub async fn apply_app_approved(&self, name: &str, spec: &AppSpec) -> Result<App, ClientError> {
+        self.json(
+            "applying an app",
+            Method::PUT,
+            &format!("/v1/apps/{name}?approve_capabilities=true"),
             Some(spec),
         )
         .await

@@ -10,20 +10,24 @@
 //!
 //! - [`api`]: wire types of the controller's HTTP API and name rules.
 //! - [`bundle`]: deterministic app bundles (manifest, component, files).
+//! - [`capability`]: outbound grants, address rules and capability diffs.
 //! - [`client`]: a typed async client of that API (hyper, no TLS).
 //! - [`digest`]: `sha256:<hex>` content digests that name artifacts.
 //! - [`manifest`]: `skiff.toml`, parsed with file:line:key errors.
 //! - [`quantity`]: byte sizes (`64Mi`), durations (`5s`) and counts (`10k`).
 //! - [`quota`]: the per-app [`Quota`] (memory, fuel, timeout, concurrency).
+//! - [`serve`]: the hardened accept loop of the controller and the nodes.
 #![deny(missing_docs)]
 
 pub mod api;
 pub mod bundle;
+pub mod capability;
 pub mod client;
 pub mod digest;
 pub mod manifest;
 pub mod quantity;
 pub mod quota;
+pub mod serve;
 
 pub use client::{Client, ClientError};
 pub use digest::Digest;

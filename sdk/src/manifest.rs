@@ -37,7 +37,13 @@
 //! path = "/healthz"
 //! interval = "1s"
 //! failure_threshold = 3
+//!
+//! [capabilities]                 # denied unless granted; see skiff_sdk::capability
+//! allowed_outbound_hosts = ["https://api.example.com", "https://*.example.org:8443"]
 //! ```
+//!
+//! The `[component] files` are the app's static files: the guest reads them
+//! read-only at `/<path>`, and nothing else of the node's file system.
 //!
 //! Unknown keys are errors, and every error names the file, the line and
 //! the key: `skiff.toml:7: resources.memory: "64Mb" is not a quantity (…);
@@ -91,6 +97,18 @@ pub struct Manifest {
     /// Health check.
     #[serde(default)]
     pub health: Option<HealthSection>,
+    /// What the guest may reach beyond computing.
+    #[serde(default)]
+    pub capabilities: CapabilitiesSection,
+}
+
+/// `[capabilities]`: grants, denied by default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilitiesSection {
+    /// Outbound destinations, e.g. `https://api.example.com`.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
 }
 
 fn one() -> u32 {
@@ -310,19 +328,23 @@ impl Manifest {
             ));
         }
         for file in &self.component.files {
-            if file.is_absolute()
-                || file
-                    .components()
-                    .any(|c| c == std::path::Component::ParentDir)
-            {
+            let path = file.to_string_lossy();
+            if let Err(reason) = crate::capability::validate_file_path(&path) {
                 return Err(at(
                     "component.files",
-                    format!(
-                        "{} must be a relative path inside the app's directory",
-                        file.display()
-                    ),
+                    format!("{path:?} {reason} (a relative path inside the app's directory)"),
                 ));
             }
+        }
+        if let Err((i, e)) =
+            crate::capability::OutboundRules::parse(&self.capabilities.allowed_outbound_hosts)
+        {
+            let span = find_value(text, &self.capabilities.allowed_outbound_hosts[i]);
+            return Err(error(
+                span.map(|s| s..s),
+                Some(format!("capabilities.allowed_outbound_hosts[{i}]")),
+                e.to_string(),
+            ));
         }
         self.quota().validate().map_err(|e| {
             at(
@@ -352,8 +374,9 @@ impl Manifest {
         }
     }
 
-    /// The app spec to apply, running the component `artifact`.
-    pub fn to_spec(&self, artifact: Digest) -> AppSpec {
+    /// The app spec to apply, running the component `artifact`, with the
+    /// static files uploaded as `files` (guest path to digest).
+    pub fn to_spec(&self, artifact: Digest, files: BTreeMap<String, Digest>) -> AppSpec {
         let strategy = UpdateStrategy::default();
         AppSpec {
             artifact,
@@ -361,6 +384,8 @@ impl Manifest {
             quota: self.quota(),
             hosts: self.http.hosts.clone(),
             env: self.env.clone(),
+            allowed_outbound_hosts: self.capabilities.allowed_outbound_hosts.clone(),
+            files,
             placement: self.placement.clone(),
             strategy: UpdateStrategy {
                 max_surge: self.update.max_surge.unwrap_or(strategy.max_surge),
@@ -396,6 +421,11 @@ fn resource_key(field: &str) -> &str {
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Byte offset of the first quoted occurrence of `value`.
+fn find_value(text: &str, value: &str) -> Option<usize> {
+    text.find(&format!("{value:?}"))
 }
 
 /// Byte offset of the first line that assigns `key`.

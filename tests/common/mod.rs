@@ -76,6 +76,14 @@ pub struct TestNode {
 impl TestNode {
     /// Starts a node with `config` tweaks applied to the test defaults.
     pub async fn start(tweak: impl FnOnce(&mut RuntimeConfig)) -> Self {
+        Self::start_with_limits(tweak, skiff_runtime::ingress::Limits::default()).await
+    }
+
+    /// [`Self::start`] with the ingress's client limits.
+    pub async fn start_with_limits(
+        tweak: impl FnOnce(&mut RuntimeConfig),
+        limits: skiff_runtime::ingress::Limits,
+    ) -> Self {
         let mut config = RuntimeConfig::new(shared_cache_dir());
         config.engine.max_instances = 200;
         tweak(&mut config);
@@ -86,6 +94,7 @@ impl TestNode {
         let server = tokio::spawn(skiff_runtime::ingress::run(
             listener,
             runtime.clone(),
+            limits,
             shutdown.clone(),
         ));
         Self {
@@ -108,6 +117,7 @@ impl TestNode {
                 digest,
                 quota,
                 env: vec![],
+                capabilities: Default::default(),
             })
             .unwrap();
         self.runtime.warm(name).await.unwrap();

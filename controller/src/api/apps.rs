@@ -8,20 +8,40 @@ use skiff_sdk::api::{
     App, AppSpec, ErrorBody, Replica, Revision, RollbackRequest, ScaleRequest, validate_name,
 };
 
-use super::{AppState, Auth, JsonBody, etag, if_match};
+use skiff_sdk::capability::{
+    CapabilityDiff, MAX_OUTBOUND_HOSTS, OutboundRules, validate_file_path,
+};
+
+use super::artifacts::looks_like_component;
+use super::{AppState, Auth, JsonBody, QueryParams, etag, if_match};
 use crate::error::ApiError;
 use crate::store::StoreError;
 
 /// Most replicas one app may ask for; a typo of `30000` should not flood
 /// the scheduler.
 pub const MAX_REPLICAS: u32 = 1000;
+/// Most static files one app may mount.
+pub const MAX_FILES: usize = 256;
+
+/// Query of `PUT /v1/apps/{name}`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyQuery {
+    /// Approve a spec that grants more than the running revision (new
+    /// outbound hosts or files). Without it such an apply is refused with
+    /// 409 `capabilities_not_approved` and the difference.
+    #[serde(default)]
+    pub approve_capabilities: bool,
+}
 
 fn check_name(name: &str) -> Result<(), ApiError> {
     validate_name(name).map_err(|e| ApiError::invalid("invalid_name", "name", e.to_string()))
 }
 
 /// Validates a spec beyond what its types guarantee, naming the field.
-async fn validate_spec(state: &AppState, spec: &AppSpec) -> Result<(), ApiError> {
+/// Pure (the artifacts it names are checked by the caller), so the fuzz
+/// targets exercise it.
+pub fn check_spec(spec: &AppSpec) -> Result<(), ApiError> {
     if spec.replicas > MAX_REPLICAS {
         return Err(ApiError::invalid(
             "invalid_field",
@@ -75,21 +95,91 @@ async fn validate_spec(state: &AppState, spec: &AppSpec) -> Result<(), ApiError>
             ));
         }
     }
-    let exists = state
-        .store
-        .artifact(&spec.artifact)
-        .await
-        .map_err(ApiError::store("looking up an artifact"))?
-        .is_some();
-    if !exists {
+    if spec.allowed_outbound_hosts.len() > MAX_OUTBOUND_HOSTS {
         return Err(ApiError::invalid(
-            "unknown_artifact",
-            "artifact",
-            format!(
-                "artifact {} has not been uploaded (POST /v1/artifacts)",
-                spec.artifact
-            ),
+            "invalid_field",
+            "allowed_outbound_hosts",
+            format!("at most {MAX_OUTBOUND_HOSTS} entries"),
         ));
+    }
+    OutboundRules::parse(&spec.allowed_outbound_hosts).map_err(|(i, e)| {
+        ApiError::invalid(
+            "invalid_field",
+            &format!("allowed_outbound_hosts[{i}]"),
+            e.to_string(),
+        )
+    })?;
+    if spec.files.len() > MAX_FILES {
+        return Err(ApiError::invalid(
+            "invalid_field",
+            "files",
+            format!("at most {MAX_FILES} files"),
+        ));
+    }
+    for path in spec.files.keys() {
+        validate_file_path(path).map_err(|reason| {
+            ApiError::invalid(
+                "invalid_field",
+                &format!("files.{path}"),
+                format!("{path:?} {reason}"),
+            )
+        })?;
+        // A file and a directory of the same name cannot both exist.
+        if spec.files.keys().any(|other| {
+            other.starts_with(path.as_str()) && other.as_bytes().get(path.len()) == Some(&b'/')
+        }) {
+            return Err(ApiError::invalid(
+                "invalid_field",
+                &format!("files.{path}"),
+                format!("{path:?} is both a file and a directory"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// [`check_spec`], then that the component and every file were uploaded.
+async fn validate_spec(state: &AppState, spec: &AppSpec) -> Result<(), ApiError> {
+    check_spec(spec)?;
+    let head = state
+        .store
+        .artifact_chunk(&spec.artifact, 0)
+        .await
+        .map_err(ApiError::store("looking up an artifact"))?;
+    match head {
+        None => {
+            return Err(ApiError::invalid(
+                "unknown_artifact",
+                "artifact",
+                format!(
+                    "artifact {} has not been uploaded (POST /v1/artifacts)",
+                    spec.artifact
+                ),
+            ));
+        }
+        Some(head) if !looks_like_component(&head) => {
+            return Err(ApiError::invalid(
+                "invalid_field",
+                "artifact",
+                format!("artifact {} is a file, not a Wasm component", spec.artifact),
+            ));
+        }
+        Some(_) => {}
+    }
+    for (path, digest) in &spec.files {
+        let exists = state
+            .store
+            .artifact(digest)
+            .await
+            .map_err(ApiError::store("looking up an artifact"))?
+            .is_some();
+        if !exists {
+            return Err(ApiError::invalid(
+                "unknown_artifact",
+                &format!("files.{path}"),
+                format!("file {digest} has not been uploaded (POST /v1/artifacts?kind=file)"),
+            ));
+        }
     }
     Ok(())
 }
@@ -123,26 +213,49 @@ async fn check_hosts_free(state: &AppState, name: &str, spec: &AppSpec) -> Resul
 /// spec makes none.
 #[utoipa::path(put, path = "/v1/apps/{name}", request_body = AppSpec,
     params(("name" = String, Path, description = "App name (DNS label)")),
+    params(("name" = String, Path, description = "App name (DNS label)"), ApplyQuery),
     responses((status = 200, body = App, description = "Updated or unchanged"), (status = 201, body = App, description = "Created"),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 409, body = ErrorBody, description = "Version conflict, or capabilities that need approval"), (status = 422, body = ErrorBody)))]
 pub async fn apply(
     State(state): State<AppState>,
     Auth(who): Auth,
     Path(name): Path<String>,
+    QueryParams(query): QueryParams<ApplyQuery>,
     headers: HeaderMap,
     JsonBody(spec): JsonBody<AppSpec>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require_admin()?;
     check_name(&name)?;
-    let expected = if_match(&headers)?;
+    let mut expected = if_match(&headers)?;
     validate_spec(&state, &spec).await?;
     check_hosts_free(&state, &name, &spec).await?;
-    let applied = state
+    let current = state
+        .store
+        .app(&name)
+        .await
+        .map_err(ApiError::store("reading an app"))?;
+    let diff = CapabilityDiff::between(current.as_ref().map(|a| &a.spec), &spec);
+    if diff.widens() {
+        if !query.approve_capabilities {
+            return Err(ApiError::CapabilitiesNotApproved(diff));
+        }
+        // The approval is of this difference: the write must land on the
+        // version it was computed against.
+        if expected.is_none() {
+            expected = current.as_ref().map(|a| a.version);
+        }
+        tracing::info!(app = %name, added_outbound_hosts = ?diff.added_outbound_hosts,
+            added_files = ?diff.added_files, "capabilities widened with approval");
+    }
+    let mut applied = state
         .store
         .apply_app(&name, &spec, expected)
         .await
         .map_err(ApiError::store("applying an app"))?;
     state.changed();
+    if !diff.is_empty() {
+        applied.app.capability_changes = Some(diff);
+    }
     let status = if applied.created {
         StatusCode::CREATED
     } else {

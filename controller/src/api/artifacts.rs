@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use skiff_sdk::Digest;
 use skiff_sdk::api::{Artifact, ErrorBody};
 
-use super::{AppState, Auth};
+use super::{AppState, Auth, QueryParams};
 use crate::error::ApiError;
 
 /// Checks that `bytes` are a valid Wasm component, with wasmparser's own
@@ -28,16 +28,46 @@ pub fn validate_component(bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// Upload a component. Idempotent: the same bytes give the same digest.
-#[utoipa::path(post, path = "/v1/artifacts", request_body(content = Vec<u8>, content_type = "application/wasm"),
+/// What an upload is.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    /// `component` (the default; validated as a Wasm component) or `file`
+    /// (a static file an app's spec mounts read-only; any bytes).
+    #[serde(default)]
+    pub kind: Option<ArtifactKind>,
+}
+
+/// The kinds of artifact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactKind {
+    /// A Wasm component to run.
+    #[default]
+    Component,
+    /// A static file.
+    File,
+}
+
+/// Whether the stored bytes starting with `head` are a component (checked
+/// when a spec names the artifact; components were validated on upload).
+pub fn looks_like_component(head: &[u8]) -> bool {
+    wasmparser::Parser::is_component(head)
+}
+
+/// Upload a component (or, with `?kind=file`, a static file). Idempotent:
+/// the same bytes give the same digest.
+#[utoipa::path(post, path = "/v1/artifacts", params(UploadQuery), request_body(content = Vec<u8>, content_type = "application/wasm"),
     responses((status = 201, body = Artifact, description = "Stored"), (status = 200, body = Artifact, description = "Already stored"),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn upload(
     State(state): State<AppState>,
     Auth(who): Auth,
+    QueryParams(query): QueryParams<UploadQuery>,
     req: Request,
 ) -> Result<Response, ApiError> {
     who.require_admin()?;
+    let kind = query.kind.unwrap_or_default();
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -65,11 +95,13 @@ pub async fn upload(
     let bytes = axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|_| too_large())?;
-    validate_component(&bytes).map_err(|message| ApiError::Invalid {
-        code: "invalid_component",
-        message: format!("the upload is not a valid Wasm component: {message}"),
-        field: None,
-    })?;
+    if kind == ArtifactKind::Component {
+        validate_component(&bytes).map_err(|message| ApiError::Invalid {
+            code: "invalid_component",
+            message: format!("the upload is not a valid Wasm component: {message}"),
+            field: None,
+        })?;
+    }
     let digest = Digest::of(&bytes);
     let created = state
         .store

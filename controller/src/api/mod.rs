@@ -3,6 +3,7 @@
 
 mod apps;
 mod artifacts;
+pub use apps::check_spec;
 pub use artifacts::validate_component;
 mod endpoints;
 mod logs;
@@ -192,31 +193,38 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                     "the JSON body is larger than {MAX_JSON_BYTES} bytes"
                 ))
             })?;
-        let mut de = serde_json::Deserializer::from_slice(&bytes);
-        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let field = (path != ".").then_some(path);
-            let inner = e.into_inner();
-            match inner.classify() {
-                serde_json::error::Category::Data => ApiError::Invalid {
-                    code: "invalid_field",
-                    message: inner.to_string(),
-                    field,
-                },
-                _ => ApiError::BadRequest {
-                    code: "malformed_json",
-                    message: inner.to_string(),
-                    field,
-                },
-            }
-        })?;
-        de.end().map_err(|e| ApiError::BadRequest {
-            code: "malformed_json",
-            message: e.to_string(),
-            field: None,
-        })?;
-        Ok(JsonBody(value))
+        decode_json(&bytes).map(JsonBody)
     }
+}
+
+/// Decodes a request's JSON body into `T`: no unknown fields, nothing after
+/// the value, and errors that name the field at fault. Pure, so the fuzz
+/// targets in `tests/fuzz` exercise exactly what the API runs.
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = (path != ".").then_some(path);
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => ApiError::Invalid {
+                code: "invalid_field",
+                message: inner.to_string(),
+                field,
+            },
+            _ => ApiError::BadRequest {
+                code: "malformed_json",
+                message: inner.to_string(),
+                field,
+            },
+        }
+    })?;
+    de.end().map_err(|e| ApiError::BadRequest {
+        code: "malformed_json",
+        message: e.to_string(),
+        field: None,
+    })?;
+    Ok(value)
 }
 
 /// Query parameters; unknown or malformed ones are a 400 naming them.

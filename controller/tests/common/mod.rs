@@ -116,6 +116,15 @@ pub struct TestApi {
 
 impl TestApi {
     pub async fn start(store: SqlStore, config: ApiConfig) -> Self {
+        Self::start_with_limits(store, config, skiff_sdk::serve::Limits::default()).await
+    }
+
+    /// [`Self::start`] with the server's client limits.
+    pub async fn start_with_limits(
+        store: SqlStore,
+        config: ApiConfig,
+        limits: skiff_sdk::serve::Limits,
+    ) -> Self {
         let store: Arc<dyn Store> = Arc::new(store);
         let dir = tempfile::tempdir().unwrap();
         let files = skiff_controller::auth::bootstrap_tokens(store.as_ref(), dir.path())
@@ -132,6 +141,7 @@ impl TestApi {
         tokio::spawn(skiff_controller::serve(
             listener,
             state.clone(),
+            limits,
             shutdown.clone(),
         ));
         Self {

@@ -6,8 +6,11 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use skiff_sdk::Digest;
 
 /// The node's state directory.
 #[derive(Clone, Debug)]
@@ -26,6 +29,68 @@ impl StateDir {
     /// Where the compile cache lives.
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join("cache")
+    }
+
+    /// Where an app's static files are laid out: one read-only tree per
+    /// distinct set of files, named by the digest of the set, so revisions
+    /// that share files share the tree and a tree is never changed once
+    /// made.
+    pub fn mount_dir(&self, files: &BTreeMap<String, Digest>) -> PathBuf {
+        let listing: String = files
+            .iter()
+            .map(|(path, digest)| format!("{path}\0{digest}\n"))
+            .collect();
+        let key = Digest::of(listing.as_bytes()).to_string();
+        let hex = key.trim_start_matches("sha256:");
+        self.root.join("mounts").join(&hex[..32])
+    }
+
+    /// Lays out `files` (guest path to content, already checked against
+    /// their digests) under [`Self::mount_dir`], whole or not at all: the
+    /// tree is built beside and renamed into place.
+    pub fn make_mount(
+        &self,
+        files: &BTreeMap<String, Digest>,
+        contents: &BTreeMap<Digest, bytes::Bytes>,
+    ) -> std::io::Result<PathBuf> {
+        let dir = self.mount_dir(files);
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        let parent = self.root.join("mounts");
+        std::fs::create_dir_all(&parent)?;
+        let tmp = parent.join(format!(".tmp.{}.{}", std::process::id(), rand_suffix()));
+        for (path, digest) in files {
+            // Paths were validated by the controller; check again, since
+            // a path that escaped would be written outside the tree.
+            if skiff_sdk::capability::validate_file_path(path).is_err() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("file path {path:?} is not a plain relative path"),
+                ));
+            }
+            let bytes = contents.get(digest).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("file {digest} not fetched"),
+                )
+            })?;
+            let target = tmp.join(path);
+            if let Some(dir) = target.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            write_atomic(&target, bytes)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        match std::fs::rename(&tmp, &dir) {
+            Ok(()) => Ok(dir),
+            // Made meanwhile by another task: the same content.
+            Err(_) if dir.is_dir() => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Ok(dir)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The path of a state file.
@@ -53,6 +118,11 @@ impl StateDir {
         let bytes = serde_json::to_vec_pretty(value)?;
         write_atomic(&self.path(file), &bytes)
     }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher as _, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

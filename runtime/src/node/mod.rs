@@ -16,6 +16,7 @@ pub mod disk;
 pub mod router;
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use skiff_sdk::api::{
     Assignment, Assignments, Endpoints, Heartbeat, NodeCapacity, RegisterNode, ReplicaState,
     ReplicaStatus,
 };
+use skiff_sdk::capability::OutboundRules;
 use skiff_sdk::{Client, ClientError, Digest};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -30,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use self::disk::StateDir;
 use self::router::NodeRouter;
 use crate::runtime::error_chain;
-use crate::{AppSpec, Preloaded, Runtime};
+use crate::{AppSpec, Capabilities, Preloaded, Runtime};
 
 /// Default heartbeat interval: three fit in the controller's default grace.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
@@ -430,7 +432,11 @@ impl Agent {
         // Load every revision's component; the newest that loads serves.
         let mut loadable: Vec<&Assignment> = Vec::new();
         for a in replicas {
-            match self.load(runtime, &a.spec.artifact).await {
+            let load = match self.load(runtime, &a.spec.artifact).await {
+                Load::Ready => self.mount_files(&a.spec.files).await,
+                other => other,
+            };
+            match load {
                 Load::Ready => loadable.push(a),
                 Load::Missing(why) => {
                     pending = true;
@@ -463,7 +469,7 @@ impl Agent {
             {
                 // Already serving (re-deploying the same spec is a no-op).
                 runtime
-                    .deploy(app_spec(app, serving[0], serving.len()))
+                    .deploy(self.app_spec(app, serving[0], serving.len()))
                     .map_err(|e| error_chain(&e))
             } else {
                 for a in &serving {
@@ -527,7 +533,7 @@ impl Agent {
         serving: &[&Assignment],
     ) -> Result<(), String> {
         let first = serving[0];
-        let spec = app_spec(app, first, serving.len());
+        let spec = self.app_spec(app, first, serving.len());
         if let Some(health) = &first.spec.health {
             let candidate = format!("{app}@{}", first.revision);
             runtime
@@ -553,6 +559,45 @@ impl Agent {
             .await
             .map(drop)
             .map_err(|e| error_chain(&e))
+    }
+
+    fn app_spec(&self, app: &str, a: &Assignment, replicas: usize) -> AppSpec {
+        let files = (!a.spec.files.is_empty()).then(|| self.state.mount_dir(&a.spec.files));
+        app_spec(app, a, replicas, files)
+    }
+
+    /// Makes sure an app's static files are laid out on disk (fetched by
+    /// digest, like components).
+    async fn mount_files(&self, files: &BTreeMap<String, Digest>) -> Load {
+        if files.is_empty() || self.state.mount_dir(files).is_dir() {
+            return Load::Ready;
+        }
+        let session = lock(&self.session).clone();
+        let Some(client) = session else {
+            return Load::Missing("waiting for the controller to fetch the app's files".into());
+        };
+        let mut contents = BTreeMap::new();
+        for digest in files.values() {
+            if contents.contains_key(digest) {
+                continue;
+            }
+            match client.download_artifact(digest).await {
+                Ok(bytes) => {
+                    contents.insert(*digest, bytes);
+                }
+                Err(e @ ClientError::DigestMismatch { .. }) => return Load::Failed(e.to_string()),
+                Err(e) => {
+                    return Load::Missing(format!("fetching a file: {}", error_chain(&e)));
+                }
+            }
+        }
+        let state = self.state.clone();
+        let files = files.clone();
+        match tokio::task::spawn_blocking(move || state.make_mount(&files, &contents)).await {
+            Ok(Ok(_)) => Load::Ready,
+            Ok(Err(e)) => Load::Missing(format!("laying out the app's files: {e}")),
+            Err(e) => Load::Missing(format!("laying out the app's files: {e}")),
+        }
     }
 
     /// Makes sure a component is here and loaded.
@@ -613,8 +658,8 @@ impl Agent {
 }
 
 /// The runtime spec of `app` running `a`'s revision with `replicas`
-/// replicas' worth of concurrency.
-fn app_spec(app: &str, a: &Assignment, replicas: usize) -> AppSpec {
+/// replicas' worth of concurrency, its files laid out in `files`.
+fn app_spec(app: &str, a: &Assignment, replicas: usize, files: Option<PathBuf>) -> AppSpec {
     let mut quota = a.spec.quota;
     // Each replica brings its own concurrency slots (and reservation).
     quota.concurrency = quota
@@ -625,6 +670,17 @@ fn app_spec(app: &str, a: &Assignment, replicas: usize) -> AppSpec {
         digest: a.spec.artifact,
         quota,
         env: a.spec.env.clone().into_iter().collect(),
+        capabilities: Capabilities {
+            // The controller validated the entries; one that does not
+            // parse here grants nothing rather than everything.
+            outbound: Arc::new(
+                OutboundRules::parse(&a.spec.allowed_outbound_hosts).unwrap_or_else(|(i, e)| {
+                    tracing::warn!(%app, entry = i, error = %e, "outbound grant ignored");
+                    OutboundRules::default()
+                }),
+            ),
+            files,
+        },
     }
 }
 

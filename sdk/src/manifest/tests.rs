@@ -9,7 +9,8 @@ fn outcome(name: &str, text: &str) -> String {
     match Manifest::parse(Path::new(name), text) {
         Ok(m) => {
             let digest = Digest::of(b"component");
-            let spec = serde_json::to_string_pretty(&m.to_spec(digest)).unwrap_or_default();
+            let spec = serde_json::to_string_pretty(&m.to_spec(digest, Default::default()))
+                .unwrap_or_default();
             format!(
                 "ok: {} ({} replicas, source {}, build {:?})\n{spec}\n",
                 m.name,

@@ -177,6 +177,7 @@ impl SqlStore {
                 good_revision: row.try_get::<Option<i64>, _>("good_revision")?.map(to_u64),
             },
             created_at: row.try_get("created_at")?,
+            capability_changes: None,
             updated_at: row.try_get("updated_at")?,
         })
     }
@@ -361,6 +362,7 @@ impl SqlStore {
                     good_revision: r.good_revision,
                 },
                 created_at: r.created_at,
+                capability_changes: None,
                 updated_at: r.updated_at,
             })
             .collect())
