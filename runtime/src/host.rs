@@ -247,8 +247,11 @@ impl HostState {
             .stdout(logs.writer(Stream::Stdout))
             .stderr(logs.writer(Stream::Stderr))
             .allow_blocking_current_thread(false)
-            .allow_tcp(rules.grants(Scheme::Tcp))
-            .allow_udp(rules.grants(Scheme::Udp))
+            // Sockets may be created, but every bind, connect and datagram
+            // goes through `socket_check`, which denies (and logs) what
+            // the app was not granted.
+            .allow_tcp(true)
+            .allow_udp(true)
             .allow_ip_name_lookup(rules.grants(Scheme::Tcp) || rules.grants(Scheme::Udp))
             .socket_addr_check(socket_check(rules.clone(), sink.clone()));
         if let Some(dir) = &capabilities.files {

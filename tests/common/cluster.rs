@@ -228,7 +228,7 @@ impl Cluster {
     }
 }
 
-fn start_controller(dir: &std::path::Path, listen: &str, extra: &[String]) -> SkiffProcess {
+pub fn start_controller(dir: &std::path::Path, listen: &str, extra: &[String]) -> SkiffProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_skiff"));
     command
         .args([

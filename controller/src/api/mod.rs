@@ -186,6 +186,17 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 "the body must be JSON (Content-Type: application/json)".into(),
             ));
         }
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_JSON_BYTES as u64) {
+            // Refused before reading a byte of it.
+            return Err(ApiError::TooLarge(format!(
+                "the JSON body is larger than {MAX_JSON_BYTES} bytes"
+            )));
+        }
         let bytes = axum::body::to_bytes(req.into_body(), MAX_JSON_BYTES)
             .await
             .map_err(|_| {

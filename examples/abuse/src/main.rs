@@ -3,7 +3,7 @@
 //! - `/recurse`: unbounded recursion (a stack overflow).
 //! - `/big?mb=1024`: a response body of that many MiB, streamed.
 //! - `/ignore-body`: answers at once without reading the request body.
-//! - `/stall`: reads nothing, answers nothing, and waits forever.
+//! - `/stall`: reads nothing, answers nothing, and waits a day.
 //! - anything else: `ok`.
 
 use example_util::query_u64;
@@ -36,7 +36,7 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
         }
         "/ignore-body" => Ok(Response::new("ignored\n".into())),
         "/stall" => {
-            std::future::pending::<()>().await;
+            wstd::task::sleep(wstd::time::Duration::from_secs(24 * 3600)).await;
             Ok(Response::new(().into()))
         }
         _ => Ok(Response::new("ok\n".into())),

@@ -1,0 +1,853 @@
+//! The sandbox and the node under attack, on a real runtime serving real
+//! guests over loopback: a guest built to escape (`examples/escape`) gets
+//! nothing it was not granted and every denial is logged; misbehaving
+//! guests (`examples/abuse` and friends) end with their documented status
+//! while the node keeps serving others and leaks nothing; and clients that
+//! send too much or too slowly are turned away with a 4xx/503.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the report
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{TestNode, eventually, example};
+use http::{Method, StatusCode};
+use http_body_util::BodyExt as _;
+use skiff_runtime::ingress::Limits;
+use skiff_runtime::{AppSpec, Capabilities, Outcome};
+use skiff_sdk::Quota;
+use skiff_sdk::capability::OutboundRules;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// A plain HTTP server on loopback that answers `200 reached` and counts
+/// the connections it accepted: the stand-in for "something on the node's
+/// loopback" (the controller's API, a database, another app).
+struct Target {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Target {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nreached\n")
+                        .await;
+                });
+            }
+        });
+        Self { addr, connections }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+async fn deploy(
+    node: &TestNode,
+    name: &str,
+    example_name: &str,
+    quota: Quota,
+    env: &[(&str, &str)],
+    capabilities: Capabilities,
+) {
+    let digest = node
+        .runtime
+        .store_component(&example(example_name))
+        .unwrap();
+    node.runtime
+        .deploy(AppSpec {
+            name: name.to_owned(),
+            digest,
+            quota,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            capabilities,
+        })
+        .unwrap();
+    node.runtime.warm(name).await.unwrap();
+}
+
+fn grants(entries: &[String]) -> Capabilities {
+    Capabilities {
+        outbound: Arc::new(OutboundRules::parse(entries).unwrap()),
+        files: None,
+    }
+}
+
+/// The escape guest's verdict for `path`.
+async fn attempt(node: &TestNode, app: &str, path: &str) -> String {
+    let reply = node.get(app, path).await;
+    assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text());
+    reply.text().trim_end().to_owned()
+}
+
+fn denied_lines(node: &TestNode, app: &str) -> Vec<String> {
+    node.runtime
+        .logs(app, 0)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.line)
+        .filter(|l| l.starts_with("skiff: outbound access to"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_built_to_escape_gets_nothing_it_was_not_granted() {
+    let node = TestNode::start(|_| {}).await;
+    let target = Target::start().await;
+    // SAFETY of the check below: the test process has a rich environment
+    // (PATH, HOME, CARGO_*); none of it may reach the guest.
+    assert!(std::env::var_os("PATH").is_some());
+    deploy(
+        &node,
+        "escape",
+        "escape",
+        Quota::default(),
+        &[("GREETING", "hi")],
+        Capabilities::default(),
+    )
+    .await;
+
+    let ingress = node.addr;
+    let cases = [
+        format!("/fetch?url=http://{}/v1/apps", target.addr),
+        format!("/fetch?url=http://{ingress}/"),
+        format!("/fetch?url=http://localhost:{}/", target.addr.port()),
+        "/fetch?url=http://169.254.169.254/latest/meta-data/".to_owned(),
+        "/fetch?url=https://example.com/".to_owned(),
+        format!("/connect?addr={}", target.addr),
+        format!("/connect?addr={ingress}"),
+    ];
+    for case in &cases {
+        let verdict = attempt(&node, "escape", case).await;
+        assert!(verdict.starts_with("denied:"), "{case}: {verdict}");
+    }
+    assert_eq!(
+        target.connections(),
+        0,
+        "nothing reached the loopback target"
+    );
+
+    for path in [
+        "/etc/passwd",
+        "/proc/self/environ",
+        "./Cargo.toml",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("Cargo.toml")
+            .to_str()
+            .unwrap(),
+    ] {
+        let verdict = attempt(&node, "escape", &format!("/read?path={path}")).await;
+        assert!(verdict.starts_with("denied:"), "{path}: {verdict}");
+    }
+    assert!(
+        attempt(&node, "escape", "/ls?path=/")
+            .await
+            .starts_with("denied:")
+    );
+    assert!(
+        attempt(&node, "escape", "/write?path=/tmp/pwned")
+            .await
+            .starts_with("denied:")
+    );
+    assert_eq!(
+        attempt(&node, "escape", "/env").await,
+        "allowed: GREETING=hi"
+    );
+
+    // Every network denial is logged where the app's owner sees it, and
+    // counted: five HTTP requests and two sockets.
+    let stats = node.runtime.app_stats("escape").unwrap();
+    assert_eq!(stats.denied(), 7);
+    let lines = denied_lines(&node, "escape");
+    assert_eq!(lines.len(), 7, "{lines:#?}");
+    assert!(
+        lines[0].contains("is not in the app's allowed_outbound_hosts"),
+        "{}",
+        lines[0]
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_open_exactly_what_they_name() {
+    let node = TestNode::start(|_| {}).await;
+    let target = Target::start().await;
+    let other = Target::start().await;
+    let port = target.addr.port();
+    deploy(
+        &node,
+        "fetcher",
+        "escape",
+        Quota::default(),
+        &[],
+        grants(&[
+            format!("http://127.0.0.1:{port}"),
+            // A name that resolves to loopback is not a grant of loopback.
+            format!("http://localhost:{}", other.addr.port()),
+            format!("tcp://127.0.0.1:{port}"),
+        ]),
+    )
+    .await;
+
+    let allowed = attempt(
+        &node,
+        "fetcher",
+        &format!("/fetch?url=http://127.0.0.1:{port}/"),
+    )
+    .await;
+    assert_eq!(allowed, "allowed: status 200");
+    let connected = attempt(&node, "fetcher", &format!("/connect?addr=127.0.0.1:{port}")).await;
+    assert!(connected.starts_with("allowed:"), "{connected}");
+    assert_eq!(target.connections(), 2);
+
+    for case in [
+        format!("/fetch?url=http://localhost:{}/", other.addr.port()),
+        format!("/fetch?url=https://127.0.0.1:{port}/"),
+        format!("/fetch?url=http://127.0.0.1:{}/", other.addr.port()),
+        format!("/connect?addr={}", other.addr),
+        format!("/connect?addr=127.0.0.2:{port}"),
+    ] {
+        let verdict = attempt(&node, "fetcher", &case).await;
+        assert!(verdict.starts_with("denied:"), "{case}: {verdict}");
+    }
+    assert_eq!(other.connections(), 0);
+    let lines = denied_lines(&node, "fetcher");
+    assert!(
+        lines[0].contains("resolves to 127.0.0.1, a loopback, private or link-local address"),
+        "{lines:#?}"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_files_are_the_only_files_and_read_only() {
+    let node = TestNode::start(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("static")).unwrap();
+    std::fs::write(dir.path().join("static/index.html"), "<h1>hi</h1>").unwrap();
+    deploy(
+        &node,
+        "site",
+        "escape",
+        Quota::default(),
+        &[],
+        Capabilities {
+            outbound: Arc::default(),
+            files: Some(dir.path().to_path_buf()),
+        },
+    )
+    .await;
+    assert_eq!(
+        attempt(&node, "site", "/read?path=/static/index.html").await,
+        "allowed: <h1>hi</h1>"
+    );
+    assert_eq!(
+        attempt(&node, "site", "/ls?path=/").await,
+        "allowed: static"
+    );
+    for path in [
+        "/../../etc/passwd",
+        "/static/../../etc/hostname",
+        "/etc/passwd",
+    ] {
+        let verdict = attempt(&node, "site", &format!("/read?path={path}")).await;
+        assert!(verdict.starts_with("denied:"), "{path}: {verdict}");
+    }
+    let write = attempt(&node, "site", "/write?path=/static/index.html").await;
+    assert!(write.starts_with("denied:"), "{write}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("static/index.html")).unwrap(),
+        "<h1>hi</h1>"
+    );
+    node.stop().await;
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap();
+    kb << 10
+}
+
+/// GETs `path` of `app` and counts the body's bytes without keeping them;
+/// stops after `limit` bytes (dropping the connection).
+async fn count_body(addr: SocketAddr, app: &str, path: &str, limit: u64) -> (StatusCode, u64) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let request = http::Request::builder()
+        .uri(path)
+        .header(http::header::HOST, format!("{app}.localhost"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    let mut body = response.into_body();
+    let mut total = 0u64;
+    while total < limit {
+        match body.frame().await {
+            Some(Ok(frame)) => total += frame.data_ref().map_or(0, |d| d.len() as u64),
+            Some(Err(e)) => panic!("body failed after {total} bytes: {e}"),
+            None => break,
+        }
+    }
+    drop(body);
+    drop(sender);
+    conn.abort();
+    (status, total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_abuse_battery() {
+    let node = TestNode::start(|c| {
+        c.engine.max_instances = 100;
+        c.queue_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let tight = Quota {
+        memory_bytes: 64 << 20,
+        fuel: 200_000_000,
+        timeout_ms: 2_000,
+        concurrency: 10,
+    };
+    deploy(
+        &node,
+        "hello",
+        "hello",
+        Quota::default(),
+        &[],
+        Capabilities::default(),
+    )
+    .await;
+    deploy(&node, "abuse", "abuse", tight, &[], Capabilities::default()).await;
+    deploy(
+        &node,
+        "loop",
+        "cpu-loop",
+        tight,
+        &[],
+        Capabilities::default(),
+    )
+    .await;
+    deploy(
+        &node,
+        "bomb",
+        "memory-hog",
+        tight,
+        &[],
+        Capabilities::default(),
+    )
+    .await;
+    deploy(&node, "nap", "sleep", tight, &[], Capabilities::default()).await;
+    let hello_ok = |node: &TestNode| {
+        let node_addr = node.addr;
+        async move {
+            let reply =
+                common::send(node_addr, "hello.localhost", Method::GET, "/", Bytes::new()).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::OK,
+                "hello stopped serving: {}",
+                reply.text()
+            );
+        }
+    };
+    // Warm-up, then the baselines.
+    hello_ok(&node).await;
+    let (fds, rss) = (open_fds(), rss_bytes());
+
+    let expect = |reply: common::Reply, outcome: Outcome| {
+        assert_eq!(reply.status, outcome.status(), "{}", reply.text());
+        assert_eq!(reply.reason(), Some(outcome.reason()));
+    };
+    // Infinite loop: fuel runs out.
+    expect(node.get("loop", "/?n=100000000000").await, Outcome::Fuel);
+    hello_ok(&node).await;
+    // Memory bomb: the limiter refuses growth past 64 MiB.
+    expect(node.get("bomb", "/?mb=4096").await, Outcome::Memory);
+    hello_ok(&node).await;
+    // Unbounded recursion: the stack overflows into a trap.
+    expect(node.get("abuse", "/recurse").await, Outcome::Trap);
+    hello_ok(&node).await;
+    // A guest that waits forever: the time quota ends it.
+    expect(node.get("abuse", "/stall").await, Outcome::Timeout);
+    hello_ok(&node).await;
+    // A guest that never reads a large request body answers anyway.
+    let ignored = post_raw(node.addr, "abuse.localhost", "/ignore-body", 8 << 20).await;
+    assert!(ignored.starts_with("HTTP/1.1 200"), "{ignored}");
+    hello_ok(&node).await;
+
+    // A 1 GiB response is streamed, never held: the node's memory stays
+    // flat while a client reads it all (within the 2 s quota it may be cut
+    // short by the timeout, which is the documented end).
+    let sampling = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let peak = sampling.clone();
+    let sampler = tokio::spawn(async move {
+        loop {
+            peak.fetch_max(rss_bytes(), Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let (status, read) = count_body(node.addr, "abuse", "/big?mb=1024", u64::MAX).await;
+    sampler.abort();
+    assert_eq!(status, StatusCode::OK);
+    assert!(read > 64 << 20, "only {read} bytes streamed");
+    let grown = sampling.load(Ordering::Relaxed).saturating_sub(rss);
+    assert!(
+        grown < 256 << 20,
+        "RSS grew by {} MiB while streaming {} MiB",
+        grown >> 20,
+        read >> 20
+    );
+    // A client that walks away mid-body frees the instance.
+    let (_, read) = count_body(node.addr, "abuse", "/big?mb=1024", 1 << 20).await;
+    assert!(read >= 1 << 20);
+    let runtime = node.runtime.clone();
+    eventually(
+        Duration::from_secs(10),
+        "the abandoned instance to end",
+        || (runtime.in_flight("abuse") == Some(0)).then_some(()),
+    )
+    .await;
+    hello_ok(&node).await;
+
+    // 1,000 concurrent requests against a concurrency limit of 10: at most
+    // 10 run, the rest are turned away with 503 concurrency-limit, and
+    // hello is served throughout.
+    let flood: Vec<_> = (0..1000)
+        .map(|_| {
+            let addr = node.addr;
+            tokio::spawn(async move {
+                common::send(addr, "nap.localhost", Method::GET, "/?ms=300", Bytes::new()).await
+            })
+        })
+        .collect();
+    let runtime = node.runtime.clone();
+    let watcher = tokio::spawn(async move {
+        let mut most = 0;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            most = most.max(runtime.in_flight("nap").unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        most
+    });
+    hello_ok(&node).await;
+    let (mut ok, mut refused) = (0, 0);
+    for request in flood {
+        let reply = request.await.unwrap();
+        match reply.reason() {
+            None if reply.status == StatusCode::OK => ok += 1,
+            Some("concurrency-limit") => refused += 1,
+            other => panic!(
+                "unexpected answer {} {other:?}: {}",
+                reply.status,
+                reply.text()
+            ),
+        }
+    }
+    assert!(watcher.await.unwrap() <= 10);
+    assert_eq!(ok + refused, 1000);
+    assert!(ok >= 10, "{ok} served");
+    hello_ok(&node).await;
+
+    // Nothing leaked: no instance left running, descriptors back to the
+    // baseline, memory bounded (pool slots keep up to 2 MiB resident).
+    for app in ["hello", "abuse", "loop", "bomb", "nap"] {
+        let runtime = node.runtime.clone();
+        eventually(
+            Duration::from_secs(10),
+            &format!("{app} to go idle"),
+            || (runtime.in_flight(app) == Some(0)).then_some(()),
+        )
+        .await;
+    }
+    eventually(
+        Duration::from_secs(10),
+        "file descriptors to return to the baseline",
+        || (open_fds() <= fds + 4).then_some(()),
+    )
+    .await;
+    let grown = rss_bytes().saturating_sub(rss);
+    assert!(
+        grown < 256 << 20,
+        "RSS grew by {} MiB over the battery",
+        grown >> 20
+    );
+    node.stop().await;
+}
+
+/// POSTs `len` bytes while reading the answer (a server may answer, and
+/// close, before it read the body), until the server closes.
+async fn post_raw(addr: SocketAddr, host: &str, path: &str, len: usize) -> String {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    let writer = tokio::spawn(async move {
+        write.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 64 << 10];
+        let mut sent = 0;
+        while sent < len {
+            let n = chunk.len().min(len - sent);
+            write.write_all(&chunk[..n]).await?;
+            sent += n;
+        }
+        std::io::Result::Ok(write)
+    });
+    let mut answer = Vec::new();
+    let done = tokio::time::timeout(Duration::from_secs(30), read.read_to_end(&mut answer)).await;
+    assert!(
+        done.is_ok(),
+        "no answer: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    writer.abort();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Writes `request` raw and reads the answer until the server closes.
+async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the server never closed the connection after {:?}; it answered {:?}",
+        String::from_utf8_lossy(&request[..request.len().min(200)]),
+        String::from_utf8_lossy(&answer)
+    );
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Checks the client-abuse cases against a server on `addr` started with
+/// a 300 ms header timeout.
+async fn client_abuse(addr: SocketAddr, host: &str) {
+    // Too large a header block, and too many header fields: 431.
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: {host}\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 << 10)
+    );
+    let answer = raw(addr, huge.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many = format!("GET / HTTP/1.1\r\nHost: {host}\r\n{many}\r\n");
+    let answer = raw(addr, many.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    // Malformed: 400 (or a plain close), never a stack trace.
+    for garbage in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+    ] {
+        let answer = raw(addr, garbage).await;
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+            "{answer}"
+        );
+        assert!(
+            !answer.contains("panicked") && !answer.contains(".rs:"),
+            "{answer}"
+        );
+    }
+    // A client that never finishes its headers is cut off.
+    let started = Instant::now();
+    let answer = raw(
+        addr,
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nX-Slow:").as_bytes(),
+    )
+    .await;
+    assert!(!answer.starts_with("HTTP/1.1 2"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+/// Holds `limit` idle connections to a server started with that
+/// connection bound, and checks one more is refused with 503.
+async fn connection_bound(addr: SocketAddr, host: &str, limit: usize) {
+    let mut held = Vec::new();
+    for _ in 0..limit {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // The server may not have accepted them all yet: retry until it says no.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = raw(
+            addr,
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        if answer.starts_with("HTTP/1.1 503") {
+            assert!(answer.contains("too-many-connections"), "{answer}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never refused: {answer}");
+    }
+    drop(held);
+    // Once they are gone, service resumes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = raw(
+            addr,
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        if !answer.starts_with("HTTP/1.1 503") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused: {answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_abuse_on_the_ingress() {
+    let node = TestNode::start_with_limits(
+        |c| c.max_request_body = 1 << 20,
+        Limits {
+            header_read_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        },
+    )
+    .await;
+    deploy(
+        &node,
+        "echo",
+        "echo",
+        Quota::default(),
+        &[],
+        Capabilities::default(),
+    )
+    .await;
+    client_abuse(node.addr, "echo.localhost").await;
+    // A body over the limit is 413 without reaching the guest.
+    let big = post_raw(node.addr, "echo.localhost", "/", 2 << 20).await;
+    assert!(big.starts_with("HTTP/1.1 413"), "{big}");
+    assert_eq!(
+        node.runtime
+            .app_stats("echo")
+            .unwrap()
+            .count(Outcome::BodyTooLarge),
+        1
+    );
+    node.stop().await;
+
+    let bounded = TestNode::start_with_limits(
+        |_| {},
+        Limits {
+            max_connections: 4,
+            ..Limits::default()
+        },
+    )
+    .await;
+    deploy(
+        &bounded,
+        "echo",
+        "echo",
+        Quota::default(),
+        &[],
+        Capabilities::default(),
+    )
+    .await;
+    connection_bound(bounded.addr, "echo.localhost", 4).await;
+    bounded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_abuse_on_the_controller_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--header-timeout".to_owned(), "300ms".to_owned()];
+    let controller = common::cluster::start_controller(&dir.path().join("a"), "127.0.0.1:0", &args);
+    let addr = controller.addr();
+    client_abuse(addr, "localhost").await;
+    // Bodies: malformed JSON and oversized JSON are 4xx with a JSON error
+    // naming the problem, never a 5xx or a trace.
+    let token = std::fs::read_to_string(dir.path().join("a/admin.token")).unwrap();
+    for (body, status, code) in [
+        ("{\"artifact\": ", "400", "malformed_json"),
+        ("{\"artifact\": 7}", "422", "invalid_field"),
+    ] {
+        let request = format!(
+            "PUT /v1/apps/x HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            token.trim(),
+            body.len()
+        );
+        let answer = raw(addr, request.as_bytes()).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        assert!(answer.contains(code), "{answer}");
+    }
+    let request = format!(
+        "PUT /v1/apps/x HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        token.trim(),
+        64 << 20
+    );
+    let answer = raw(addr, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    let args = ["--max-connections".to_owned(), "4".to_owned()];
+    let bounded = common::cluster::start_controller(&dir.path().join("b"), "127.0.0.1:0", &args);
+    connection_bound(bounded.addr(), "localhost", 4).await;
+    drop(controller);
+    drop(bounded);
+}
+
+/// Through real `skiff controller` and `skiff node` processes: a revision
+/// that widens what the app may reach needs approval and shows the
+/// difference; granted static files travel by digest to the node and are
+/// readable (only they); the escape guest cannot call the controller's API
+/// and its denials reach `GET /v1/apps/{name}/logs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capability_changes_need_approval_and_denials_reach_the_app_logs() {
+    let cluster = common::cluster::Cluster::start(&[("edge-1", "zone=a")]).await;
+    let admin = &cluster.admin;
+    let artifact = admin
+        .upload_artifact(Bytes::from(example("escape")))
+        .await
+        .unwrap();
+    let page = admin
+        .upload_file(Bytes::from_static(b"<h1>static</h1>"))
+        .await
+        .unwrap();
+    let spec = |hosts: &[String], files: bool| -> skiff_sdk::api::AppSpec {
+        serde_json::from_value(serde_json::json!({
+            "artifact": artifact.digest,
+            "replicas": 1,
+            "quota": common::cluster::small_quota(),
+            "allowed_outbound_hosts": hosts,
+            "files": if files { serde_json::json!({ "static/index.html": page.digest }) } else { serde_json::json!({}) },
+        }))
+        .unwrap()
+    };
+    // A new app with no grants needs no approval.
+    admin.apply_app("escape", &spec(&[], false)).await.unwrap();
+
+    // Widening: refused with the difference, then applied with approval.
+    let wider = spec(&["https://api.example.com".to_owned()], true);
+    let refused = admin.apply_app("escape", &wider).await.unwrap_err();
+    let skiff_sdk::ClientError::Api { status, body, .. } = refused else {
+        panic!("{refused}")
+    };
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body.error.code, "capabilities_not_approved");
+    assert_eq!(body.error.field.as_deref(), Some("approve_capabilities"));
+    let diff = body.error.capabilities.unwrap();
+    assert_eq!(diff.added_outbound_hosts, ["https://api.example.com"]);
+    assert_eq!(diff.added_files, ["static/index.html"]);
+    assert_eq!(
+        admin.app("escape").await.unwrap().revision,
+        1,
+        "nothing applied"
+    );
+    let applied = admin.apply_app_approved("escape", &wider).await.unwrap();
+    assert_eq!(applied.revision, 2);
+    assert_eq!(applied.capability_changes, Some(diff));
+    // Narrowing, or the same grants again, needs no approval.
+    let narrower = spec(&[], true);
+    let applied = admin.apply_app("escape", &narrower).await.unwrap();
+    assert_eq!(applied.revision, 3);
+    assert_eq!(
+        applied.capability_changes.unwrap().removed_outbound_hosts,
+        ["https://api.example.com"]
+    );
+    // A file artifact cannot be run as the component, and a bad grant is
+    // named.
+    let mut bad = narrower.clone();
+    bad.artifact = page.digest;
+    let err = admin
+        .apply_app("escape", &bad)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is a file, not a Wasm component"), "{err}");
+    let mut bad = narrower.clone();
+    bad.allowed_outbound_hosts = vec!["ftp://x".to_owned()];
+    let err = admin.apply_app_approved("escape", &bad).await.unwrap_err();
+    let skiff_sdk::ClientError::Api { body, .. } = err else {
+        panic!()
+    };
+    assert_eq!(
+        body.error.field.as_deref(),
+        Some("allowed_outbound_hosts[0]")
+    );
+
+    cluster
+        .wait_ready("escape", 1, Duration::from_secs(30))
+        .await;
+    let controller = cluster.controller_addr;
+    let verdict = |path: String| {
+        let cluster = &cluster;
+        async move {
+            let reply = cluster.get("edge-1", "escape", &path).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            reply.text().trim_end().to_owned()
+        }
+    };
+    // The revision 3 replica serves its file, and nothing else of the node.
+    let mut served = String::new();
+    for _ in 0..200 {
+        served = verdict("/read?path=/static/index.html".to_owned()).await;
+        if served == "allowed: <h1>static</h1>" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served, "allowed: <h1>static</h1>");
+    assert!(
+        verdict("/read?path=/etc/passwd".to_owned())
+            .await
+            .starts_with("denied:")
+    );
+    // The controller's API, over HTTP and over a socket: denied.
+    let fetch = verdict(format!("/fetch?url=http://{controller}/v1/apps")).await;
+    assert!(fetch.starts_with("denied:"), "{fetch}");
+    let connect = verdict(format!("/connect?addr={controller}")).await;
+    assert!(connect.starts_with("denied:"), "{connect}");
+    let mut denials = Vec::new();
+    admin
+        .logs("escape", false, |entry| {
+            if entry.line.starts_with("skiff: outbound access to") {
+                denials.push(entry.line);
+            }
+            true
+        })
+        .await
+        .unwrap();
+    assert_eq!(denials.len(), 2, "{denials:#?}");
+    assert!(
+        denials[0].contains(&format!("http://{controller}/v1/apps")),
+        "{denials:#?}"
+    );
+}
