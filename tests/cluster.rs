@@ -285,36 +285,6 @@ async fn nodes_keep_serving_without_the_controller_and_converge_when_it_returns(
     reachable_through_every_node(&cluster, "hello").await;
 }
 
-/// A fresh PostgreSQL database for this test, or `None` (skipped) when no
-/// server is configured; under CI a missing server is a failure.
-async fn postgres_database() -> Option<String> {
-    let Ok(url) = std::env::var("SKIFF_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must set SKIFF_TEST_POSTGRES_URL (see .ci/run)"
-        );
-        eprintln!("SKIFF_TEST_POSTGRES_URL is not set: skipping the PostgreSQL case");
-        return None;
-    };
-    use sqlx::Connection as _;
-    let mut admin = sqlx::postgres::PgConnection::connect(&url).await.unwrap();
-    let name = format!("skiff_cluster_{}_{}", std::process::id(), rand_suffix());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let base = url.rsplit_once('/').unwrap().0;
-    Some(format!("{base}/{name}"))
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
-        .into()
-}
-
 async fn is_leader(controller: &common::SkiffProcess) -> bool {
     let reply = common::send(
         controller.addr(),
@@ -332,7 +302,7 @@ async fn is_leader(controller: &common::SkiffProcess) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_controller_takes_over_reconciling_when_the_leader_is_killed() {
-    let Some(database) = postgres_database().await else {
+    let Some(database) = common::cluster::postgres_database().await else {
         return;
     };
     let db = ["--database-url", database.as_str(), "--lease-ttl", "2s"];
@@ -381,25 +351,5 @@ async fn a_second_controller_takes_over_reconciling_when_the_leader_is_killed() 
     cluster.wait_ready("hello", 2, CONVERGE).await;
 
     drop((cluster, second));
-    drop_database(&database).await;
-}
-
-async fn drop_database(url: &str) {
-    use sqlx::Connection as _;
-    let (base, name) = url.rsplit_once('/').unwrap();
-    let admin_url = format!(
-        "{base}/{}",
-        std::env::var("SKIFF_TEST_POSTGRES_URL")
-            .unwrap()
-            .rsplit_once('/')
-            .unwrap()
-            .1
-    );
-    let mut admin = sqlx::postgres::PgConnection::connect(&admin_url)
-        .await
-        .unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    common::cluster::drop_database(&database).await;
 }

@@ -62,7 +62,10 @@ pub fn parse_bytes(input: &str) -> Result<u64, QuantityError> {
             // spelling is not; suggest the binary one, which is what memory
             // limits almost always mean.
             let lower = other.to_ascii_lowercase();
-            let (head, tail) = lower.split_at(lower.len().min(1));
+            // Split after the first character, not byte: the unit may be
+            // any text (found by fuzzing: `"6\u{332}v"` panicked here).
+            let first = lower.chars().next().map_or(0, char::len_utf8);
+            let (head, tail) = lower.split_at(first);
             let hint = (["k", "m", "g", "t"].contains(&head)
                 && ["", "b", "i", "ib"].contains(&tail))
             .then(|| format!("{digits}{}i", head.to_ascii_uppercase()));
@@ -141,6 +144,8 @@ mod tests {
         assert_eq!(parse_bytes("128M"), Ok(128_000_000));
         assert_eq!(parse_bytes("4096"), Ok(4096));
         assert_eq!(parse_bytes("1_024Ki"), Ok(1 << 20));
+        // Found by fuzzing: a unit starting with a multi-byte character.
+        assert!(parse_bytes("6\u{332}v").is_err());
         let e = parse_bytes("64Mb").unwrap_err();
         assert_eq!(e.hint.as_deref(), Some("64Mi"));
         assert_eq!(

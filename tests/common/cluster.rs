@@ -413,3 +413,53 @@ impl Load {
         self.seen
     }
 }
+
+/// A fresh PostgreSQL database for this test, or `None` (skipped) when no
+/// server is configured; under CI a missing server is a failure.
+pub async fn postgres_database() -> Option<String> {
+    let Ok(url) = std::env::var("SKIFF_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must set SKIFF_TEST_POSTGRES_URL (see .ci/run)"
+        );
+        eprintln!("SKIFF_TEST_POSTGRES_URL is not set: skipping the PostgreSQL case");
+        return None;
+    };
+    use sqlx::Connection as _;
+    let mut admin = sqlx::postgres::PgConnection::connect(&url).await.unwrap();
+    let name = format!("skiff_cluster_{}_{}", std::process::id(), rand_suffix());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let base = url.rsplit_once('/').unwrap().0;
+    Some(format!("{base}/{name}"))
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        .into()
+}
+
+pub async fn drop_database(url: &str) {
+    use sqlx::Connection as _;
+    let (base, name) = url.rsplit_once('/').unwrap();
+    let admin_url = format!(
+        "{base}/{}",
+        std::env::var("SKIFF_TEST_POSTGRES_URL")
+            .unwrap()
+            .rsplit_once('/')
+            .unwrap()
+            .1
+    );
+    let mut admin = sqlx::postgres::PgConnection::connect(&admin_url)
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
