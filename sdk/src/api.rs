@@ -141,12 +141,15 @@ pub struct Placement {
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// Path requested with `GET`; any 2xx is healthy.
+    #[schema(pattern = "^/")]
     pub path: String,
     /// Milliseconds between checks.
     #[serde(default = "default_health_interval_ms")]
+    #[schema(minimum = 1)]
     pub interval_ms: u64,
     /// Consecutive failures before the replica is unhealthy.
     #[serde(default = "default_failure_threshold")]
+    #[schema(minimum = 1)]
     pub failure_threshold: u32,
 }
 
@@ -167,10 +170,11 @@ fn default_replicas() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct AppSpec {
     /// The component to run (uploaded with `POST /v1/artifacts`).
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = r"^sha256:[0-9a-f]{64}$")]
     pub artifact: Digest,
     /// Desired number of replicas.
     #[serde(default = "default_replicas")]
+    #[schema(maximum = 1000)]
     pub replicas: u32,
     /// Resource limits per request.
     #[serde(default)]
@@ -275,6 +279,7 @@ pub struct Revision {
 #[serde(deny_unknown_fields)]
 pub struct ScaleRequest {
     /// New desired replica count.
+    #[schema(maximum = 1000)]
     pub replicas: u32,
 }
 
@@ -292,6 +297,7 @@ pub struct RollbackRequest {
 #[serde(deny_unknown_fields)]
 pub struct NodeCapacity {
     /// Memory for replicas, in bytes.
+    #[schema(minimum = 1)]
     pub memory_bytes: u64,
 }
 
@@ -300,6 +306,7 @@ pub struct NodeCapacity {
 #[serde(deny_unknown_fields)]
 pub struct RegisterNode {
     /// The node's name (a DNS label); a restart reuses it.
+    #[schema(pattern = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")]
     pub name: String,
     /// Labels used by node selectors and spreading (e.g. `zone`).
     #[serde(default)]
@@ -514,8 +521,11 @@ pub struct NameError {
 }
 
 /// Checks the DNS-label rules (RFC 1123) that app and node names follow:
+/// The name rule as a regular expression (for the OpenAPI document).
+pub const NAME_PATTERN: &str = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$";
+
 /// 1–63 characters, lowercase letters, digits and `-`, starting with a
-/// letter and ending with a letter or digit.
+/// letter and ending with a letter or digit ([`NAME_PATTERN`]).
 pub fn validate_name(name: &str) -> Result<(), NameError> {
     let err = |reason| {
         Err(NameError {

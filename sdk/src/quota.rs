@@ -26,13 +26,17 @@ pub const DEFAULT_CONCURRENCY: u32 = 100;
 #[serde(deny_unknown_fields, default)]
 pub struct Quota {
     /// Maximum linear memory of one instance, in bytes.
+    #[schema(minimum = 65536)]
     pub memory_bytes: u64,
     /// Fuel (roughly, Wasm instructions) one request may burn.
+    #[schema(minimum = 1)]
     pub fuel: u64,
     /// Wall-clock limit of one request, in milliseconds, whether the guest is
     /// computing or waiting.
+    #[schema(minimum = 1)]
     pub timeout_ms: u64,
     /// Maximum instances of this app running at once on one replica.
+    #[schema(minimum = 1)]
     pub concurrency: u32,
 }
 

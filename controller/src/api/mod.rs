@@ -301,10 +301,85 @@ async fn count_responses(
         nodes::drain, nodes::delete, nodes::assignments, endpoints::watch,
         system::events,
     ),
-    modifiers(&BearerAuth),
+    components(schemas(artifacts::ArtifactKind)),
+    modifiers(&BearerAuth, &CommonErrors),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
+
+/// Documents what every operation may answer besides its own responses
+/// (so a client, or a schema-driven test, sees every status the API
+/// sends), and the syntax of the `name` and `digest` path parameters.
+struct CommonErrors;
+
+impl utoipa::Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, ResponseBuilder, Type};
+        let error = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        let pattern = |p: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(p))
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let mut add = |status: &str, what: &str| {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(what).into());
+                };
+                add("400", "Malformed request (query, JSON)");
+                add("401", "Missing or unknown token");
+                add("403", "The token may not do this");
+                let has_path_params = op
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| p.parameter_in == ParameterIn::Path);
+                if has_path_params {
+                    add("404", "No such resource");
+                    add("422", "Invalid path parameter");
+                }
+                if op.request_body.is_some() {
+                    add("413", "Body too large");
+                    add("415", "Wrong content type");
+                    add("422", "Invalid field");
+                }
+                for param in op.parameters.iter_mut().flatten() {
+                    if param.parameter_in != ParameterIn::Path {
+                        continue;
+                    }
+                    match param.name.as_str() {
+                        "name" => param.schema = Some(pattern(skiff_sdk::api::NAME_PATTERN).into()),
+                        "digest" => param.schema = Some(pattern(r"^sha256:[0-9a-f]{64}$").into()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
 
 struct BearerAuth;
 
