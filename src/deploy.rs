@@ -294,7 +294,7 @@ pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> 
         Err(skiff_sdk::ClientError::Api { body, .. })
             if body.error.code == "capabilities_not_approved" =>
         {
-            let diff = body.error.capabilities.unwrap_or_default();
+            let diff = body.error.capabilities.map(|d| *d).unwrap_or_default();
             return Err(Failure::Rejected(format!(
                 "{name}: this revision widens what the app may reach:\n{diff}  review it, then run again with --approve-capabilities"
             ))

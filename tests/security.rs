@@ -763,7 +763,7 @@ async fn capability_changes_need_approval_and_denials_reach_the_app_logs() {
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body.error.code, "capabilities_not_approved");
     assert_eq!(body.error.field.as_deref(), Some("approve_capabilities"));
-    let diff = body.error.capabilities.unwrap();
+    let diff = *body.error.capabilities.unwrap();
     assert_eq!(diff.added_outbound_hosts, ["https://api.example.com"]);
     assert_eq!(diff.added_files, ["static/index.html"]);
     assert_eq!(

@@ -137,7 +137,7 @@ impl IntoResponse for ApiError {
                     message,
                     field,
                     capabilities: match self {
-                        ApiError::CapabilitiesNotApproved(diff) => Some(diff),
+                        ApiError::CapabilitiesNotApproved(diff) => Some(Box::new(diff)),
                         _ => None,
                     },
                 },

@@ -34,7 +34,7 @@ pub struct ErrorDetail {
     pub field: Option<String>,
     /// With `capabilities_not_approved`: what the new spec would grant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capabilities: Option<CapabilityDiff>,
+    pub capabilities: Option<Box<CapabilityDiff>>,
 }
 
 /// A stored artifact.
