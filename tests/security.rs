@@ -593,6 +593,20 @@ async fn client_abuse(addr: SocketAddr, host: &str) {
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
+/// Sends `GET /` on new connections until the answer satisfies `done`
+/// (failing after 10 s); returns that answer.
+async fn get_until(addr: SocketAddr, host: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let answer = raw(addr, request.as_bytes()).await;
+        if done(&answer) {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "gave up; last answer: {answer}");
+    }
+}
+
 /// Holds `limit` idle connections to a server started with that
 /// connection bound, and checks one more is refused with 503.
 async fn connection_bound(addr: SocketAddr, host: &str, limit: usize) {
@@ -601,33 +615,11 @@ async fn connection_bound(addr: SocketAddr, host: &str, limit: usize) {
         held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
     }
     // The server may not have accepted them all yet: retry until it says no.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer = raw(
-            addr,
-            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await;
-        if answer.starts_with("HTTP/1.1 503") {
-            assert!(answer.contains("too-many-connections"), "{answer}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "never refused: {answer}");
-    }
+    let answer = get_until(addr, host, |a| a.starts_with("HTTP/1.1 503")).await;
+    assert!(answer.contains("too-many-connections"), "{answer}");
     drop(held);
     // Once they are gone, service resumes.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer = raw(
-            addr,
-            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await;
-        if !answer.starts_with("HTTP/1.1 503") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still refused: {answer}");
-    }
+    get_until(addr, host, |a| !a.starts_with("HTTP/1.1 503")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
