@@ -79,6 +79,54 @@ where
     }
 }
 
+/// A guest's response body that ends with an error, not a clean end, when
+/// the guest was stopped mid-body (a quota, a trap): wasmtime ends the body
+/// of a dropped instance as if it were complete, and a client must be able
+/// to tell a cut response from a whole one (the connection is then closed
+/// without HTTP/1.1's last chunk, or the HTTP/2 stream is reset).
+pub struct GuestBody<B> {
+    inner: B,
+    stopped: Arc<AtomicBool>,
+}
+
+impl<B> GuestBody<B> {
+    /// Wraps `inner`; `stopped` is set (before the instance is dropped)
+    /// when the guest did not return normally.
+    pub fn new(inner: B, stopped: Arc<AtomicBool>) -> Self {
+        Self { inner, stopped }
+    }
+}
+
+impl<B> Body for GuestBody<B>
+where
+    B: Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Unpin,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) if self.stopped.load(Ordering::Acquire) => {
+                Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(Some(
+                    "the app was stopped before its response was complete".into(),
+                )))))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The JSON error response for a failed request: status and reason header
 /// from `outcome`, body `{"error":{"code","message","app"}}`.
 pub fn error_response(outcome: Outcome, app: Option<&str>) -> Response<HyperOutgoingBody> {

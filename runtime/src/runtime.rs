@@ -21,7 +21,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::RuntimeError;
-use crate::body::{LimitedBody, error_response};
+use crate::body::{GuestBody, LimitedBody, error_response};
 use crate::cache::{CacheStats, ComponentCache};
 use crate::engine::{Allocator, EngineOptions, EpochTicker, build_engine};
 use crate::host::{Capabilities, HostState};
@@ -638,6 +638,8 @@ impl Runtime {
         };
 
         let task_app = app.clone();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let stopped_by_task = stopped.clone();
         let task = self.tasks.spawn(async move {
             let _permit = permit;
             let timeout = quota.timeout();
@@ -647,6 +649,9 @@ impl Runtime {
             })
             .await;
             let memory_denied = store.data().limiter.denied();
+            // Set before the instance (and the sender of its response body)
+            // is dropped, so the body sees it when it ends.
+            stopped_by_task.store(!matches!(result, Ok(Ok(()))), Ordering::Release);
             drop(store);
             let outcome = match result {
                 Ok(Ok(())) => match set.load(Ordering::Relaxed) {
@@ -676,7 +681,9 @@ impl Runtime {
                 if response.status().is_server_error() {
                     app.stats.server_errors.fetch_add(1, Ordering::Relaxed);
                 }
-                response
+                response.map(|body| {
+                    http_body_util::BodyExt::boxed_unsync(GuestBody::new(body, stopped))
+                })
             }
             Ok(Err(_code)) => error_response(Outcome::GuestError, Some(&app.name)),
             Err(_) => {
