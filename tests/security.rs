@@ -179,6 +179,14 @@ async fn a_guest_built_to_escape_gets_nothing_it_was_not_granted() {
     assert_eq!(stats.denied(), 7);
     let lines = denied_lines(&node, "escape");
     assert_eq!(lines.len(), 7, "{lines:#?}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("outbound access to a tcp socket denied"))
+            .count(),
+        2,
+        "{lines:#?}"
+    );
     assert!(
         lines[0].contains("is not in the app's allowed_outbound_hosts"),
         "{}",

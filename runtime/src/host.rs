@@ -16,8 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http_body_util::BodyExt;
 use skiff_sdk::capability::{Denial, OutboundRules, Scheme};
-use wasmtime::component::ResourceTable;
-use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime_wasi::p2::bindings::sockets::network::{self, IpAddressFamily};
+use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket};
+use wasmtime_wasi::p2::{SocketError, SocketResult, TcpSocket, UdpSocket};
+use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView, WasiSocketsView as _};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{
     Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
@@ -247,11 +250,11 @@ impl HostState {
             .stdout(logs.writer(Stream::Stdout))
             .stderr(logs.writer(Stream::Stderr))
             .allow_blocking_current_thread(false)
-            // Sockets may be created, but every bind, connect and datagram
-            // goes through `socket_check`, which denies (and logs) what
-            // the app was not granted.
-            .allow_tcp(true)
-            .allow_udp(true)
+            // Without a grant no socket is even created (each would hold a
+            // host descriptor); `GuardedSockets` logs the refusal. With one,
+            // every bind, connect and datagram goes through `socket_check`.
+            .allow_tcp(rules.grants(Scheme::Tcp))
+            .allow_udp(rules.grants(Scheme::Udp))
             .allow_ip_name_lookup(rules.grants(Scheme::Tcp) || rules.grants(Scheme::Udp))
             .socket_addr_check(socket_check(rules.clone(), sink.clone()));
         if let Some(dir) = &capabilities.files {
@@ -270,6 +273,101 @@ impl HostState {
             limiter,
         })
     }
+
+    fn guarded_sockets(&mut self) -> GuardedView<'_> {
+        let rules = self.hooks.rules.clone();
+        let sink = self.hooks.sink.clone();
+        GuardedView {
+            sockets: self.sockets(),
+            rules,
+            sink,
+        }
+    }
+}
+
+/// `wasi:sockets` socket creation that records a refusal: without a grant
+/// wasmtime-wasi refuses to create the socket (`access-denied`) before any
+/// address check could see it, so the denial is logged here.
+pub struct GuardedSockets;
+
+impl HasData for GuardedSockets {
+    type Data<'a> = GuardedView<'a>;
+}
+
+/// The view [`GuardedSockets`] works on.
+pub struct GuardedView<'a> {
+    sockets: WasiSocketsCtxView<'a>,
+    rules: Arc<OutboundRules>,
+    sink: DenialSink,
+}
+
+impl network::Host for GuardedView<'_> {
+    fn convert_error_code(&mut self, error: SocketError) -> wasmtime::Result<network::ErrorCode> {
+        network::Host::convert_error_code(&mut self.sockets, error)
+    }
+
+    fn network_error_code(
+        &mut self,
+        err: Resource<wasmtime_wasi::p2::IoError>,
+    ) -> wasmtime::Result<Option<network::ErrorCode>> {
+        network::Host::network_error_code(&mut self.sockets, err)
+    }
+}
+
+impl network::HostNetwork for GuardedView<'_> {
+    fn drop(&mut self, this: Resource<network::Network>) -> wasmtime::Result<()> {
+        network::HostNetwork::drop(&mut self.sockets, this)
+    }
+}
+
+impl GuardedView<'_> {
+    fn refused(&self, scheme: Scheme) {
+        self.sink.record(
+            &format!("a {scheme} socket"),
+            &Denial::NotAllowed {
+                scheme,
+                host: "*".into(),
+                port: 0,
+            },
+        );
+    }
+}
+
+impl tcp_create_socket::Host for GuardedView<'_> {
+    fn create_tcp_socket(&mut self, family: IpAddressFamily) -> SocketResult<Resource<TcpSocket>> {
+        if !self.rules.grants(Scheme::Tcp) {
+            self.refused(Scheme::Tcp);
+        }
+        tcp_create_socket::Host::create_tcp_socket(&mut self.sockets, family)
+    }
+}
+
+impl udp_create_socket::Host for GuardedView<'_> {
+    async fn create_udp_socket(
+        &mut self,
+        family: IpAddressFamily,
+    ) -> SocketResult<Resource<UdpSocket>> {
+        if !self.rules.grants(Scheme::Udp) {
+            self.refused(Scheme::Udp);
+        }
+        udp_create_socket::Host::create_udp_socket(&mut self.sockets, family).await
+    }
+}
+
+/// Replaces wasmtime-wasi's socket constructors in `linker` with
+/// [`GuardedSockets`] (call after adding WASI).
+pub fn guard_sockets(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    tcp_create_socket::add_to_linker::<HostState, GuardedSockets>(
+        linker,
+        HostState::guarded_sockets,
+    )?;
+    udp_create_socket::add_to_linker::<HostState, GuardedSockets>(
+        linker,
+        HostState::guarded_sockets,
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 impl WasiView for HostState {
