@@ -357,35 +357,11 @@ async fn guest_abuse_battery() {
         timeout_ms: 2_000,
         concurrency: 10,
     };
-    deploy(
-        &node,
-        "hello",
-        "hello",
-        Quota::default(),
-        &[],
-        Capabilities::default(),
-    )
-    .await;
-    deploy(&node, "abuse", "abuse", tight, &[], Capabilities::default()).await;
-    deploy(
-        &node,
-        "loop",
-        "cpu-loop",
-        tight,
-        &[],
-        Capabilities::default(),
-    )
-    .await;
-    deploy(
-        &node,
-        "bomb",
-        "memory-hog",
-        tight,
-        &[],
-        Capabilities::default(),
-    )
-    .await;
-    deploy(&node, "nap", "sleep", tight, &[], Capabilities::default()).await;
+    node.deploy("hello", "hello", Quota::default()).await;
+    node.deploy("abuse", "abuse", tight).await;
+    node.deploy("loop", "cpu-loop", tight).await;
+    node.deploy("bomb", "memory-hog", tight).await;
+    node.deploy("nap", "sleep", tight).await;
     let hello_ok = |node: &TestNode| {
         let node_addr = node.addr;
         async move {
@@ -690,15 +666,7 @@ async fn client_abuse_on_the_ingress() {
         },
     )
     .await;
-    deploy(
-        &node,
-        "echo",
-        "echo",
-        Quota::default(),
-        &[],
-        Capabilities::default(),
-    )
-    .await;
+    node.deploy("echo", "echo", Quota::default()).await;
     client_abuse(node.addr, "echo.localhost").await;
     // A body over the limit is 413 without reaching the guest.
     let big = post_raw(node.addr, "echo.localhost", "/", 2 << 20).await;
@@ -720,15 +688,7 @@ async fn client_abuse_on_the_ingress() {
         },
     )
     .await;
-    deploy(
-        &bounded,
-        "echo",
-        "echo",
-        Quota::default(),
-        &[],
-        Capabilities::default(),
-    )
-    .await;
+    bounded.deploy("echo", "echo", Quota::default()).await;
     connection_bound(bounded.addr, "echo.localhost", 4).await;
     bounded.stop().await;
 }
