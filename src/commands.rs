@@ -156,6 +156,25 @@ pub async fn app(connect: &Connect, name: &str) -> anyhow::Result<()> {
         q.fuel,
         q.timeout_ms
     );
+    let none = || "none".to_owned();
+    let outbound = &app.spec.allowed_outbound_hosts;
+    println!(
+        "Outbound:   {}",
+        if outbound.is_empty() {
+            none()
+        } else {
+            outbound.join(", ")
+        }
+    );
+    let files: Vec<&str> = app.spec.files.keys().map(String::as_str).collect();
+    println!(
+        "Files:      {}",
+        if files.is_empty() {
+            none()
+        } else {
+            format!("{} (read-only)", files.join(", "))
+        }
+    );
     println!("\nReplicas:");
     let rows: Vec<Vec<String>> = replicas
         .iter()

@@ -860,4 +860,62 @@ async fn capability_changes_need_approval_and_denials_reach_the_app_logs() {
         denials[0].contains(&format!("http://{controller}/v1/apps")),
         "{denials:#?}"
     );
+
+    // `skiff deploy` stops on a widening revision, shows the difference,
+    // and applies it with --approve-capabilities; `skiff app` shows grants.
+    let app = cluster.dir.path().join("site");
+    std::fs::create_dir_all(app.join("static")).unwrap();
+    std::fs::write(app.join("static/index.html"), "<h1>site</h1>").unwrap();
+    std::fs::write(
+        app.join("skiff.toml"),
+        format!(
+            "manifest_version = 1\nname = \"site\"\n\n[component]\nsource = {:?}\nfiles = [\"static/index.html\"]\n\n[resources]\nmemory = \"16Mi\"\nconcurrency = 4\n\n[capabilities]\nallowed_outbound_hosts = [\"https://*.example.com\"]\n",
+            common::example_path("escape")
+        ),
+    )
+    .unwrap();
+    let token = std::fs::read_to_string(cluster.dir.path().join("controller/admin.token")).unwrap();
+    let skiff = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(args)
+            .arg("--controller")
+            .arg(format!("http://{controller}"))
+            .args(["--token", token.trim()])
+            .output()
+            .unwrap()
+    };
+    let site = app.to_str().unwrap();
+    let refused = skiff(&["deploy", site, "--no-build"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(7), "{stderr}");
+    assert!(
+        stderr.contains("+ outbound https://*.example.com"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("+ file     static/index.html (read-only)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--approve-capabilities"), "{stderr}");
+    let approved = skiff(&["deploy", site, "--no-build", "--approve-capabilities"]);
+    let stderr = String::from_utf8_lossy(&approved.stderr);
+    assert_eq!(approved.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("capabilities changed (approved)"),
+        "{stderr}"
+    );
+    let served = cluster
+        .get("edge-1", "site", "/read?path=/static/index.html")
+        .await;
+    assert_eq!(served.text(), "allowed: <h1>site</h1>\n");
+    let described = skiff(&["app", "site"]);
+    let described = String::from_utf8_lossy(&described.stdout);
+    assert!(
+        described.contains("Outbound:   https://*.example.com"),
+        "{described}"
+    );
+    assert!(
+        described.contains("Files:      static/index.html (read-only)"),
+        "{described}"
+    );
 }
