@@ -856,6 +856,18 @@ async fn capability_changes_need_approval_and_denials_reach_the_app_logs() {
         .await
         .unwrap();
     assert_eq!(denials.len(), 2, "{denials:#?}");
+    let unknown = admin.node_metrics("nope").await.unwrap_err().to_string();
+    assert!(unknown.contains("404"), "{unknown}");
+    // The node counts them too (read through the controller).
+    let metrics = admin.node_metrics("edge-1").await.unwrap();
+    assert!(
+        metrics.contains("skiff_node_outbound_denied_total{app=\"escape\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("skiff_node_requests_total{app=\"escape\",outcome=\"ok\"}"),
+        "{metrics}"
+    );
     assert!(
         denials[0].contains(&format!("http://{controller}/v1/apps")),
         "{denials:#?}"

@@ -41,6 +41,9 @@ pub enum ApiError {
         "the new spec widens the app's capabilities; review the difference and apply again with approve_capabilities=true (skiff deploy --approve-capabilities)"
     )]
     CapabilitiesNotApproved(CapabilityDiff),
+    /// 502: a node the request needed did not answer.
+    #[error("{0}")]
+    NodeUnreachable(String),
     /// 413: the body is larger than allowed.
     #[error("{0}")]
     TooLarge(String),
@@ -106,6 +109,7 @@ impl ApiError {
                 "capabilities_not_approved",
                 Some("approve_capabilities".to_owned()),
             ),
+            ApiError::NodeUnreachable(_) => (StatusCode::BAD_GATEWAY, "node_unreachable", None),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
             ApiError::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -409,6 +409,15 @@ impl Client {
         Ok(Some((tag, decode(call, &reply)?)))
     }
 
+    /// A node's own metrics (Prometheus text), read through the controller.
+    pub async fn node_metrics(&self, name: &str) -> Result<String, ClientError> {
+        let path = format!("/v1/nodes/{name}/metrics");
+        let reply = self
+            .send(Call::new("reading a node's metrics", Method::GET, &path))
+            .await?;
+        Ok(String::from_utf8_lossy(&reply.body).into_owned())
+    }
+
     /// Downloads an artifact and checks that it hashes to `digest`.
     pub async fn download_artifact(&self, digest: &Digest) -> Result<Bytes, ClientError> {
         let path = format!("/v1/artifacts/{digest}");

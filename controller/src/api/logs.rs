@@ -12,23 +12,16 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use skiff_sdk::api::{ErrorBody, LogEntry};
 
+use super::node_proxy::{self, NodeClient};
 use super::{AppState, Auth, QueryParams};
 use crate::error::ApiError;
 use crate::store::LogSource;
 
 /// How often a follow re-reads the nodes.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
-/// Deadline of one read from a node.
-const NODE_TIMEOUT: Duration = Duration::from_secs(3);
-/// The `Host` of a node's own API.
-const NODE_API_HOST: &str = "_skiff";
 /// Largest answer read from one node (its buffer holds 1,000 lines of at
 /// most 4 KiB).
 const MAX_NODE_LOGS: usize = 8 << 20;
@@ -78,10 +71,7 @@ pub async fn logs(
 
 /// Reads the nodes (once, or until the client goes away) and sends lines.
 async fn gather(state: AppState, app: String, follow: bool, tx: tokio::sync::mpsc::Sender<Bytes>) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(1)));
-    let client: HttpClient<HttpConnector, Full<Bytes>> =
-        HttpClient::builder(TokioExecutor::new()).build(connector);
+    let client = node_proxy::client();
     let mut cursors: HashMap<String, u64> = HashMap::new();
     let mut warned: HashSet<String> = HashSet::new();
     loop {
@@ -136,39 +126,18 @@ async fn gather(state: AppState, app: String, follow: bool, tx: tokio::sync::mps
 }
 
 async fn read_node(
-    client: &HttpClient<HttpConnector, Full<Bytes>>,
+    client: &NodeClient,
     source: &LogSource,
     app: &str,
     since: u64,
 ) -> Result<Vec<LogEntry>, String> {
-    let key = source
-        .logs_key
-        .as_deref()
-        .ok_or("the node did not offer its logs")?;
-    let req = http::Request::get(format!(
-        "http://{}/v1/logs?app={app}&since={since}",
-        source.ingress
-    ))
-    .header(header::HOST, NODE_API_HOST)
-    .header(header::AUTHORIZATION, format!("Bearer {key}"))
-    .body(Full::new(Bytes::new()))
-    .map_err(|e| e.to_string())?;
-    let exchange = async {
-        let response = client.request(req).await.map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = http_body_util::Limited::new(response.into_body(), MAX_NODE_LOGS)
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(format!("the node answered {status}"));
-        }
-        Ok(body)
-    };
-    let body = tokio::time::timeout(NODE_TIMEOUT, exchange)
-        .await
-        .map_err(|_| format!("no answer within {NODE_TIMEOUT:?}"))??;
+    let body = node_proxy::get(
+        client,
+        source,
+        &format!("/v1/logs?app={app}&since={since}"),
+        MAX_NODE_LOGS,
+    )
+    .await?;
     Ok(body
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())

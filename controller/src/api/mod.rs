@@ -3,6 +3,7 @@
 
 mod apps;
 mod artifacts;
+mod node_proxy;
 pub use apps::check_spec;
 pub use artifacts::validate_component;
 mod endpoints;
@@ -298,7 +299,7 @@ async fn count_responses(
         artifacts::upload, artifacts::download,
         apps::apply, apps::list, apps::show, apps::delete, apps::revisions, apps::replicas, logs::logs, apps::rollback, apps::scale,
         nodes::register, nodes::heartbeat, nodes::list, nodes::show, nodes::cordon, nodes::uncordon,
-        nodes::drain, nodes::delete, nodes::assignments, endpoints::watch,
+        nodes::drain, nodes::delete, nodes::assignments, nodes::metrics, endpoints::watch,
         system::events,
     ),
     components(schemas(artifacts::ArtifactKind)),
@@ -416,6 +417,7 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/{name}/uncordon", post(nodes::uncordon))
         .route("/nodes/{name}/drain", post(nodes::drain))
         .route("/nodes/{name}/assignments", get(nodes::assignments))
+        .route("/nodes/{name}/metrics", get(nodes::metrics))
         .route("/endpoints", get(endpoints::watch))
         .route("/events", get(system::events))
         .route("/openapi.json", get(system::openapi))

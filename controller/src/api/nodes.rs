@@ -230,3 +230,41 @@ pub async fn assignments(
     .await?;
     Ok(Json(current))
 }
+
+/// Largest metrics answer read from a node.
+const MAX_NODE_METRICS: usize = 4 << 20;
+
+/// A node's own metrics (Prometheus text), read from the node: requests by
+/// app and outcome, outbound accesses denied by app, instances in flight,
+/// and the forwarding counters.
+#[utoipa::path(get, path = "/v1/nodes/{name}/metrics", params(("name" = String, Path)),
+    responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody),
+        (status = 502, body = ErrorBody, description = "The node did not answer")))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    who.require_admin()?;
+    let source = state
+        .store
+        .node_source(&name)
+        .await
+        .map_err(ApiError::store("reading a node"))?
+        .ok_or_else(|| ApiError::NotFound(format!("node {name:?} not found")))?;
+    let body = super::node_proxy::get(
+        &super::node_proxy::client(),
+        &source,
+        "/metrics",
+        MAX_NODE_METRICS,
+    )
+    .await
+    .map_err(|why| ApiError::NodeUnreachable(format!("reading node {name}'s metrics: {why}")))?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    ))
+}

@@ -274,6 +274,8 @@ pub trait Store: Send + Sync + 'static {
     async fn assignments(&self, node: &str) -> Result<Assignments>;
     /// The nodes that run replicas of `app`, and how to read their logs.
     async fn log_sources(&self, app: &str) -> Result<Vec<LogSource>>;
+    /// How to reach one node's own API; `None` if it is not registered.
+    async fn node_source(&self, node: &str) -> Result<Option<LogSource>>;
     /// Replicas, of one app or of all.
     async fn replicas(&self, app: Option<&str>) -> Result<Vec<Replica>>;
 

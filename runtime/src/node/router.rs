@@ -128,8 +128,17 @@ impl NodeRouter {
         if Sha256::digest(presented.as_bytes()) != Sha256::digest(self.logs_key.as_bytes()) {
             return plain(http::StatusCode::UNAUTHORIZED, "unknown logs key\n");
         }
-        if req.uri().path() != "/v1/logs" {
-            return plain(http::StatusCode::NOT_FOUND, "no such node route\n");
+        match req.uri().path() {
+            "/v1/logs" => {}
+            "/metrics" => {
+                let mut response = plain(http::StatusCode::OK, &self.metrics());
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                return response;
+            }
+            _ => return plain(http::StatusCode::NOT_FOUND, "no such node route\n"),
         }
         let query: HashMap<String, String> = req
             .uri()
@@ -169,6 +178,88 @@ impl NodeRouter {
             HeaderValue::from_static("application/x-ndjson"),
         );
         response
+    }
+
+    /// The node's counters in Prometheus text format.
+    pub fn metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        // Candidates under health checks (`app@revision`) are not apps.
+        let apps: Vec<(String, Arc<crate::AppStats>)> = self
+            .runtime
+            .apps()
+            .into_iter()
+            .filter(|a| !a.contains('@'))
+            .filter_map(|a| self.runtime.app_stats(&a).map(|s| (a, s)))
+            .collect();
+        let mut requests = Vec::new();
+        for (app, stats) in &apps {
+            for outcome in crate::Outcome::ALL {
+                let labels = format!("{{app=\"{app}\",outcome=\"{}\"}}", outcome.reason());
+                requests.push((labels, stats.count(outcome)));
+            }
+        }
+        family(
+            "skiff_node_requests_total",
+            "counter",
+            "Requests served here, by app and outcome.",
+            &requests,
+        );
+        let denied: Vec<_> = apps
+            .iter()
+            .map(|(app, s)| (format!("{{app=\"{app}\"}}"), s.denied()))
+            .collect();
+        family(
+            "skiff_node_outbound_denied_total",
+            "counter",
+            "Outbound HTTP requests and sockets refused because the app was not granted them.",
+            &denied,
+        );
+        let in_flight: Vec<_> = apps
+            .iter()
+            .map(|(app, _)| {
+                let n = self.runtime.in_flight(app).unwrap_or(0) as u64;
+                (format!("{{app=\"{app}\"}}"), n)
+            })
+            .collect();
+        family(
+            "skiff_node_in_flight",
+            "gauge",
+            "Instances running now, by app.",
+            &in_flight,
+        );
+        let load = |c: &AtomicU64| vec![(String::new(), c.load(Ordering::Relaxed))];
+        family(
+            "skiff_node_forwarded_total",
+            "counter",
+            "Requests forwarded to a peer.",
+            &load(&self.stats.forwarded),
+        );
+        family(
+            "skiff_node_forward_retries_total",
+            "counter",
+            "Forwards retried on another peer.",
+            &load(&self.stats.retried),
+        );
+        family(
+            "skiff_node_no_replica_total",
+            "counter",
+            "Requests answered no-ready-replica.",
+            &load(&self.stats.no_replica),
+        );
+        family(
+            "skiff_node_forward_failures_total",
+            "counter",
+            "Forwards that failed (upstream-failed).",
+            &load(&self.stats.failed),
+        );
+        out
     }
 
     /// The runtime serving local replicas.

@@ -594,6 +594,21 @@ impl Store for SqlStore {
             .collect()
     }
 
+    async fn node_source(&self, node: &str) -> Result<Option<LogSource>> {
+        let row = sqlx::query("SELECT name, ingress, logs_key FROM nodes WHERE name = $1")
+            .bind(node)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(LogSource {
+                node: r.try_get("name")?,
+                ingress: r.try_get("ingress")?,
+                logs_key: r.try_get("logs_key")?,
+            })
+        })
+        .transpose()
+    }
+
     async fn assignments(&self, node: &str) -> Result<Assignments> {
         let mut tx = self.pool.begin().await?;
         let version: i64 = sqlx::query("SELECT assign_version FROM nodes WHERE name = $1")
