@@ -66,8 +66,8 @@ pub struct Built {
     pub manifest_file: PathBuf,
     pub path: PathBuf,
     pub bytes: Vec<u8>,
-    /// The declared static files by guest path.
-    pub files: BTreeMap<String, Vec<u8>>,
+    /// The declared static files by relative (and guest) path.
+    pub files: BTreeMap<PathBuf, Vec<u8>>,
 }
 
 fn load(dir: &Path) -> anyhow::Result<(PathBuf, Manifest)> {
@@ -111,18 +111,13 @@ pub fn build(dir: &Path, skip: bool) -> anyhow::Result<Built> {
         crate::commands::human_bytes(bytes.len() as u64),
         imports.join(", ")
     );
-    let mut files = BTreeMap::new();
-    for rel in &manifest.component.files {
-        let full = root.join(rel);
-        let content = std::fs::read(&full).map_err(|e| {
-            Failure::Usage(format!(
-                "{}: component.files: {}: {e}",
-                file.display(),
-                full.display()
-            ))
-        })?;
-        files.insert(rel.to_string_lossy().into_owned(), content);
-    }
+    let files = Bundle::read_files(&file, &manifest).map_err(|e| {
+        Failure::Usage(format!(
+            "{}: component.files: {}",
+            file.display(),
+            skiff_runtime::runtime::error_chain(&e)
+        ))
+    })?;
     Ok(Built {
         manifest,
         manifest_file: file,
@@ -194,11 +189,7 @@ fn unbundle(path: &Path) -> anyhow::Result<Built> {
         manifest_file,
         path: component,
         bytes: bundle.component,
-        files: bundle
-            .files
-            .into_iter()
-            .map(|(path, bytes)| (path.to_string_lossy().into_owned(), bytes))
-            .collect(),
+        files: bundle.files,
     })
 }
 
@@ -281,7 +272,7 @@ pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> 
     let mut files = BTreeMap::new();
     for (path, bytes) in built.files {
         let uploaded = client.upload_file(bytes::Bytes::from(bytes)).await?;
-        files.insert(path, uploaded.digest);
+        files.insert(path.to_string_lossy().into_owned(), uploaded.digest);
     }
     let spec = built.manifest.to_spec(artifact.digest, files);
     let seen = latest_event(&client, &name).await;

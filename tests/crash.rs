@@ -150,6 +150,10 @@ async fn crash_loop(mut cluster: Cluster, backend: &str) {
             if acked > before && Instant::now() >= until {
                 break;
             }
+            assert!(
+                until.elapsed() < Duration::from_secs(30),
+                "no write acknowledged for 30 s after a restart"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         cluster.kill_controller();

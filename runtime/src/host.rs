@@ -244,6 +244,7 @@ impl HostState {
             logs: logs.clone(),
             denied: denied.clone(),
         };
+        let (tcp, udp) = (rules.grants(Scheme::Tcp), rules.grants(Scheme::Udp));
         let mut builder = WasiCtx::builder();
         builder
             .envs(env)
@@ -253,10 +254,13 @@ impl HostState {
             // Without a grant no socket is even created (each would hold a
             // host descriptor); `GuardedSockets` logs the refusal. With one,
             // every bind, connect and datagram goes through `socket_check`.
-            .allow_tcp(rules.grants(Scheme::Tcp))
-            .allow_udp(rules.grants(Scheme::Udp))
-            .allow_ip_name_lookup(rules.grants(Scheme::Tcp) || rules.grants(Scheme::Udp))
-            .socket_addr_check(socket_check(rules.clone(), sink.clone()));
+            .allow_tcp(tcp)
+            .allow_udp(udp)
+            .allow_ip_name_lookup(tcp || udp);
+        if tcp || udp {
+            // Only then: no closure to allocate per request for the rest.
+            builder.socket_addr_check(socket_check(rules.clone(), sink.clone()));
+        }
         if let Some(dir) = &capabilities.files {
             builder.preopened_dir(dir, "/", FsPerms::ReadOnly)?;
         }

@@ -76,6 +76,11 @@ impl LogBuffer {
             Stream::Stdout => tracing::info!(app = %self.app, stream = "stdout", "{line}"),
             Stream::Stderr => tracing::warn!(app = %self.app, stream = "stderr", "{line}"),
         }
+        self.append(stream, line);
+    }
+
+    /// Keeps `line` without a tracing event of its own.
+    fn append(&self, stream: Stream, line: String) {
         let Ok(mut ring) = self.ring.lock() else {
             return;
         };
@@ -93,9 +98,10 @@ impl LogBuffer {
     }
 
     /// Adds a line the host writes about the app (e.g. a denied access), so
-    /// its owner sees it with `skiff logs`.
+    /// its owner sees it with `skiff logs`. The host logs its own structured
+    /// event, so this one is not also traced as guest output.
     pub fn note(&self, line: &str) {
-        self.push(Stream::Stderr, line.as_bytes());
+        self.append(Stream::Stderr, line.to_owned());
     }
 
     /// The lines kept, oldest first, with sequence numbers at or after `since`.

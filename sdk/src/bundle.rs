@@ -65,6 +65,19 @@ impl Bundle {
     pub fn collect(manifest_file: &Path, manifest: &Manifest) -> Result<Self, BundleError> {
         let root = manifest_file.parent().unwrap_or(Path::new("."));
         let text = read(manifest_file)?;
+        Ok(Self {
+            manifest: String::from_utf8_lossy(&text).into_owned(),
+            component: read(&root.join(&manifest.component.source))?,
+            files: Self::read_files(manifest_file, manifest)?,
+        })
+    }
+
+    /// Reads the manifest's declared static files, by relative path.
+    pub fn read_files(
+        manifest_file: &Path,
+        manifest: &Manifest,
+    ) -> Result<BTreeMap<PathBuf, Vec<u8>>, BundleError> {
+        let root = manifest_file.parent().unwrap_or(Path::new("."));
         let mut files = BTreeMap::new();
         for file in &manifest.component.files {
             if !plain_relative(file) {
@@ -72,11 +85,7 @@ impl Bundle {
             }
             files.insert(file.clone(), read(&root.join(file))?);
         }
-        Ok(Self {
-            manifest: String::from_utf8_lossy(&text).into_owned(),
-            component: read(&root.join(&manifest.component.source))?,
-            files,
-        })
+        Ok(files)
     }
 
     /// The archive's bytes.

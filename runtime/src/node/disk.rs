@@ -60,6 +60,30 @@ impl StateDir {
         let parent = self.root.join("mounts");
         std::fs::create_dir_all(&parent)?;
         let tmp = parent.join(format!(".tmp.{}.{}", std::process::id(), rand_suffix()));
+        let made = Self::lay_out(&tmp, files, contents);
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        match std::fs::rename(&tmp, &dir) {
+            Ok(()) => Ok(dir),
+            // Made meanwhile by another task: the same content.
+            Err(_) if dir.is_dir() => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Ok(dir)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    fn lay_out(
+        tmp: &Path,
+        files: &BTreeMap<String, Digest>,
+        contents: &BTreeMap<Digest, bytes::Bytes>,
+    ) -> std::io::Result<()> {
         for (path, digest) in files {
             // Paths were validated by the controller; check again, since
             // a path that escaped would be written outside the tree.
@@ -81,16 +105,7 @@ impl StateDir {
             }
             write_atomic(&target, bytes)?;
         }
-        std::fs::create_dir_all(&tmp)?;
-        match std::fs::rename(&tmp, &dir) {
-            Ok(()) => Ok(dir),
-            // Made meanwhile by another task: the same content.
-            Err(_) if dir.is_dir() => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                Ok(dir)
-            }
-            Err(e) => Err(e),
-        }
+        std::fs::create_dir_all(tmp)
     }
 
     /// The path of a state file.
