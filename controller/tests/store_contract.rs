@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{stores, stores_with};
 use skiff_controller::store::{
-    KEEP_REVISIONS, NewEvent, Store, StoreError, StoreOptions, TokenKind,
+    KEEP_REVISIONS, NewEvent, ReplicaChange, Store, StoreError, StoreOptions, TokenKind,
 };
 use skiff_sdk::Digest;
 use skiff_sdk::api::{
@@ -315,6 +315,44 @@ async fn nodes_heartbeats_and_assignments() {
         s.delete_node("n1", None).await.unwrap();
         assert!(s.node("n1").await.unwrap().is_none(), "{b}");
         assert!(s.replicas(Some("web")).await.unwrap().is_empty(), "{b}");
+        t.finish().await;
+    }
+}
+
+/// A retiring replica keeps the moment it started retiring (a millisecond
+/// timestamp: more than 32 bits) and an app its last good revision, on
+/// every backend and through every read path.
+#[tokio::test]
+async fn retiring_replicas_and_good_revisions_round_trip() {
+    for t in stores().await {
+        let s = &t.store;
+        let b = t.backend;
+        s.register_node(&node("n1", "a"), "h").await.unwrap();
+        s.apply_app("web", &spec(Digest::of(b"a"), 2), None)
+            .await
+            .unwrap();
+        s.assign_replica("web-1", "web", 1, "n1").await.unwrap();
+        s.assign_replica("web-2", "web", 1, "n1").await.unwrap();
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        s.change_replicas(&ReplicaChange {
+            retire: vec!["web-2".into()],
+            ..ReplicaChange::default()
+        })
+        .await
+        .unwrap();
+        let reps = s.replicas(Some("web")).await.unwrap();
+        assert_eq!(reps[0].retiring_since, None, "{b}");
+        let since = reps[1].retiring_since.expect("web-2 is retiring");
+        assert!(since >= before - 1_000, "{b}: retiring since {since}");
+
+        s.set_good_revision("web", 1).await.unwrap();
+        let app = s.app("web").await.unwrap().unwrap();
+        assert_eq!(app.status.good_revision, Some(1), "{b}");
+        let listed = s.apps().await.unwrap();
+        assert_eq!(listed[0].status.good_revision, Some(1), "{b}");
         t.finish().await;
     }
 }
