@@ -105,7 +105,7 @@ fn denied_lines(node: &TestNode, app: &str) -> Vec<String> {
         .unwrap()
         .into_iter()
         .map(|l| l.line)
-        .filter(|l| l.starts_with("skiff: outbound access to"))
+        .filter(|l| l.starts_with("skiff: ") && l.contains(" denied: "))
         .collect()
 }
 
@@ -173,12 +173,20 @@ async fn a_guest_built_to_escape_gets_nothing_it_was_not_granted() {
         "allowed: GREETING=hi"
     );
 
-    // Every network denial is logged where the app's owner sees it, and
-    // counted: five HTTP requests and two sockets.
+    // Every denial is logged where the app's owner sees it, and counted:
+    // five HTTP requests, two sockets and six file system attempts (the
+    // environment is the app's own: nothing of the node's is there to deny).
     let stats = node.runtime.app_stats("escape").unwrap();
-    assert_eq!(stats.denied(), 7);
+    assert_eq!(stats.denied(), 13);
     let lines = denied_lines(&node, "escape");
-    assert_eq!(lines.len(), 7, "{lines:#?}");
+    assert_eq!(lines.len(), 13, "{lines:#?}");
+    let files: Vec<&String> = lines
+        .iter()
+        .filter(|l| {
+            l.starts_with("skiff: file system access to any file denied: the app declares no files")
+        })
+        .collect();
+    assert_eq!(files.len(), 6, "{lines:#?}");
     assert_eq!(
         lines
             .iter()
@@ -282,6 +290,19 @@ async fn static_files_are_the_only_files_and_read_only() {
     }
     let write = attempt(&node, "site", "/write?path=/static/index.html").await;
     assert!(write.starts_with("denied:"), "{write}");
+    // Each refused path is logged by name; what the app may read is not.
+    let lines = denied_lines(&node, "site");
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    for (line, path) in lines.iter().zip([
+        "../../etc/passwd",
+        "static/../../etc/hostname",
+        "etc/passwd",
+        "static/index.html",
+    ]) {
+        let prefix = format!("skiff: file system access to {path} denied: ");
+        assert!(line.starts_with(&prefix), "{line}");
+    }
+    assert_eq!(node.runtime.app_stats("site").unwrap().denied(), 4);
     assert_eq!(
         std::fs::read_to_string(dir.path().join("static/index.html")).unwrap(),
         "<h1>hi</h1>"
@@ -862,20 +883,25 @@ async fn capability_changes_need_approval_and_denials_reach_the_app_logs() {
     let mut denials = Vec::new();
     admin
         .logs("escape", false, |entry| {
-            if entry.line.starts_with("skiff: outbound access to") {
+            if entry.line.starts_with("skiff: ") && entry.line.contains(" denied: ") {
                 denials.push(entry.line);
             }
             true
         })
         .await
         .unwrap();
-    assert_eq!(denials.len(), 2, "{denials:#?}");
+    // The file outside its own, the HTTP request and the socket.
+    assert_eq!(denials.len(), 3, "{denials:#?}");
+    assert!(
+        denials[0].starts_with("skiff: file system access to etc/passwd denied"),
+        "{denials:#?}"
+    );
     let unknown = admin.node_metrics("nope").await.unwrap_err().to_string();
     assert!(unknown.contains("404"), "{unknown}");
     // The node counts them too (read through the controller).
     let metrics = admin.node_metrics("edge-1").await.unwrap();
     assert!(
-        metrics.contains("skiff_node_outbound_denied_total{app=\"escape\"} 2"),
+        metrics.contains("skiff_node_access_denied_total{app=\"escape\"} 3"),
         "{metrics}"
     );
     assert!(
@@ -883,7 +909,7 @@ async fn capability_changes_need_approval_and_denials_reach_the_app_logs() {
         "{metrics}"
     );
     assert!(
-        denials[0].contains(&format!("http://{controller}/v1/apps")),
+        denials[1].contains(&format!("http://{controller}/v1/apps")),
         "{denials:#?}"
     );
 

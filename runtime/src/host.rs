@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http_body_util::BodyExt;
 use skiff_sdk::capability::{Denial, OutboundRules, Scheme};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime_wasi::filesystem::{WasiFilesystemCtxView, WasiFilesystemView as _};
+use wasmtime_wasi::p2::bindings::filesystem::{preopens, types as fs};
 use wasmtime_wasi::p2::bindings::sockets::network::{self, IpAddressFamily};
 use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket};
 use wasmtime_wasi::p2::{SocketError, SocketResult, TcpSocket, UdpSocket};
@@ -52,12 +54,35 @@ struct DenialSink {
 }
 
 impl DenialSink {
+    /// Records a refused network access to `what`.
     fn record(&self, what: &str, denial: &Denial) {
+        self.note(Access::Outbound, what, denial);
+    }
+
+    fn note(&self, access: Access, what: &str, why: &dyn std::fmt::Display) {
         self.denied.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(app = %self.app, %what, reason = %denial, "outbound access denied");
-        self.logs.note(&format!(
-            "skiff: outbound access to {what} denied: {denial}"
-        ));
+        let kind = access.as_str();
+        tracing::warn!(app = %self.app, kind, %what, reason = %why, "access denied");
+        self.logs
+            .note(&format!("skiff: {kind} access to {what} denied: {why}"));
+    }
+}
+
+/// What kind of access a guest was refused.
+#[derive(Clone, Copy)]
+enum Access {
+    /// HTTP or a socket.
+    Outbound,
+    /// A file or directory.
+    FileSystem,
+}
+
+impl Access {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::FileSystem => "file system",
+        }
     }
 }
 
@@ -218,6 +243,8 @@ pub struct HostState {
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: OutboundPolicy,
+    /// Whether the app has files (a preopened directory).
+    files: bool,
     /// The memory limiter; read after the call to classify failures.
     pub limiter: Limiter,
 }
@@ -274,8 +301,19 @@ impl HostState {
                 rules: rules.clone(),
                 sink,
             },
+            files: capabilities.files.is_some(),
             limiter,
         })
+    }
+
+    fn guarded_files(&mut self) -> GuardedFilesView<'_> {
+        let sink = self.hooks.sink.clone();
+        let granted = self.files;
+        GuardedFilesView {
+            files: self.filesystem(),
+            granted,
+            sink,
+        }
     }
 
     fn guarded_sockets(&mut self) -> GuardedView<'_> {
@@ -358,9 +396,77 @@ impl udp_create_socket::Host for GuardedView<'_> {
     }
 }
 
-/// Replaces wasmtime-wasi's socket constructors in `linker` with
-/// [`GuardedSockets`] (call after adding WASI).
-pub fn guard_sockets(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+/// `wasi:filesystem` preopens that record a refusal: a guest looks for its
+/// directories when it first touches a path, so an app that declares no
+/// files has each attempt logged (it finds no directory and fails).
+pub struct GuardedFiles;
+
+impl HasData for GuardedFiles {
+    type Data<'a> = GuardedFilesView<'a>;
+}
+
+/// The view [`GuardedFiles`] works on.
+pub struct GuardedFilesView<'a> {
+    files: WasiFilesystemCtxView<'a>,
+    granted: bool,
+    sink: DenialSink,
+}
+
+impl preopens::Host for GuardedFilesView<'_> {
+    fn get_directories(&mut self) -> wasmtime::Result<Vec<(Resource<fs::Descriptor>, String)>> {
+        if !self.granted {
+            self.sink.note(
+                Access::FileSystem,
+                "any file",
+                &"the app declares no files ([component] files in skiff.toml)",
+            );
+        }
+        preopens::Host::get_directories(&mut self.files)
+    }
+}
+
+/// The `wasi:filesystem/types` version wasmtime-wasi links (its WIT).
+const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
+
+/// `descriptor.open-at` as wasmtime-wasi implements it, recording a path
+/// the guest was refused: one outside its files (`no-entry`, since nothing
+/// else exists in its tree), a way out of the tree, or a write to it.
+async fn open_at(
+    mut store: wasmtime::StoreContextMut<'_, HostState>,
+    (dir, path_flags, path, open_flags, flags): (
+        Resource<fs::Descriptor>,
+        fs::PathFlags,
+        String,
+        fs::OpenFlags,
+        fs::DescriptorFlags,
+    ),
+) -> wasmtime::Result<(Result<Resource<fs::Descriptor>, fs::ErrorCode>,)> {
+    let state = store.data_mut();
+    let mut files = state.filesystem();
+    let opened =
+        fs::HostDescriptor::open_at(&mut files, dir, path_flags, path.clone(), open_flags, flags)
+            .await;
+    let error = match opened {
+        Ok(fd) => return Ok((Ok(fd),)),
+        Err(error) => fs::Host::convert_error_code(&mut files, error)?,
+    };
+    let why = match error {
+        fs::ErrorCode::NoEntry => Some("not among the app's files"),
+        fs::ErrorCode::NotPermitted | fs::ErrorCode::Access | fs::ErrorCode::ReadOnly => {
+            Some("the app's files are read-only and nothing outside them is reachable")
+        }
+        _ => None,
+    };
+    if let Some(why) = why {
+        state.hooks.sink.note(Access::FileSystem, &path, &why);
+    }
+    Ok((Err(error),))
+}
+
+/// Replaces wasmtime-wasi's socket constructors with [`GuardedSockets`],
+/// its preopens with [`GuardedFiles`] and its `open-at` with [`open_at`]
+/// in `linker` (call after adding WASI), so every refusal is recorded.
+pub fn guard_access(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     tcp_create_socket::add_to_linker::<HostState, GuardedSockets>(
         linker,
@@ -370,6 +476,12 @@ pub fn guard_sockets(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         linker,
         HostState::guarded_sockets,
     )?;
+    preopens::add_to_linker::<HostState, GuardedFiles>(linker, HostState::guarded_files)?;
+    linker
+        .instance(FILESYSTEM_TYPES)?
+        .func_wrap_async("[method]descriptor.open-at", |store, args| {
+            Box::new(open_at(store, args))
+        })?;
     linker.allow_shadowing(false);
     Ok(())
 }

@@ -188,7 +188,7 @@ impl Runtime {
         // All of WASI p2 plus wasi:http, like `wasmtime serve -S cli`: a
         // `#[wstd::http_server]` app is a command that also imports wasi:cli.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(RuntimeError::Engine)?;
-        crate::host::guard_sockets(&mut linker).map_err(RuntimeError::Engine)?;
+        crate::host::guard_access(&mut linker).map_err(RuntimeError::Engine)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(RuntimeError::Engine)?;
         let cache = ComponentCache::open(engine.clone(), &config.cache_dir)?;

@@ -216,9 +216,9 @@ impl NodeRouter {
             .map(|(app, s)| (format!("{{app=\"{app}\"}}"), s.denied()))
             .collect();
         family(
-            "skiff_node_outbound_denied_total",
+            "skiff_node_access_denied_total",
             "counter",
-            "Outbound HTTP requests and sockets refused because the app was not granted them.",
+            "Outbound HTTP requests, sockets and file system accesses refused because the app was not granted them.",
             &denied,
         );
         let in_flight: Vec<_> = apps
