@@ -67,6 +67,11 @@ pub struct NodeArgs {
     /// Largest request body accepted, e.g. `16Mi`.
     #[arg(long, env = "SKIFF_MAX_BODY", default_value = "16Mi", value_parser = quantity::parse_bytes)]
     pub(crate) max_body: u64,
+    /// Disk the compile cache may keep for components no replica here
+    /// needs any more, least recently used first out (e.g. `1Gi`; what
+    /// is assigned is always kept).
+    #[arg(long, env = "SKIFF_CACHE_SIZE", default_value = "1Gi", value_parser = quantity::parse_bytes)]
+    pub(crate) cache_size: u64,
     /// Do not use the pooling allocator (for hosts with little address space).
     #[arg(long, env = "SKIFF_NO_POOLING")]
     pub(crate) no_pooling: bool,
@@ -154,6 +159,7 @@ pub async fn start(
             memory_bytes: memory,
             ingress: args.advertise.clone().unwrap_or_else(|| addr.to_string()),
             heartbeat: args.heartbeat,
+            cache_bytes: args.cache_size,
         },
         client,
         join_token,

@@ -88,6 +88,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 domain: args.domain.clone(),
                 heartbeat: skiff_runtime::node::DEFAULT_HEARTBEAT,
                 max_body: 16 << 20,
+                cache_size: skiff_runtime::node::DEFAULT_CACHE_BYTES,
                 no_pooling: false,
                 limits: Default::default(),
             },

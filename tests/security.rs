@@ -970,4 +970,18 @@ async fn capability_changes_need_approval_and_denials_reach_the_app_logs() {
         described.contains("Files:      static/index.html (read-only)"),
         "{described}"
     );
+
+    // A tree of static files lives on the node while a replica uses it:
+    // once `escape` drops its files, only `site`'s tree is left.
+    let mounts = cluster.dir.path().join("nodes/edge-1/mounts");
+    let trees = &|| std::fs::read_dir(&mounts).unwrap().count();
+    assert_eq!(trees(), 2);
+    admin.apply_app("escape", &spec(&[], false)).await.unwrap();
+    cluster
+        .wait(
+            "escape's tree to be removed",
+            Duration::from_secs(30),
+            move |_| async move { (trees() == 1).then_some(()) },
+        )
+        .await;
 }

@@ -11,7 +11,12 @@
 //!
 //! Nothing is compiled on [`ComponentCache::put`]; compilation happens on the
 //! first [`ComponentCache::load`], so registering many components is cheap.
+//!
+//! The cache is bounded: [`ComponentCache::prune`] removes the components no
+//! longer wanted, least recently loaded first, until it fits its budget
+//! (each load marks the source's modification time).
 
+use std::collections::HashSet;
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
 use std::hash::{Hash, Hasher};
@@ -42,6 +47,17 @@ impl CacheStats {
     pub fn deserialized(&self) -> u64 {
         self.deserialized.load(Ordering::Relaxed)
     }
+}
+
+/// What [`ComponentCache::prune`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Components removed (source and compiled form).
+    pub components: usize,
+    /// Bytes freed.
+    pub bytes: u64,
+    /// Bytes the cache holds afterwards.
+    pub kept_bytes: u64,
 }
 
 /// Content-addressed store of component sources and their compiled form.
@@ -141,10 +157,67 @@ impl ComponentCache {
         self.source_path(digest).is_file()
     }
 
+    /// Removes the components not in `keep`, least recently loaded first,
+    /// until the cache holds at most `budget` bytes (sources and this
+    /// engine's compiled forms). Those in `keep` stay even over budget.
+    /// Blocking: call it off the async workers.
+    pub fn prune(&self, keep: &HashSet<Digest>, budget: u64) -> Result<Pruned, RuntimeError> {
+        let entries = fs::read_dir(&self.sources).map_err(io_err("listing", &self.sources))?;
+        let mut total = 0;
+        // (last load, size, digest) of each component that may go.
+        let mut candidates = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(digest) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".wasm"))
+                .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
+            else {
+                continue; // a temporary file being written
+            };
+            let Ok(meta) = entry.metadata() else { continue };
+            let compiled = fs::metadata(self.compiled_path(&digest)).map_or(0, |m| m.len());
+            let size = meta.len() + compiled;
+            total += size;
+            if !keep.contains(&digest) {
+                let used = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                candidates.push((used, size, digest));
+            }
+        }
+        candidates.sort();
+        let mut pruned = Pruned::default();
+        for (_, size, digest) in candidates {
+            if total <= budget {
+                break;
+            }
+            // The compiled form first: a source without one is compiled
+            // again if wanted, never the other way round. A loaded
+            // component keeps its mapping of a removed file.
+            for path in [self.compiled_path(&digest), self.source_path(&digest)] {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("removing", &path)(e)),
+                }
+            }
+            tracing::info!(%digest, bytes = size, "component removed from the cache");
+            total -= size;
+            pruned.components += 1;
+            pruned.bytes += size;
+        }
+        pruned.kept_bytes = total;
+        Ok(pruned)
+    }
+
     /// Loads a component, compiling it first if this engine never has.
     /// Blocking (compilation takes up to seconds): call it off the async
     /// workers, e.g. with `spawn_blocking`.
     pub fn load(&self, digest: &Digest) -> Result<Component, RuntimeError> {
+        // Marks the use, for `prune` (best effort: a read-only cache works).
+        let _ = fs::File::options()
+            .write(true)
+            .open(self.source_path(digest))
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
         let compiled = self.compiled_path(digest);
         if compiled.is_file() {
             match self.deserialize(&compiled) {
@@ -202,5 +275,48 @@ impl ComponentCache {
         // leaves a torn artifact. wasmtime additionally checks the header and
         // engine compatibility, so a file from another engine is rejected.
         unsafe { Component::deserialize_file(&self.engine, path) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn used_at(cache: &ComponentCache, digest: &Digest, secs: u64) {
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        fs::File::options()
+            .write(true)
+            .open(cache.source_path(digest))
+            .and_then(|f| f.set_modified(when))
+            .unwrap();
+    }
+
+    #[test]
+    fn prune_removes_unwanted_components_least_recently_loaded_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ComponentCache::open(Engine::default(), dir.path()).unwrap();
+        let [old, newer, wanted] = [b"old", b"new", b"eek"].map(|b| {
+            let digest = cache.put(&b.repeat(100)).unwrap();
+            assert!(cache.contains(&digest));
+            digest
+        });
+        used_at(&cache, &old, 1_000);
+        used_at(&cache, &newer, 2_000);
+        used_at(&cache, &wanted, 500);
+        let keep = HashSet::from([wanted]);
+
+        // Within budget: nothing goes.
+        assert_eq!(cache.prune(&keep, 900).unwrap().components, 0);
+        // Over it: the least recently loaded unwanted one goes first.
+        let pruned = cache.prune(&keep, 600).unwrap();
+        assert_eq!(
+            (pruned.components, pruned.bytes, pruned.kept_bytes),
+            (1, 300, 600)
+        );
+        assert!(!cache.contains(&old) && cache.contains(&newer));
+        // A wanted component stays even when the budget cannot be met.
+        let pruned = cache.prune(&keep, 0).unwrap();
+        assert_eq!((pruned.components, pruned.kept_bytes), (1, 300));
+        assert!(cache.contains(&wanted) && !cache.contains(&newer));
     }
 }

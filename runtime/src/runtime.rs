@@ -307,6 +307,15 @@ impl Runtime {
         self.cache.contains(digest)
     }
 
+    /// Bounds the compile cache: see [`ComponentCache::prune`]. Blocking.
+    pub fn prune_components(
+        &self,
+        keep: &std::collections::HashSet<Digest>,
+        budget: u64,
+    ) -> Result<crate::cache::Pruned, RuntimeError> {
+        self.cache.prune(keep, budget)
+    }
+
     /// The deployed app `name`, taken as it is now (a later removal or
     /// redeploy does not affect requests served with it).
     pub fn find(&self, name: &str) -> Option<AppRef> {

@@ -6,7 +6,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -77,6 +77,29 @@ impl StateDir {
                 Err(e)
             }
         }
+    }
+
+    /// Removes every mount but those in `keep` (paths from
+    /// [`Self::mount_dir`]), and any temporary tree a crash left behind;
+    /// returns how many trees went. A request still reading a removed tree
+    /// keeps its open files. Blocking, and not concurrent with
+    /// [`Self::make_mount`] (the node's converge loop runs both).
+    pub fn prune_mounts(&self, keep: &HashSet<PathBuf>) -> std::io::Result<usize> {
+        let parent = self.root.join("mounts");
+        let entries = match std::fs::read_dir(&parent) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let path = entry?.path();
+            if !keep.contains(&path) {
+                std::fs::remove_dir_all(&path)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     fn lay_out(
@@ -169,6 +192,37 @@ mod tests {
         std::fs::write(state.path("node.json"), b"[").unwrap();
         let err = state.read::<Vec<u32>>("node.json").unwrap_err();
         assert!(err.to_string().contains("node.json"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn mounts_are_whole_and_pruned_when_unwanted() {
+        let dir = std::env::temp_dir().join(format!("skiff-mounts-{}", std::process::id()));
+        let state = StateDir::open(&dir).unwrap();
+        let page = bytes::Bytes::from_static(b"<h1>hi</h1>");
+        let digest = Digest::of(&page);
+        let contents = BTreeMap::from([(digest, page)]);
+        let one = BTreeMap::from([("static/index.html".to_owned(), digest)]);
+        let two = BTreeMap::from([("index.html".to_owned(), digest)]);
+        let kept = state.make_mount(&one, &contents).unwrap();
+        let gone = state.make_mount(&two, &contents).unwrap();
+        assert_ne!(kept, gone);
+        assert_eq!(
+            std::fs::read(kept.join("static/index.html")).unwrap(),
+            b"<h1>hi</h1>"
+        );
+        // A path that would leave the tree is refused, and leaves nothing.
+        let bad = BTreeMap::from([("../x".to_owned(), digest)]);
+        assert!(state.make_mount(&bad, &contents).is_err());
+        // As would a tree a crash left half made.
+        std::fs::create_dir_all(dir.join("mounts/.tmp.1.2/static")).unwrap();
+
+        let keep = HashSet::from([kept.clone()]);
+        assert_eq!(state.prune_mounts(&keep).unwrap(), 2);
+        assert!(kept.is_dir() && !gone.exists());
+        let left: Vec<_> = std::fs::read_dir(dir.join("mounts")).unwrap().collect();
+        assert_eq!(left.len(), 1);
+        assert_eq!(state.prune_mounts(&keep).unwrap(), 0);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -15,7 +15,7 @@
 pub mod disk;
 pub mod router;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,7 +60,13 @@ pub struct NodeConfig {
     pub ingress: String,
     /// Heartbeat interval.
     pub heartbeat: Duration,
+    /// Disk the compile cache may keep for components no replica here
+    /// needs any more (those assigned are always kept).
+    pub cache_bytes: u64,
 }
+
+/// Default [`NodeConfig::cache_bytes`].
+pub const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
 
 /// The agent of one node.
 pub struct Agent {
@@ -81,6 +87,8 @@ pub struct Agent {
     /// What is watched of each serving app: its health and, for a newly
     /// started revision, its first requests.
     watched: Mutex<HashMap<String, Watched>>,
+    /// The assignments version the disk was last pruned for.
+    pruned: Mutex<Option<u64>>,
 }
 
 /// A serving app under watch.
@@ -133,6 +141,7 @@ impl Agent {
             assignments: watch::channel(last).0,
             loaded: Mutex::new(HashMap::new()),
             watched: Mutex::new(HashMap::new()),
+            pruned: Mutex::new(None),
         }))
     }
 
@@ -419,7 +428,60 @@ impl Agent {
         for (app, replicas) in by_app {
             pending |= self.converge_app(&runtime, app, &replicas).await;
         }
+        // Once these assignments are all here, free what none of them needs.
+        if !pending && lock(&self.pruned).replace(assignments.version) != Some(assignments.version)
+        {
+            self.prune(runtime, assignments).await;
+        }
         pending
+    }
+
+    /// Frees the disk no assignment needs: static file trees no replica
+    /// uses, and components beyond the cache budget, least recently loaded
+    /// first (so a rollback usually finds its component still compiled).
+    async fn prune(&self, runtime: Arc<Runtime>, assignments: &Assignments) {
+        let state = self.state.clone();
+        let budget = self.config.cache_bytes;
+        let wanted: HashSet<Digest> = assignments
+            .replicas
+            .iter()
+            .map(|a| a.spec.artifact)
+            .collect();
+        let mounts: HashSet<PathBuf> = assignments
+            .replicas
+            .iter()
+            .filter(|a| !a.spec.files.is_empty())
+            .map(|a| state.mount_dir(&a.spec.files))
+            .collect();
+        let done = tokio::task::spawn_blocking(move || {
+            (
+                state.prune_mounts(&mounts),
+                runtime.prune_components(&wanted, budget),
+            )
+        })
+        .await;
+        match done {
+            Ok((mounts, components)) => {
+                match mounts {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(trees = n, "unused static files removed"),
+                    Err(error) => tracing::warn!(%error, "removing unused static files"),
+                }
+                match components {
+                    Ok(p) if p.components > 0 => tracing::info!(
+                        components = p.components,
+                        freed_bytes = p.bytes,
+                        kept_bytes = p.kept_bytes,
+                        "compile cache pruned"
+                    ),
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(error = %error_chain(&error), "pruning the compile cache")
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "pruning the node's disk"),
+        }
     }
 
     async fn converge_app(
