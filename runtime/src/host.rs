@@ -62,7 +62,9 @@ impl DenialSink {
     fn note(&self, access: Access, what: &str, why: &dyn std::fmt::Display) {
         self.denied.fetch_add(1, Ordering::Relaxed);
         let kind = access.as_str();
-        tracing::warn!(app = %self.app, kind, %what, reason = %why, "access denied");
+        if self.logs.may_trace() {
+            tracing::warn!(app = %self.app, kind, %what, reason = %why, "access denied");
+        }
         self.logs
             .note(&format!("skiff: {kind} access to {what} denied: {why}"));
     }

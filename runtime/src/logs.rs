@@ -1,12 +1,15 @@
 //! Guest output: stdout and stderr of every instance of an app are captured
 //! line by line into a bounded per-app ring buffer (what a logs API serves)
-//! and emitted as `tracing` events tagged with the app.
+//! and emitted as `tracing` events tagged with the app — at most
+//! [`TRACE_RATE`] lines a second per app (after a burst of [`TRACE_BURST`]),
+//! so a guest that prints in a loop cannot flood the node's own log; what is
+//! held back stays in the app's buffer and is counted in one event.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -19,6 +22,63 @@ pub const DEFAULT_LOG_LINES: usize = 1000;
 /// Longest line kept; longer output is split. Bounds memory per line and
 /// stops one guest from flooding the log with a single huge line.
 pub const MAX_LINE_BYTES: usize = 4096;
+
+/// Lines per second an app may add to the node's own log, once its burst
+/// is spent.
+pub const TRACE_RATE: u32 = 100;
+/// Lines an app may add to the node's own log at once.
+pub const TRACE_BURST: u32 = 500;
+
+/// A token bucket: how many of an app's lines reach the node's own log.
+#[derive(Debug)]
+struct TraceBudget {
+    tokens: u32,
+    /// When the bucket was last refilled (whole tokens only).
+    refilled: Instant,
+    /// Lines held back since the last one let through.
+    held_back: u64,
+}
+
+/// What [`TraceBudget::admit`] decided.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// Trace the line; `held_back` lines before it were not traced.
+    Yes { held_back: u64 },
+    /// Do not trace it.
+    No,
+}
+
+impl TraceBudget {
+    fn new(now: Instant) -> Self {
+        Self {
+            tokens: TRACE_BURST,
+            refilled: now,
+            held_back: 0,
+        }
+    }
+
+    fn admit(&mut self, now: Instant) -> Admit {
+        let elapsed = now.saturating_duration_since(self.refilled);
+        let earned = elapsed.as_millis() * u128::from(TRACE_RATE) / 1000;
+        if earned > 0 {
+            self.tokens = u32::try_from(earned)
+                .unwrap_or(u32::MAX)
+                .saturating_add(self.tokens)
+                .min(TRACE_BURST);
+            // Keep the remainder: only the time the tokens paid for passes.
+            let paid = u64::try_from(earned).unwrap_or(u64::MAX) * 1000 / u64::from(TRACE_RATE);
+            self.refilled += std::time::Duration::from_millis(paid);
+        }
+        if self.tokens == 0 {
+            self.held_back += 1;
+            return Admit::No;
+        }
+        self.tokens -= 1;
+        Admit::Yes {
+            held_back: std::mem::take(&mut self.held_back),
+        }
+    }
+}
 
 /// Which stream a line came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -55,6 +115,7 @@ pub struct LogBuffer {
     app: Arc<str>,
     capacity: usize,
     ring: Mutex<Ring>,
+    budget: Mutex<TraceBudget>,
 }
 
 impl LogBuffer {
@@ -67,14 +128,38 @@ impl LogBuffer {
                 lines: VecDeque::new(),
                 next_seq: 0,
             }),
+            budget: Mutex::new(TraceBudget::new(Instant::now())),
+        }
+    }
+
+    /// Whether one more line about this app may go to the node's own log
+    /// (guest output and the host's notes share the budget). When lines
+    /// were held back before this one, says how many, once.
+    pub fn may_trace(&self) -> bool {
+        let Ok(mut budget) = self.budget.lock() else {
+            return false;
+        };
+        match budget.admit(Instant::now()) {
+            Admit::No => false,
+            Admit::Yes { held_back: 0 } => true,
+            Admit::Yes { held_back } => {
+                tracing::warn!(
+                    app = %self.app,
+                    held_back,
+                    "app logging faster than the node traces: lines held back (kept in the app's log)"
+                );
+                true
+            }
         }
     }
 
     fn push(&self, stream: Stream, bytes: &[u8]) {
         let line = String::from_utf8_lossy(bytes).into_owned();
-        match stream {
-            Stream::Stdout => tracing::info!(app = %self.app, stream = "stdout", "{line}"),
-            Stream::Stderr => tracing::warn!(app = %self.app, stream = "stderr", "{line}"),
+        if self.may_trace() {
+            match stream {
+                Stream::Stdout => tracing::info!(app = %self.app, stream = "stdout", "{line}"),
+                Stream::Stderr => tracing::warn!(app = %self.app, stream = "stderr", "{line}"),
+            }
         }
         self.append(stream, line);
     }
@@ -248,6 +333,48 @@ mod tests {
         // Capacity 3: the oldest lines were dropped, the tail was flushed.
         assert_eq!(texts(&buf), ["three", "four", "five"]);
         assert_eq!(buf.lines_since(4).len(), 1);
+    }
+
+    #[test]
+    fn the_trace_budget_allows_a_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut budget = TraceBudget::new(start);
+        let burst = (0..TRACE_BURST * 2)
+            .filter(|_| budget.admit(start) != Admit::No)
+            .count();
+        assert_eq!(burst, TRACE_BURST as usize);
+        // 10 ms later one more token (at 100/s), which reports what was held.
+        let later = start + std::time::Duration::from_millis(10);
+        assert_eq!(
+            budget.admit(later),
+            Admit::Yes {
+                held_back: u64::from(TRACE_BURST)
+            }
+        );
+        assert_eq!(budget.admit(later), Admit::No);
+        // A second later: the rate, not the burst.
+        let second = later + std::time::Duration::from_secs(1);
+        let admitted = (0..TRACE_BURST)
+            .filter(|_| budget.admit(second) != Admit::No)
+            .count();
+        assert_eq!(admitted, TRACE_RATE as usize);
+        // Long quiet refills the burst, no more.
+        let quiet = second + std::time::Duration::from_secs(3600);
+        let admitted = (0..TRACE_BURST * 2)
+            .filter(|_| budget.admit(quiet) != Admit::No)
+            .count();
+        assert_eq!(admitted, TRACE_BURST as usize);
+    }
+
+    #[test]
+    fn flooding_keeps_every_line_in_the_buffer_bounded() {
+        let buf = LogBuffer::new("flood", 1000);
+        for i in 0..20_000 {
+            buf.push(Stream::Stdout, format!("line {i}").as_bytes());
+        }
+        let lines = buf.lines_since(0);
+        assert_eq!(lines.len(), 1000);
+        assert_eq!(lines[999].line, "line 19999");
     }
 
     #[test]
