@@ -579,6 +579,11 @@ async fn guest_abuse_battery() {
         "RSS grew by {} MiB over the battery",
         grown >> 20
     );
+    // None of these guests touches a file or the network: no refusal is
+    // recorded for them (the guards see only real attempts).
+    for app in ["hello", "abuse", "loop", "bomb", "nap"] {
+        assert_eq!(node.runtime.app_stats(app).unwrap().denied(), 0, "{app}");
+    }
     node.stop().await;
 }
 
