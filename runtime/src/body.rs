@@ -119,7 +119,9 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // Never a clean end for a stopped guest: the server must poll and
+        // see the error.
+        !self.stopped.load(Ordering::Acquire) && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

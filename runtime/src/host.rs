@@ -206,13 +206,22 @@ fn socket_check(
 + Sync
 + 'static {
     move |addr, usage| {
+        let scheme = match usage {
+            SocketAddrUse::TcpBind
+            | SocketAddrUse::TcpConnect
+            | SocketAddrUse::TcpListen
+            | SocketAddrUse::TcpAccept => Scheme::Tcp,
+            SocketAddrUse::UdpBind | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {
+                Scheme::Udp
+            }
+        };
         let verdict = match usage {
             SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
                 if addr.ip().is_unspecified() && addr.port() == 0 {
                     Ok(())
                 } else {
                     Err(Denial::NotAllowed {
-                        scheme: Scheme::Tcp,
+                        scheme,
                         host: format!("bind {}", addr.ip()),
                         port: addr.port(),
                     })
@@ -223,9 +232,8 @@ fn socket_check(
                 host: format!("listen {}", addr.ip()),
                 port: addr.port(),
             }),
-            SocketAddrUse::TcpConnect => rules.check_socket(Scheme::Tcp, addr.ip(), addr.port()),
-            SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {
-                rules.check_socket(Scheme::Udp, addr.ip(), addr.port())
+            SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {
+                rules.check_socket(scheme, addr.ip(), addr.port())
             }
         };
         let allowed = match verdict {

@@ -96,7 +96,7 @@ pub struct AppSpec {
 pub struct AppStats {
     counts: [AtomicU64; Outcome::ALL.len()],
     server_errors: AtomicU64,
-    /// Outbound accesses (HTTP or sockets) refused by the app's grants.
+    /// Accesses (HTTP, sockets, files) refused by the app's grants.
     denied: Arc<AtomicU64>,
 }
 
@@ -106,7 +106,8 @@ impl AppStats {
         self.counts[outcome.index()].load(Ordering::Relaxed)
     }
 
-    /// Outbound accesses refused because the app was not granted them.
+    /// Accesses (HTTP, sockets, files) refused because the app was not
+    /// granted them.
     pub fn denied(&self) -> u64 {
         self.denied.load(Ordering::Relaxed)
     }

@@ -95,6 +95,9 @@ where
     let graceful = GracefulShutdown::new();
     let connections = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // Whether the limit is being hit: warned once per episode, not once per
+    // refused connection (a flood would otherwise flood the log too).
+    let mut at_limit = false;
     loop {
         let (mut stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -109,13 +112,16 @@ where
         };
         let _ = stream.set_nodelay(true);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = limits.max_connections, "connection refused: at the connection limit");
+            if !std::mem::replace(&mut at_limit, true) {
+                tracing::warn!(%peer, limit = limits.max_connections, "refusing connections: at the connection limit");
+            }
             connections.spawn(async move {
                 let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
                 let _ = stream.shutdown().await;
             });
             continue;
         };
+        at_limit = false;
         let conn = builder
             .serve_connection(TokioIo::new(stream), make())
             .into_owned();

@@ -211,28 +211,22 @@ impl NodeRouter {
             "Requests served here, by app and outcome.",
             &requests,
         );
-        let denied: Vec<_> = apps
-            .iter()
-            .map(|(app, s)| (format!("{{app=\"{app}\"}}"), s.denied()))
-            .collect();
+        let per_app = |value: &dyn Fn(&str, &crate::AppStats) -> u64| -> Vec<(String, u64)> {
+            apps.iter()
+                .map(|(app, s)| (format!("{{app=\"{app}\"}}"), value(app, s)))
+                .collect()
+        };
         family(
             "skiff_node_access_denied_total",
             "counter",
             "Outbound HTTP requests, sockets and file system accesses refused because the app was not granted them.",
-            &denied,
+            &per_app(&|_, s| s.denied()),
         );
-        let in_flight: Vec<_> = apps
-            .iter()
-            .map(|(app, _)| {
-                let n = self.runtime.in_flight(app).unwrap_or(0) as u64;
-                (format!("{{app=\"{app}\"}}"), n)
-            })
-            .collect();
         family(
             "skiff_node_in_flight",
             "gauge",
             "Instances running now, by app.",
-            &in_flight,
+            &per_app(&|app, _| self.runtime.in_flight(app).unwrap_or(0) as u64),
         );
         let load = |c: &AtomicU64| vec![(String::new(), c.load(Ordering::Relaxed))];
         family(
