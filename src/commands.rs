@@ -7,8 +7,31 @@ use skiff_sdk::quantity::format_bytes;
 
 use crate::client::{Connect, Output};
 
+/// Standard output was closed by its reader (`skiff logs | head`): the
+/// command ends there, quietly and successfully.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
+pub struct StdoutClosed;
+
+/// Writes one line to standard output; a closed pipe is [`StdoutClosed`].
+pub fn write_line(line: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{line}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        other => Ok(other?),
+    }
+}
+
+/// `println!` that stops the command quietly once stdout is closed.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::commands::write_line(format_args!($($arg)*))
+    };
+}
+
 /// Prints rows under headers, columns aligned.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -24,12 +47,13 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
                 out.push_str(cell);
             }
         }
-        println!("{}", out.trim_end());
+        outln!("{}", out.trim_end())
     };
-    line(&mut headers.iter().copied());
+    line(&mut headers.iter().copied())?;
     for row in rows {
-        line(&mut row.iter().map(String::as_str));
+        line(&mut row.iter().map(String::as_str))?;
     }
+    Ok(())
 }
 
 /// Bytes for people: `232.0 KiB`, `17.7 GiB`.
@@ -49,7 +73,7 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 fn json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?)?;
     Ok(())
 }
 
@@ -88,7 +112,7 @@ fn problems(app: &App) -> String {
     }
 }
 
-fn print_events(events: &[Event]) {
+fn print_events(events: &[Event]) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = events
         .iter()
         .map(|e| {
@@ -100,7 +124,7 @@ fn print_events(events: &[Event]) {
             ]
         })
         .collect();
-    table(&["AGE", "KIND", "OBJECT", "MESSAGE"], &rows);
+    table(&["AGE", "KIND", "OBJECT", "MESSAGE"], &rows)
 }
 
 /// `skiff apps`.
@@ -127,8 +151,7 @@ pub async fn apps(connect: &Connect) -> anyhow::Result<()> {
             "NAME", "REVISION", "READY", "ARTIFACT", "UPDATED", "PROBLEMS",
         ],
         &rows,
-    );
-    Ok(())
+    )
 }
 
 /// `skiff app NAME`: spec summary, replicas per node, conditions, events.
@@ -142,40 +165,41 @@ pub async fn app(connect: &Connect, name: &str) -> anyhow::Result<()> {
         return json(&serde_json::json!({ "app": app, "replicas": replicas, "events": recent }));
     }
     let q = &app.spec.quota;
-    println!("Name:       {}", app.name);
-    println!("Revision:   {} (version {})", app.revision, app.version);
-    println!("Artifact:   {}", app.spec.artifact);
-    println!(
+    outln!("Name:       {}", app.name)?;
+    outln!("Revision:   {} (version {})", app.revision, app.version)?;
+    outln!("Artifact:   {}", app.spec.artifact)?;
+    outln!(
         "Replicas:   {} ready / {} desired",
-        app.status.ready_replicas, app.status.desired_replicas
-    );
-    println!(
+        app.status.ready_replicas,
+        app.status.desired_replicas
+    )?;
+    outln!(
         "Quota:      memory {} × concurrency {}, fuel {}, timeout {} ms",
         format_bytes(q.memory_bytes),
         q.concurrency,
         q.fuel,
         q.timeout_ms
-    );
+    )?;
     let none = || "none".to_owned();
     let outbound = &app.spec.allowed_outbound_hosts;
-    println!(
+    outln!(
         "Outbound:   {}",
         if outbound.is_empty() {
             none()
         } else {
             outbound.join(", ")
         }
-    );
+    )?;
     let files: Vec<&str> = app.spec.files.keys().map(String::as_str).collect();
-    println!(
+    outln!(
         "Files:      {}",
         if files.is_empty() {
             none()
         } else {
             format!("{} (read-only)", files.join(", "))
         }
-    );
-    println!("\nReplicas:");
+    )?;
+    outln!("\nReplicas:")?;
     let rows: Vec<Vec<String>> = replicas
         .iter()
         .map(|r| {
@@ -188,8 +212,8 @@ pub async fn app(connect: &Connect, name: &str) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    table(&["ID", "NODE", "REVISION", "STATE", "REASON"], &rows);
-    println!("\nConditions:");
+    table(&["ID", "NODE", "REVISION", "STATE", "REASON"], &rows)?;
+    outln!("\nConditions:")?;
     let rows: Vec<Vec<String>> = app
         .status
         .conditions
@@ -203,10 +227,9 @@ pub async fn app(connect: &Connect, name: &str) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    table(&["KIND", "STATUS", "REASON", "MESSAGE"], &rows);
-    println!("\nEvents:");
-    print_events(recent);
-    Ok(())
+    table(&["KIND", "STATUS", "REASON", "MESSAGE"], &rows)?;
+    outln!("\nEvents:")?;
+    print_events(recent)
 }
 
 /// `skiff scale NAME N`.
@@ -215,14 +238,14 @@ pub async fn scale(connect: &Connect, name: &str, replicas: u32) -> anyhow::Resu
     if connect.output == Output::Json {
         return json(&app);
     }
-    println!("{name} scaled to {replicas} replicas");
+    outln!("{name} scaled to {replicas} replicas")?;
     Ok(())
 }
 
 /// `skiff delete NAME`.
 pub async fn delete(connect: &Connect, name: &str) -> anyhow::Result<()> {
     connect.client()?.delete_app(name).await?;
-    println!("{name} deleted");
+    outln!("{name} deleted")?;
     Ok(())
 }
 
@@ -278,7 +301,7 @@ pub async fn rollout(connect: &Connect, command: &Rollout) -> anyhow::Result<()>
                     ]
                 })
                 .collect();
-            table(&["REVISION", "CREATED", "ARTIFACT", ""], &rows);
+            table(&["REVISION", "CREATED", "ARTIFACT", ""], &rows)?;
         }
         Rollout::Status { name, timeout } => {
             // Only what happens from now on, plus the current state.
@@ -295,7 +318,7 @@ pub async fn rollout(connect: &Connect, command: &Rollout) -> anyhow::Result<()>
             if connect.output == Output::Json {
                 return json(&app);
             }
-            println!("{name} rolled back: now at revision {}", app.revision);
+            outln!("{name} rolled back: now at revision {}", app.revision)?;
         }
     }
     Ok(())
@@ -337,8 +360,7 @@ pub async fn nodes(connect: &Connect) -> anyhow::Result<()> {
     table(
         &["NAME", "STATE", "MEMORY", "INGRESS", "HEARTBEAT", "LABELS"],
         &rows,
-    );
-    Ok(())
+    )
 }
 
 /// `skiff cordon|uncordon|drain NODE`.
@@ -352,7 +374,7 @@ pub async fn node_action(connect: &Connect, node: &str, action: &str) -> anyhow:
         "uncordon" => "uncordoned: accepts replicas again",
         _ => "draining: replicas move elsewhere as replacements become ready",
     };
-    println!("node {node} {done}");
+    outln!("node {node} {done}")?;
     Ok(())
 }
 
@@ -386,27 +408,30 @@ pub async fn events(connect: &Connect, args: &EventsArgs) -> anyhow::Result<()> 
     if connect.output == Output::Json {
         return json(&recent);
     }
-    print_events(recent);
-    Ok(())
+    print_events(recent)
 }
 
 /// `skiff logs NAME [-f]`: `node | line`, or the entries as JSON lines.
 pub async fn logs(connect: &Connect, name: &str, follow: bool) -> anyhow::Result<()> {
     let client = connect.client()?;
     let as_json = connect.output == Output::Json;
+    let mut closed = None;
     client
         .logs(name, follow, |entry| {
-            if as_json {
-                if let Ok(line) = serde_json::to_string(&entry) {
-                    println!("{line}");
-                }
+            let written = if as_json {
+                serde_json::to_string(&entry)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|line| outln!("{line}"))
             } else if entry.stream == "skiff" {
                 eprintln!("[{}] {}", entry.node, entry.line);
+                Ok(())
             } else {
-                println!("{} | {}", entry.node, entry.line);
-            }
-            true
+                outln!("{} | {}", entry.node, entry.line)
+            };
+            // Stop reading once nothing more can be written.
+            closed = written.err();
+            closed.is_none()
         })
         .await?;
-    Ok(())
+    closed.map_or(Ok(()), Err)
 }

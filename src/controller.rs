@@ -35,6 +35,13 @@ pub struct ControllerArgs {
     /// Largest artifact accepted, e.g. `64Mi`.
     #[arg(long, env = "SKIFF_MAX_ARTIFACT", default_value = "64Mi", value_parser = quantity::parse_bytes)]
     pub(crate) max_artifact: u64,
+    /// Most bytes all stored artifacts may take, e.g. `8Gi`; an upload
+    /// beyond is answered 507.
+    #[arg(long, env = "SKIFF_MAX_ARTIFACT_STORE", default_value = "8Gi", value_parser = quantity::parse_bytes)]
+    pub(crate) max_artifact_store: u64,
+    /// How long an artifact no kept revision names is kept, e.g. `1h`.
+    #[arg(long, env = "SKIFF_ARTIFACT_RETENTION", default_value = "1h", value_parser = quantity::parse_duration)]
+    pub(crate) artifact_retention: Duration,
     /// A node without a heartbeat for this long is NotReady, e.g. `3s`.
     #[arg(long, env = "SKIFF_NODE_GRACE", default_value = "3s", value_parser = quantity::parse_duration)]
     pub(crate) node_grace: Duration,
@@ -46,6 +53,11 @@ pub struct ControllerArgs {
     /// Leader lease duration; a dead leader is replaced within it.
     #[arg(long, env = "SKIFF_LEASE_TTL", default_value = "5s", value_parser = quantity::parse_duration)]
     pub(crate) lease_ttl: Duration,
+    /// The domain apps are reached under on the nodes (`Host:
+    /// <app>.<domain>`): an app's extra hosts may not be another app's own
+    /// host under it.
+    #[arg(long, env = "SKIFF_DOMAIN", default_value = skiff_controller::api::DEFAULT_DOMAIN)]
+    pub(crate) domain: String,
     /// Identity in the leader lease (default: hostname and pid).
     #[arg(long, env = "SKIFF_CONTROLLER_ID")]
     pub(crate) id: Option<String>,
@@ -77,6 +89,7 @@ pub async fn start(
         .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("skiff.db").display()));
     let options = StoreOptions {
         node_grace: args.node_grace,
+        artifact_store_bytes: args.max_artifact_store,
         ..StoreOptions::default()
     };
     let store = SqlStore::connect(&url, options)
@@ -108,6 +121,7 @@ pub async fn start(
     let config = ApiConfig {
         max_artifact_bytes: usize::try_from(args.max_artifact).unwrap_or(usize::MAX),
         node_grace: args.node_grace,
+        domain: args.domain.clone(),
     };
     let state = AppState::new(store.clone(), config, leader_rx.clone());
     let reconciler = Reconciler::new(
@@ -118,7 +132,13 @@ pub async fn start(
         },
         state.changes.clone(),
     );
-    tasks.spawn(reconciler.run(leader_rx, shutdown.clone()));
+    tasks.spawn(reconciler.run(leader_rx.clone(), shutdown.clone()));
+    tasks.spawn(skiff_controller::collector::run(
+        state.store.clone(),
+        args.artifact_retention,
+        leader_rx,
+        shutdown.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

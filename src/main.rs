@@ -262,6 +262,8 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // `skiff logs | head`: the reader has what it wanted.
+        Err(e) if e.is::<commands::StdoutClosed>() => std::process::ExitCode::SUCCESS,
         Err(e) => {
             let failure = e
                 .downcast_ref::<ClientError>()

@@ -71,6 +71,10 @@ pub struct LimitArgs {
     /// Connections open at once; one more is answered 503 and closed.
     #[arg(long, env = "SKIFF_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
     pub(crate) max_connections: usize,
+    /// Connections one client address (an IPv6 client by its /64) may hold
+    /// at once; one more is answered 503 and closed.
+    #[arg(long, env = "SKIFF_MAX_CONNECTIONS_PER_CLIENT", default_value_t = Limits::default().max_connections_per_client)]
+    pub(crate) max_connections_per_client: usize,
 }
 
 impl Default for LimitArgs {
@@ -79,6 +83,7 @@ impl Default for LimitArgs {
         Self {
             header_timeout: limits.header_read_timeout,
             max_connections: limits.max_connections,
+            max_connections_per_client: limits.max_connections_per_client,
         }
     }
 }
@@ -89,6 +94,7 @@ impl LimitArgs {
         Limits {
             header_read_timeout: self.header_timeout,
             max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
             ..Limits::default()
         }
     }

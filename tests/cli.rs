@@ -37,6 +37,27 @@ fn skiff(dir: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `skiff <args>` with its stdout a pipe whose reader is already gone (as
+/// `| head` once it has its lines); returns (exit code, stderr).
+fn with_stdout_closed(dir: &Path, args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("SKIFF_CONTROLLER")
+        .env_remove("SKIFF_TOKEN")
+        .env_remove("SKIFF_DATA_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 fn ok(dir: &Path, args: &[&str]) -> String {
     let (code, out, err) = skiff(dir, args);
     assert_eq!(code, 0, "skiff {args:?} failed:\n{err}");
@@ -235,6 +256,13 @@ async fn new_build_package_deploy_curl_scale_logs_and_roll_back_through_the_cli(
     let logs = ok(work, &["logs", "echo"]);
     assert!(logs.contains("local | echo: GET /one"), "{logs}");
     assert!(logs.contains("local | echo: GET /two"), "{logs}");
+    // `skiff logs … | head` and `skiff events | head`: the reader closes
+    // the pipe; the command exits 0 without a panic.
+    for args in [&["logs", "echo"][..], &["events"][..]] {
+        let (code, stderr) = with_stdout_closed(work, args);
+        assert_eq!(code, 0, "skiff {args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "skiff {args:?}: {stderr}");
+    }
     // A node's logs are the controller's to read: without the key, 401.
     let stolen = send(
         ingress,

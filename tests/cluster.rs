@@ -353,3 +353,128 @@ async fn a_second_controller_takes_over_reconciling_when_the_leader_is_killed() 
     drop((cluster, second));
     common::cluster::drop_database(&database).await;
 }
+
+/// Hosts are compared in one form: any case and a trailing dot reach an app
+/// through every node; a host that names no app is 404 (not a 503 to retry
+/// for ever); two `Host` headers are 400; and an extra host cannot be
+/// spelled so as to take another app's host or an app's own
+/// `<name>.<domain>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_are_matched_in_one_form() {
+    let cluster = Cluster::start(&NODES[..2]).await;
+    let hello = cluster.deploy("hello", "hello", 1).await;
+    cluster.wait_ready("hello", 1, CONVERGE).await;
+    cluster
+        .wait("endpoints on every node", CONVERGE, |c| async move {
+            let mut all = true;
+            for node in c.live_nodes() {
+                all &= c.get(&node, "hello", "/").await.status == StatusCode::OK;
+            }
+            all.then_some(())
+        })
+        .await;
+    for node in cluster.live_nodes() {
+        let addr = cluster.node_addr(&node);
+        for host in ["HELLO.localhost", "Hello.LocalHost.", "hello.localhost.:80"] {
+            let reply = common::send(addr, host, http::Method::GET, "/", bytes::Bytes::new()).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::OK,
+                "{host} via {node}: {}",
+                reply.text()
+            );
+        }
+        let unknown = common::send(
+            addr,
+            "nope.localhost",
+            http::Method::GET,
+            "/",
+            bytes::Bytes::new(),
+        )
+        .await;
+        assert_eq!(
+            unknown.status,
+            StatusCode::NOT_FOUND,
+            "via {node}: {}",
+            unknown.text()
+        );
+        assert_eq!(unknown.reason(), Some("app-not-found"));
+        assert!(!unknown.headers.contains_key(http::header::RETRY_AFTER));
+        let two = common::raw::raw(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: hello.localhost\r\nHost: other.localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(two.starts_with("HTTP/1.1 400"), "{two}");
+        assert!(two.contains("duplicate-host"), "{two}");
+    }
+
+    let mut spec: AppSpec = serde_json::from_value(serde_json::json!({
+        "artifact": hello.spec.artifact,
+        "replicas": 0,
+        "hosts": ["www.example.com"],
+    }))
+    .unwrap();
+    cluster.admin.apply_app("site", &spec).await.unwrap();
+    for (taken, why) in [
+        ("WWW.Example.com.", "already reaches app"),
+        ("www.example.com.", "already reaches app"),
+        ("hello.localhost", "own host"),
+        ("Hello.LOCALHOST.", "own host"),
+    ] {
+        spec.hosts = vec![taken.to_owned()];
+        let refused = cluster.admin.apply_app("other", &spec).await.unwrap_err();
+        assert_eq!(
+            refused.status(),
+            Some(StatusCode::UNPROCESSABLE_ENTITY),
+            "{taken}: {refused}"
+        );
+        let skiff_sdk::ClientError::Api { body, .. } = &refused else {
+            panic!("{refused}");
+        };
+        assert_eq!(body.error.field.as_deref(), Some("hosts[0]"), "{taken}");
+        assert!(
+            body.error.message.contains(why),
+            "{taken}: {}",
+            body.error.message
+        );
+    }
+    // Stored in the compared form.
+    spec.hosts = vec!["API.Example.com.".into()];
+    let app = cluster.admin.apply_app("api", &spec).await.unwrap();
+    assert_eq!(app.spec.hosts, ["api.example.com"]);
+}
+
+/// A node killed and started again at once keeps its name (it proves it
+/// with the credential it stored), and damaged state files do not stop it:
+/// they are set aside and fetched again from the controller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarts_as_itself_even_from_damaged_state() {
+    let mut cluster = Cluster::start(&NODES[..1]).await;
+    cluster.deploy("hello", "hello", 1).await;
+    let before = cluster.wait_ready("hello", 1, CONVERGE).await;
+    cluster.kill_node("n1");
+    let state = cluster.dir.path().join("nodes/n1");
+    for file in ["assignments.json", "endpoints.json"] {
+        std::fs::write(state.join(file), b"{ not json").unwrap();
+    }
+    cluster.start_node("n1");
+    for file in ["assignments.json.corrupt", "endpoints.json.corrupt"] {
+        assert!(state.join(file).is_file(), "{file}");
+    }
+    let after = cluster.wait_ready("hello", 1, CONVERGE).await;
+    assert_eq!(
+        after[0].id, before[0].id,
+        "the same replica, on the same node"
+    );
+    cluster
+        .wait("hello through the restarted node", CONVERGE, |c| async move {
+            (c.get("n1", "hello", "/").await.status == StatusCode::OK).then_some(())
+        })
+        .await;
+    let events = cluster.admin.events(None, 0, 1000).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.kind == "NodeReregistered"),
+        "{events:?}"
+    );
+}

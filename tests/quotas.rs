@@ -88,7 +88,7 @@ async fn timeout_quota_while_computing_and_while_waiting() {
     // Plenty of fuel, so only the clock can stop the loop.
     let q = Quota {
         timeout_ms: 300,
-        fuel: u64::MAX / 2,
+        fuel: skiff_sdk::quota::MAX_FUEL,
         ..quota()
     };
     node.deploy("spin", "cpu-loop", q).await;

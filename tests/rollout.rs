@@ -217,15 +217,11 @@ async fn expect_rollback(
             Duration::from_secs(60),
             |c| async move {
                 if poke {
+                    // Two clients: one alone never moves a verdict.
                     for (_, addr) in c.ingresses() {
-                        common::send(
-                            addr,
-                            "hello.localhost",
-                            http::Method::GET,
-                            "/",
-                            bytes::Bytes::new(),
-                        )
-                        .await;
+                        for from in ["127.0.0.1", "127.0.0.2"] {
+                            common::get_from(from, addr, "hello.localhost", "/").await;
+                        }
                     }
                 }
                 let events = c.admin.events(Some("hello"), 0, 1000).await.ok()?;

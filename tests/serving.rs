@@ -197,3 +197,31 @@ async fn http2_with_prior_knowledge_is_served() {
     }
     node.stop().await;
 }
+
+/// A revision that failed (or was rolled back) is removed from the node,
+/// but its output is what the operator needs next: it stays readable, and
+/// the revision that takes over continues the same buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_revisions_output_stays_readable() {
+    let node = TestNode::start(|_| {}).await;
+    node.deploy("app", "panic", Quota::default()).await;
+    let reply = node.get("app", "/boom").await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let panicked = |node: &TestNode| {
+        node.runtime
+            .logs("app", 0)
+            .unwrap_or_default()
+            .iter()
+            .any(|l| l.line.contains("about to panic on /boom"))
+    };
+    common::eventually(Duration::from_secs(10), "the panic line", || {
+        panicked(&node).then_some(())
+    })
+    .await;
+    assert!(node.runtime.remove("app"));
+    assert!(panicked(&node), "readable after removal");
+    node.deploy("app", "hello", Quota::default()).await;
+    assert_eq!(node.get("app", "/").await.status, StatusCode::OK);
+    assert!(panicked(&node), "kept by the revision that took over");
+    node.stop().await;
+}

@@ -130,8 +130,11 @@ async fn committed(t: &common::TestStore) {
                     },
                     ingress: format!("127.0.0.1:{}", 10_000 + i),
                     logs_key: None,
+                    credential: None,
                 },
                 &format!("credential-{i}"),
+                None,
+                0,
             )
             .await
             .unwrap();

@@ -142,6 +142,24 @@ impl Principal {
         }
     }
 
+    /// The node `name` itself and nobody else, not even the admin: what a
+    /// node reports (heartbeats) and watches (assignments) speaks for that
+    /// node only.
+    pub fn require_the_node(&self, name: &str) -> Result<(), ApiError> {
+        match self {
+            Principal::Node(own) if own == name => Ok(()),
+            Principal::Node(own) => Err(ApiError::Forbidden(format!(
+                "node {own:?} may not act for node {name:?}"
+            ))),
+            Principal::Admin => Err(ApiError::Forbidden(
+                "the admin token is not a node credential".into(),
+            )),
+            Principal::Joiner => Err(ApiError::Forbidden(
+                "the join token may only register nodes".into(),
+            )),
+        }
+    }
+
     /// The admin or the join token (registering nodes).
     pub fn require_join(&self) -> Result<(), ApiError> {
         match self {
@@ -235,6 +253,9 @@ mod tests {
         ));
         assert!(matches!(node.require_admin(), Err(ApiError::Forbidden(_))));
         assert!(Principal::Joiner.require_join().is_ok());
+        assert!(node.require_the_node("n1").is_ok());
+        assert!(Principal::Admin.require_the_node("n1").is_err());
+        assert!(node.require_the_node("n2").is_err());
         assert!(Principal::Joiner.require_node("n1").is_err());
     }
 }

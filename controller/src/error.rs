@@ -35,6 +35,14 @@ pub enum ApiError {
     /// 409: a version precondition or uniqueness conflict.
     #[error("{0}")]
     Conflict(String),
+    /// 409: a uniqueness conflict on one field (e.g. a live node's name).
+    #[error("{message}")]
+    Taken {
+        /// The field whose value is taken.
+        field: &'static str,
+        /// Explanation.
+        message: String,
+    },
     /// 409: the spec grants more than the running revision and the request
     /// did not approve it.
     #[error(
@@ -47,6 +55,9 @@ pub enum ApiError {
     /// 413: the body is larger than allowed.
     #[error("{0}")]
     TooLarge(String),
+    /// 507: the artifact store has no room for the upload.
+    #[error("{0}")]
+    StoreFull(String),
     /// 415: the body has the wrong content type.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -88,6 +99,13 @@ impl ApiError {
                 ApiError::NotFound(format!("{kind} {name:?} not found"))
             }
             StoreError::Conflict(message) => ApiError::Conflict(message),
+            full @ StoreError::Full { .. } => ApiError::StoreFull(format!(
+                "{full}; remove artifacts no app uses (DELETE /v1/artifacts/{{digest}}) or raise --max-artifact-store"
+            )),
+            taken @ StoreError::NameTaken(_) => ApiError::Taken {
+                field: "name",
+                message: taken.to_string(),
+            },
             other => ApiError::Internal {
                 doing,
                 source: Box::new(other),
@@ -104,6 +122,9 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
+            ApiError::Taken { field, .. } => {
+                (StatusCode::CONFLICT, "taken", Some((*field).to_owned()))
+            }
             ApiError::CapabilitiesNotApproved(_) => (
                 StatusCode::CONFLICT,
                 "capabilities_not_approved",
@@ -111,6 +132,7 @@ impl ApiError {
             ),
             ApiError::NodeUnreachable(_) => (StatusCode::BAD_GATEWAY, "node_unreachable", None),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
+            ApiError::StoreFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "store_full", None),
             ApiError::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",

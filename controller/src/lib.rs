@@ -15,9 +15,13 @@
 //! - [`auth`]: tokens, hashing, and who may call what.
 //! - [`error`]: the API error type, the only place that picks statuses.
 //! - [`lease`]: leader election over a lease row.
+//! - [`collector`]: removes artifacts no kept revision names any more.
+//! - [`reconciler`]: drives observed state towards desired state.
+//! - [`scheduler`]: the pure placement of replicas onto nodes.
 
 pub mod api;
 pub mod auth;
+pub mod collector;
 pub mod error;
 pub mod lease;
 pub mod reconciler;

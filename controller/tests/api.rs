@@ -205,6 +205,30 @@ async fn every_bad_input_gets_its_error_and_changes_nothing() {
             .await
             .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
         assert_eq!(body["error"]["field"], "quota.concurrency", "{b}");
+        // Values beyond what a node can honour, a NUL in an environment
+        // value, a missing field, a duplicate key and a body that is no
+        // object: each 422 names its field.
+        let cases = [
+            (serde_json::json!({ "artifact": art.digest, "quota": { "memory_bytes": (4u64 << 30) + 1 } }).to_string(), "quota.memory_bytes"),
+            (serde_json::json!({ "artifact": art.digest, "quota": { "fuel": u64::MAX } }).to_string(), "quota.fuel"),
+            (serde_json::json!({ "artifact": art.digest, "quota": { "concurrency": 1u64 << 31 } }).to_string(), "quota.concurrency"),
+            (serde_json::json!({ "artifact": art.digest, "env": { "A": "x\u{0}y" } }).to_string(), "env.A"),
+            (serde_json::json!({ "replicas": 1 }).to_string(), "artifact"),
+            (format!(r#"{{"artifact":"{}","replicas":1,"replicas":2}}"#, art.digest), "replicas"),
+            ("[1, 2]".to_owned(), "."),
+        ];
+        for (bad, field) in cases {
+            let body = api
+                .call(
+                    Method::PUT,
+                    "/v1/apps/web",
+                    Some(&admin),
+                    Some(("application/json", Bytes::from(bad.clone()))),
+                )
+                .await
+                .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+            assert_eq!(body["error"]["field"], field, "{b}: {bad}");
+        }
         // Invalid name.
         let body = api
             .admin_json(Method::PUT, "/v1/apps/Bad_Name", good.clone())
@@ -399,14 +423,74 @@ async fn nodes_credentials_and_assignment_watch() {
         api.call(Method::POST, "/v1/nodes", Some(&join), json(serde_json::json!({"name": "n9", "capacity": {"memory_bytes": 1}, "ingress": "nope"}))).await
             .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
 
-        // Re-registering keeps identity and rotates the credential.
-        let again = api
+        // A body is judged only once the caller may send it: 403 before
+        // any 415 or 422.
+        for (content_type, body) in [
+            ("application/json", "{\"artifact\": 7}"),
+            ("application/json", "{"),
+            ("text/plain", "hello"),
+        ] {
+            let body = Some((content_type, Bytes::from(body)));
+            api.call(
+                Method::PUT,
+                "/v1/apps/x",
+                Some(&n1.credential),
+                body.clone(),
+            )
+            .await
+            .expect_error(StatusCode::FORBIDDEN, "forbidden");
+            api.call(
+                Method::POST,
+                "/v1/nodes",
+                Some(&n1.credential),
+                body.clone(),
+            )
+            .await
+            .expect_error(StatusCode::FORBIDDEN, "forbidden");
+            api.call(
+                Method::PUT,
+                "/v1/nodes/n2/heartbeat",
+                Some(&n1.credential),
+                body,
+            )
+            .await
+            .expect_error(StatusCode::FORBIDDEN, "forbidden");
+        }
+        // The admin token is no node credential.
+        api.call(
+            Method::PUT,
+            "/v1/nodes/n1/heartbeat",
+            Some(&api.admin),
+            json(hb.clone()),
+        )
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "forbidden");
+        api.call(
+            Method::GET,
+            "/v1/nodes/n1/assignments",
+            Some(&api.admin),
+            None,
+        )
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "forbidden");
+
+        // The join token does not take over a live node's name...
+        let taken = api
             .call(
                 Method::POST,
                 "/v1/nodes",
                 Some(&join),
                 json(registration("n1")),
             )
+            .await;
+        let error = taken.expect_error(StatusCode::CONFLICT, "taken");
+        assert_eq!(error["error"]["field"], "name", "{b}: {error}");
+        // ...but the node itself, with its current credential, re-registers:
+        // it keeps its identity and gets a new credential.
+        let mut proven = registration("n1");
+        proven["credential"] = n1.credential.clone().into();
+        let again = api
+            .call(Method::POST, "/v1/nodes", Some(&join), json(proven))
             .await;
         assert_eq!(again.status, StatusCode::OK, "{b}");
         let n1b: NodeRegistration = serde_json::from_slice(&again.body).unwrap();

@@ -16,10 +16,20 @@ use skiff_sdk::api::{
     AppSpec, Heartbeat, NodeCapacity, NodeState, RegisterNode, ReplicaState, ReplicaStatus,
 };
 
+/// Stores `bytes` as an artifact (a spec may name only stored ones).
+async fn stored<S: Store + ?Sized>(s: &S, bytes: &[u8]) -> Digest {
+    let digest = Digest::of(bytes);
+    s.put_artifact(&digest, bytes).await.unwrap();
+    digest
+}
+
 fn spec(artifact: Digest, replicas: u32) -> AppSpec {
     serde_json::from_value(serde_json::json!({ "artifact": artifact, "replicas": replicas }))
         .unwrap()
 }
+
+/// The node grace the store is asked to honour in these tests.
+const GRACE: i64 = 60_000;
 
 fn node(name: &str, zone: &str) -> RegisterNode {
     RegisterNode {
@@ -30,6 +40,7 @@ fn node(name: &str, zone: &str) -> RegisterNode {
         },
         ingress: "127.0.0.1:8080".into(),
         logs_key: None,
+        credential: None,
     }
 }
 
@@ -38,7 +49,7 @@ async fn apps_revisions_versions_and_rollback() {
     for t in stores().await {
         let s = &t.store;
         let b = t.backend;
-        let d = Digest::of(b"a");
+        let d = stored(s, b"a").await;
         let first = s.apply_app("web", &spec(d, 2), None).await.unwrap();
         assert!(first.created && first.new_revision, "{b}");
         assert_eq!(
@@ -166,7 +177,7 @@ async fn growth_is_bounded() {
     for t in stores_with(options).await {
         let s = &t.store;
         let b = t.backend;
-        let d = Digest::of(b"a");
+        let d = stored(s, b"a").await;
         for i in 0..(KEEP_REVISIONS + 10) {
             let mut sp = spec(d, 1);
             sp.env.insert("I".into(), i.to_string());
@@ -197,7 +208,9 @@ async fn growth_is_bounded() {
         );
 
         // Heartbeats renew in place: no event, no new row.
-        s.register_node(&node("n1", "a"), "hash-n1").await.unwrap();
+        s.register_node(&node("n1", "a"), "hash-n1", None, GRACE)
+            .await
+            .unwrap();
         let before = s.events(None, 0, 1000).await.unwrap().len();
         for _ in 0..300 {
             s.heartbeat("n1", &Heartbeat::default()).await.unwrap();
@@ -212,7 +225,10 @@ async fn nodes_heartbeats_and_assignments() {
     for t in stores().await {
         let s = &t.store;
         let b = t.backend;
-        let (n1, created) = s.register_node(&node("n1", "a"), "hash-1").await.unwrap();
+        let (n1, created) = s
+            .register_node(&node("n1", "a"), "hash-1", None, GRACE)
+            .await
+            .unwrap();
         assert!(created, "{b}");
         assert_eq!((n1.version, n1.state), (1, NodeState::Ready), "{b}");
         assert_eq!(
@@ -220,8 +236,27 @@ async fn nodes_heartbeats_and_assignments() {
             Some("n1"),
             "{b}"
         );
-        // Re-registering keeps the identity and replaces the credential.
-        let (again, created) = s.register_node(&node("n1", "b"), "hash-2").await.unwrap();
+        // A live node's name is not taken without its current credential.
+        for claim in [None, Some("hash-other")] {
+            assert!(
+                matches!(
+                    s.register_node(&node("n1", "b"), "hash-x", claim, GRACE)
+                        .await,
+                    Err(StoreError::NameTaken(_))
+                ),
+                "{b}"
+            );
+        }
+        assert_eq!(
+            s.node("n1").await.unwrap().unwrap().labels["zone"],
+            "a",
+            "{b}"
+        );
+        // Re-registering with it keeps the identity and replaces the credential.
+        let (again, created) = s
+            .register_node(&node("n1", "b"), "hash-2", Some("hash-1"), GRACE)
+            .await
+            .unwrap();
         assert!(!created, "{b}: a re-registration is not new");
         assert_eq!(again.registered_at, n1.registered_at, "{b}");
         assert_eq!(again.labels["zone"], "b", "{b}");
@@ -229,16 +264,28 @@ async fn nodes_heartbeats_and_assignments() {
             s.node_for_credential("hash-1").await.unwrap().is_none(),
             "{b}"
         );
+        // A node silent for longer than the grace can be replaced.
+        let (taken, created) = s
+            .register_node(&node("n1", "b"), "hash-3", None, -1)
+            .await
+            .unwrap();
+        assert!(!created, "{b}");
+        assert_eq!(taken.registered_at, n1.registered_at, "{b}");
+        let (_, _) = s
+            .register_node(&node("n1", "b"), "hash-2", Some("hash-3"), GRACE)
+            .await
+            .unwrap();
         // Credentials are unique.
         assert!(
             matches!(
-                s.register_node(&node("n2", "a"), "hash-2").await,
+                s.register_node(&node("n2", "a"), "hash-2", None, GRACE)
+                    .await,
                 Err(StoreError::Conflict(_))
             ),
             "{b}"
         );
 
-        let d = Digest::of(b"a");
+        let d = stored(s, b"a").await;
         s.apply_app("web", &spec(d, 2), None).await.unwrap();
         let empty = s.assignments("n1").await.unwrap();
         assert!(empty.replicas.is_empty(), "{b}");
@@ -276,6 +323,7 @@ async fn nodes_heartbeats_and_assignments() {
                     reason: Some("trap".into()),
                 },
             ],
+            ..Heartbeat::default()
         };
         s.heartbeat("n1", &hb).await.unwrap();
         assert_eq!(
@@ -300,8 +348,9 @@ async fn nodes_heartbeats_and_assignments() {
             "{b}"
         );
 
+        let current = s.node("n1").await.unwrap().unwrap().version;
         let cordoned = s
-            .set_node_flags("n1", Some(true), None, Some(again.version))
+            .set_node_flags("n1", Some(true), None, Some(current))
             .await
             .unwrap();
         assert!(cordoned.cordoned && !cordoned.draining, "{b}");
@@ -327,8 +376,10 @@ async fn retiring_replicas_and_good_revisions_round_trip() {
     for t in stores().await {
         let s = &t.store;
         let b = t.backend;
-        s.register_node(&node("n1", "a"), "h").await.unwrap();
-        s.apply_app("web", &spec(Digest::of(b"a"), 2), None)
+        s.register_node(&node("n1", "a"), "h", None, GRACE)
+            .await
+            .unwrap();
+        s.apply_app("web", &spec(stored(s, b"a").await, 2), None)
             .await
             .unwrap();
         s.assign_replica("web-1", "web", 1, "n1").await.unwrap();
@@ -364,7 +415,10 @@ async fn a_node_without_heartbeats_becomes_not_ready() {
         ..StoreOptions::default()
     };
     for t in stores_with(options).await {
-        t.store.register_node(&node("n1", "a"), "h").await.unwrap();
+        t.store
+            .register_node(&node("n1", "a"), "h", None, GRACE)
+            .await
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while t.store.node("n1").await.unwrap().unwrap().state == NodeState::Ready {
             assert!(
@@ -501,7 +555,7 @@ async fn the_app_list_reflects_every_write() {
             listed
         };
         assert!(check("nothing").await.is_empty());
-        let d = Digest::of(b"a");
+        let d = stored(s, b"a").await;
         s.apply_app("web", &spec(d, 1), None).await.unwrap();
         assert_eq!(check("apply").await.len(), 1);
         s.scale_app("web", 3, None).await.unwrap();
@@ -511,7 +565,9 @@ async fn the_app_list_reflects_every_write() {
         s.apply_app("web", &v2, None).await.unwrap();
         s.rollback_app("web", None, None).await.unwrap();
         assert_eq!(check("rollback").await[0].revision, 3);
-        s.register_node(&node("n1", "a"), "h1").await.unwrap();
+        s.register_node(&node("n1", "a"), "h1", None, GRACE)
+            .await
+            .unwrap();
         s.assign_replica("r1", "web", 3, "n1").await.unwrap();
         assert_eq!(check("assign").await[0].status.ready_replicas, 0);
         let ready = Heartbeat {
@@ -520,6 +576,7 @@ async fn the_app_list_reflects_every_write() {
                 state: ReplicaState::Ready,
                 reason: None,
             }],
+            ..Heartbeat::default()
         };
         s.heartbeat("n1", &ready).await.unwrap();
         assert_eq!(check("heartbeat").await[0].status.ready_replicas, 1);
@@ -541,6 +598,7 @@ async fn the_app_list_reflects_every_write() {
                 state: ReplicaState::Ready,
                 reason: None,
             }],
+            ..Heartbeat::default()
         };
         s.heartbeat("n1", &ready).await.unwrap();
         assert_eq!(check("heartbeat 2").await[0].status.ready_replicas, 1);
@@ -548,6 +606,89 @@ async fn the_app_list_reflects_every_write() {
         assert_eq!(check("delete node").await[0].status.ready_replicas, 0);
         s.delete_app("web", None).await.unwrap();
         assert!(check("delete app").await.is_empty(), "{b}");
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn artifacts_are_bounded_and_collected_once_unreferenced() {
+    let options = StoreOptions {
+        artifact_store_bytes: 300,
+        ..StoreOptions::default()
+    };
+    for t in stores_with(options).await {
+        let s = &t.store;
+        let b = t.backend;
+        let a = stored(s, &[1; 100]).await;
+        let spare = stored(s, &[2; 100]).await;
+        let c = stored(s, &[3; 100]).await;
+        // Full: 300 of 300 bytes; one more byte is refused, nothing stored.
+        let d = Digest::of(&[4]);
+        assert!(
+            matches!(
+                s.put_artifact(&d, &[4]).await,
+                Err(StoreError::Full {
+                    used: 300,
+                    size: 1,
+                    limit: 300
+                })
+            ),
+            "{b}"
+        );
+        assert!(s.artifact(&d).await.unwrap().is_none(), "{b}");
+        // The same bytes again are not new and take no room.
+        assert!(!s.put_artifact(&a, &[1; 100]).await.unwrap(), "{b}");
+
+        s.apply_app("web", &spec(a, 1), None).await.unwrap();
+        assert!(
+            matches!(s.delete_artifact(&a).await, Err(StoreError::Conflict(_))),
+            "{b}: a referenced artifact stays"
+        );
+        assert!(s.delete_artifact(&c).await.unwrap(), "{b}");
+        assert!(!s.delete_artifact(&c).await.unwrap(), "{b}: already gone");
+        assert!(s.artifact_chunk(&c, 0).await.unwrap().is_none(), "{b}");
+
+        // Unreferenced artifacts go only once their retention has passed.
+        let hour = 3_600_000;
+        assert!(s.collect_artifacts(hour).await.unwrap().is_empty(), "{b}");
+        assert!(s.collect_artifacts(hour).await.unwrap().is_empty(), "{b}");
+        assert_eq!(s.collect_artifacts(0).await.unwrap(), vec![spare], "{b}");
+        assert!(s.artifact(&spare).await.unwrap().is_none(), "{b}");
+        assert!(s.artifact_chunk(&spare, 0).await.unwrap().is_none(), "{b}");
+        assert!(s.artifact(&a).await.unwrap().is_some(), "{b}");
+
+        // Applying an artifact claims it: its mark is cleared.
+        let e = stored(s, &[5; 10]).await;
+        assert!(s.collect_artifacts(hour).await.unwrap().is_empty(), "{b}");
+        let mut v2 = spec(e, 1);
+        v2.env.insert("V".into(), "2".into());
+        s.apply_app("web", &v2, None).await.unwrap();
+        assert!(s.collect_artifacts(0).await.unwrap().is_empty(), "{b}");
+        assert!(s.artifact(&e).await.unwrap().is_some(), "{b}");
+
+        // Once the app is gone, so are its artifacts (after the retention),
+        // and a spec naming a removed artifact is refused whole.
+        s.delete_app("web", None).await.unwrap();
+        assert!(
+            s.collect_artifacts(0).await.unwrap().is_empty(),
+            "{b}: marked first"
+        );
+        let mut removed = s.collect_artifacts(0).await.unwrap();
+        removed.sort();
+        let mut expected = vec![a, e];
+        expected.sort();
+        assert_eq!(removed, expected, "{b}");
+        assert!(
+            matches!(
+                s.apply_app("web", &spec(a, 1), None).await,
+                Err(StoreError::NotFound {
+                    kind: "artifact",
+                    ..
+                })
+            ),
+            "{b}"
+        );
+        assert!(s.app("web").await.unwrap().is_none(), "{b}");
         t.finish().await;
     }
 }

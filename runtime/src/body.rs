@@ -132,23 +132,46 @@ where
 /// The JSON error response for a failed request: status and reason header
 /// from `outcome`, body `{"error":{"code","message","app"}}`.
 pub fn error_response(outcome: Outcome, app: Option<&str>) -> Response<HyperOutgoingBody> {
+    let mut response = json_error(outcome.status(), outcome.reason(), outcome.message(), app);
+    if matches!(outcome, Outcome::Overloaded | Outcome::NoReplica) {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// `400` with reason `duplicate-host`: a request with more than one `Host`
+/// header names no single app (RFC 9112 §3.2).
+pub fn duplicate_host() -> Response<HyperOutgoingBody> {
+    json_error(
+        http::StatusCode::BAD_REQUEST,
+        "duplicate-host",
+        "the request has more than one Host header",
+        None,
+    )
+}
+
+fn json_error(
+    status: http::StatusCode,
+    reason: &'static str,
+    message: &str,
+    app: Option<&str>,
+) -> Response<HyperOutgoingBody> {
     let body = serde_json::json!({
-        "error": { "code": outcome.reason(), "message": outcome.message(), "app": app }
+        "error": { "code": reason, "message": message, "app": app }
     });
     let mut response = Response::new(
         http_body_util::Full::new(Bytes::from(body.to_string()))
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
-    *response.status_mut() = outcome.status();
+    *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(REASON_HEADER, HeaderValue::from_static(outcome.reason()));
-    if matches!(outcome, Outcome::Overloaded | Outcome::NoReplica) {
-        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
+    headers.insert(REASON_HEADER, HeaderValue::from_static(reason));
     response
 }

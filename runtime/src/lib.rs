@@ -22,6 +22,7 @@
 //! - [`body`]: streaming request-size limit and JSON error responses.
 //! - [`routing`]: `Host: <app>.<domain>` to app name.
 //! - [`runtime`]: the [`Runtime`]: apps, readiness, the per-request path.
+//! - [`verdict`]: the first-requests verdict on a newly serving revision.
 //! - [`ingress`]: the hyper server loop with graceful shutdown.
 //! - [`node`]: the node agent (join, heartbeat, assignments, edge autonomy)
 //!   and its router (serve locally or forward to a peer).
@@ -37,6 +38,7 @@ pub mod node;
 pub mod quota;
 pub mod routing;
 pub mod runtime;
+pub mod verdict;
 
 pub use error::RuntimeError;
 pub use host::Capabilities;

@@ -132,6 +132,11 @@ impl LogBuffer {
         }
     }
 
+    /// The app whose output this is.
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
     /// Whether one more line about this app may go to the node's own log
     /// (guest output and the host's notes share the budget). When lines
     /// were held back before this one, says how many, once.

@@ -27,7 +27,7 @@ use crate::engine::{Allocator, EngineOptions, EpochTicker, build_engine};
 use crate::host::{Capabilities, HostState};
 use crate::logs::{DEFAULT_LOG_LINES, LogBuffer, LogLine};
 use crate::quota::{Limiter, Outcome, classify};
-use crate::routing::app_for_host;
+use crate::routing::app_name_for_host;
 
 /// Default largest request body: 16 MiB covers form posts and uploads to
 /// typical edge handlers; bigger payloads belong in object storage.
@@ -95,9 +95,10 @@ pub struct AppSpec {
 #[derive(Debug, Default)]
 pub struct AppStats {
     counts: [AtomicU64; Outcome::ALL.len()],
-    server_errors: AtomicU64,
     /// Accesses (HTTP, sockets, files) refused by the app's grants.
     denied: Arc<AtomicU64>,
+    /// The first-requests verdict window, while a node judges the app.
+    probation: crate::verdict::Probation,
 }
 
 impl AppStats {
@@ -117,20 +118,9 @@ impl AppStats {
         Outcome::ALL.iter().map(|o| self.count(*o)).sum()
     }
 
-    /// Requests the app failed: it trapped, broke a quota, returned an
-    /// error, or answered with a 5xx status of its own.
-    pub fn failed_by_app(&self) -> u64 {
-        [
-            Outcome::Trap,
-            Outcome::GuestError,
-            Outcome::Fuel,
-            Outcome::Memory,
-            Outcome::Timeout,
-        ]
-        .iter()
-        .map(|o| self.count(*o))
-        .sum::<u64>()
-            + self.server_errors.load(Ordering::Relaxed)
+    /// The app's first-requests verdict window.
+    pub fn probation(&self) -> &crate::verdict::Probation {
+        &self.probation
     }
 
     fn record(&self, outcome: Outcome) {
@@ -160,6 +150,9 @@ pub struct Preloaded {
     _cell: Arc<Loaded>,
 }
 
+/// How many removed apps' output a node keeps readable.
+const PARKED_LOGS: usize = 64;
+
 /// What the guest did with its response-outparam.
 const SET_NONE: u8 = 0;
 const SET_OK: u8 = 1;
@@ -172,6 +165,11 @@ pub struct Runtime {
     linker: Linker<HostState>,
     cache: ComponentCache,
     apps: RwLock<HashMap<String, Arc<App>>>,
+    /// The output of apps removed from this node, newest last (at most
+    /// [`PARKED_LOGS`]): a revision that failed here, or that was rolled
+    /// back, keeps its last lines readable, and a later revision of the
+    /// same app continues the same buffer.
+    parked_logs: Mutex<std::collections::VecDeque<Arc<LogBuffer>>>,
     /// Loaded components by digest; an entry lives as long as an app uses it.
     loaded: Mutex<HashMap<Digest, Weak<Loaded>>>,
     config: RuntimeConfig,
@@ -200,6 +198,7 @@ impl Runtime {
             linker,
             cache,
             apps: RwLock::new(HashMap::new()),
+            parked_logs: Mutex::new(std::collections::VecDeque::new()),
             loaded: Mutex::new(HashMap::new()),
             config,
             allocator,
@@ -249,10 +248,7 @@ impl Runtime {
         let (stats, logs) = match apps.get(&spec.name) {
             Some(old) if old.spec == spec => return Ok(()),
             Some(old) => (old.stats.clone(), old.logs.clone()),
-            None => (
-                Arc::default(),
-                Arc::new(LogBuffer::new(&spec.name, self.config.log_lines)),
-            ),
+            None => (Arc::default(), self.log_buffer_for(&apps, &spec.name)),
         };
         let pre = self.loaded_cell(spec.digest);
         let app = App {
@@ -323,13 +319,49 @@ impl Runtime {
         self.app(name).map(AppRef)
     }
 
-    /// Removes an app; its in-flight requests finish.
+    /// Removes an app; its in-flight requests finish, and its output stays
+    /// readable through [`Runtime::logs`] (see `parked_logs`).
     pub fn remove(&self, name: &str) -> bool {
-        self.apps
+        let removed = self
+            .apps
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(name)
-            .is_some()
+            .remove(name);
+        let Some(app) = removed else {
+            return false;
+        };
+        // A health-check candidate (`app@revision`) writes into its app's
+        // buffer, which is parked with the app itself.
+        if !name.contains('@') {
+            let mut parked = self.parked_logs.lock().unwrap_or_else(|e| e.into_inner());
+            parked.retain(|logs| logs.app() != name);
+            if parked.len() >= PARKED_LOGS {
+                parked.pop_front();
+            }
+            parked.push_back(app.logs.clone());
+        }
+        true
+    }
+
+    /// The log buffer a newly deployed `name` writes to: its app's (for a
+    /// candidate `app@revision`), the one parked when the app was last
+    /// removed here, or a new one.
+    fn log_buffer_for(&self, apps: &HashMap<String, Arc<App>>, name: &str) -> Arc<LogBuffer> {
+        let app = name.split('@').next().unwrap_or(name);
+        if let Some(running) = apps.get(app) {
+            return running.logs.clone();
+        }
+        let mut parked = self.parked_logs.lock().unwrap_or_else(|e| e.into_inner());
+        let found = parked.iter().position(|logs| logs.app() == app);
+        // A candidate only borrows the parked buffer; the app takes it back.
+        let taken = found.and_then(|i| {
+            if name == app {
+                parked.remove(i)
+            } else {
+                parked.get(i).cloned()
+            }
+        });
+        taken.unwrap_or_else(|| Arc::new(LogBuffer::new(app, self.config.log_lines)))
     }
 
     /// Names of the deployed apps.
@@ -468,7 +500,14 @@ impl Runtime {
 
     /// An app's captured guest output with sequence numbers from `since`.
     pub fn logs(&self, name: &str, since: u64) -> Option<Vec<LogLine>> {
-        self.app(name).map(|a| a.logs.lines_since(since))
+        if let Some(app) = self.app(name) {
+            return Some(app.logs.lines_since(since));
+        }
+        let parked = self.parked_logs.lock().unwrap_or_else(|e| e.into_inner());
+        parked
+            .iter()
+            .find(|logs| logs.app() == name)
+            .map(|logs| logs.lines_since(since))
     }
 
     /// Prometheus text exposition of the per-app request counters.
@@ -510,16 +549,14 @@ impl Runtime {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        let Ok(host) = crate::routing::request_host(&req) else {
+            return crate::body::duplicate_host();
+        };
         let app = {
             let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
-            let host = req.uri().authority().map(|a| a.as_str()).or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            });
             let by_host = host
-                .and_then(|h| app_for_host(h, &self.config.domain))
-                .and_then(|n| apps.get(n));
+                .and_then(|h| app_name_for_host(h, &self.config.domain))
+                .and_then(|n| apps.get(n.as_ref()));
             match by_host {
                 Some(app) => Some(app.clone()),
                 None if self.config.single_app_any_host && apps.len() == 1 => {
@@ -614,6 +651,17 @@ impl Runtime {
             return outcome_response(Outcome::Unavailable);
         };
 
+        // Requests straight from a client take part in the app's verdict;
+        // health checks (no client) and forwarded ones (judged by the
+        // address of the forwarding node, not the client) do not.
+        let client = req
+            .extensions()
+            .get::<skiff_sdk::serve::ClientAddr>()
+            .filter(|_| {
+                !req.headers()
+                    .contains_key(crate::node::router::FORWARDED_BY)
+            })
+            .map(|c| c.0);
         let exceeded = Arc::new(AtomicBool::new(false));
         let mut req =
             req.map(|b| LimitedBody::new(b, self.config.max_request_body, exceeded.clone()));
@@ -684,18 +732,15 @@ impl Runtime {
                 }
             };
             task_app.stats.record(outcome);
+            if let Some(client) = client {
+                task_app.stats.probation.record(client, outcome);
+            }
             outcome
         });
 
         match rx.await {
-            Ok(Ok(response)) => {
-                if response.status().is_server_error() {
-                    app.stats.server_errors.fetch_add(1, Ordering::Relaxed);
-                }
-                response.map(|body| {
-                    http_body_util::BodyExt::boxed_unsync(GuestBody::new(body, stopped))
-                })
-            }
+            Ok(Ok(response)) => response
+                .map(|body| http_body_util::BodyExt::boxed_unsync(GuestBody::new(body, stopped))),
             Ok(Err(_code)) => error_response(Outcome::GuestError, Some(&app.name)),
             Err(_) => {
                 let outcome = task.await.unwrap_or(Outcome::Trap);

@@ -319,6 +319,12 @@ pub struct RegisterNode {
     /// node's guest logs (`Host: _skiff`, `GET /v1/logs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs_key: Option<String>,
+    /// The credential this node was last issued, proving that a
+    /// re-registration comes from the node that holds the name. Without it
+    /// (a new node, or one that lost its disk) a name is taken only once
+    /// its previous holder has been silent beyond the node grace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// One line of guest output (`GET /v1/apps/{name}/logs`, newline-delimited
@@ -417,6 +423,11 @@ pub struct Heartbeat {
     /// Observed replicas.
     #[serde(default)]
     pub replicas: Vec<ReplicaStatus>,
+    /// The node's API key again ([`RegisterNode::logs_key`]): the
+    /// controller stores only its hash, so one that restarted learns the
+    /// key from the next heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs_key: Option<String>,
 }
 
 /// One replica a node should run.
@@ -523,6 +534,18 @@ pub struct NameError {
 /// Checks the DNS-label rules (RFC 1123) that app and node names follow:
 /// The name rule as a regular expression (for the OpenAPI document).
 pub const NAME_PATTERN: &str = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$";
+
+/// A DNS host name in the one form hosts are compared in: no trailing dot,
+/// lowercase. The controller stores an app's extra hosts so, and a node
+/// looks a request's host up so (after dropping its port).
+pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let bare = host.trim_end_matches('.');
+    if bare.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(bare.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(bare)
+    }
+}
 
 /// 1–63 characters, lowercase letters, digits and `-`, starting with a
 /// letter and ending with a letter or digit ([`NAME_PATTERN`]).

@@ -271,7 +271,8 @@ fn is_restricted_v4(ip: Ipv4Addr) -> bool {
 
 fn is_restricted_v6(ip: Ipv6Addr) -> bool {
     let first = ip.segments()[0];
-    ip.is_loopback()
+    embedded_ipv4(ip).into_iter().flatten().any(is_restricted_v4)
+        || ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
         // fc00::/7 unique local, fe80::/10 link-local, 2001:db8::/32 docs.
@@ -280,6 +281,41 @@ fn is_restricted_v6(ip: Ipv6Addr) -> bool {
         || (first == 0x2001 && ip.segments()[1] == 0x0db8)
         // 64:ff9b::/96 NAT64 can reach IPv4 private space.
         || (first == 0x0064 && ip.segments()[1] == 0xff9b)
+}
+
+/// The IPv4 addresses an IPv6 address carries, in every form that routes
+/// to them somewhere: IPv4-compatible (`::a.b.c.d`), IPv4-translated
+/// (`::ffff:0:a.b.c.d`, RFC 2765), NAT64 (`64:ff9b::/96`, `64:ff9b:1::/48`),
+/// 6to4 (`2002:AABB:CCDD::/48`), Teredo (`2001:0::/32`: the server, and the
+/// client stored inverted) and ISATAP (an interface identifier
+/// `0:5efe:a.b.c.d` or `200:5efe:a.b.c.d` under any prefix). A restricted
+/// IPv4 address is refused in each of these spellings.
+fn embedded_ipv4(ip: Ipv6Addr) -> [Option<Ipv4Addr>; 2] {
+    let s = ip.segments();
+    let v4 = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        Some(Ipv4Addr::new(a, b, c, d))
+    };
+    let low = v4(s[6], s[7]);
+    match s {
+        // ::a.b.c.d (but :: and ::1, which are themselves restricted).
+        [0, 0, 0, 0, 0, 0, ..] => [low, None],
+        // ::ffff:0:a.b.c.d
+        [0, 0, 0, 0, 0xffff, 0, ..] => [low, None],
+        [0x64, 0xff9b, 0, 0, 0, 0, ..] => [low, None],
+        // 64:ff9b:1::/48 carries the address in bits 48..88 (RFC 6052 /48).
+        [0x64, 0xff9b, 1, ..] => {
+            let [b1, b2] = s[3].to_be_bytes();
+            let [_, b3] = s[4].to_be_bytes();
+            let [b4, _] = s[5].to_be_bytes();
+            [Some(Ipv4Addr::new(b1, b2, b3, b4)), low]
+        }
+        [0x2002, hi, lo, ..] => [v4(hi, lo), None],
+        [0x2001, 0, hi, lo, ..] => [v4(hi, lo), v4(!s[6], !s[7])],
+        [.., 0 | 0x200, 0x5efe, _, _] => [low, None],
+        _ => [None, None],
+    }
 }
 
 /// An app's parsed outbound grants.
@@ -544,6 +580,42 @@ mod tests {
         assert!(r.check_socket(Scheme::Tcp, v6lo, 5432).is_ok());
         assert!(r.check_socket(Scheme::Tcp, v6lo, 5433).is_err());
         assert!(r.check_socket(Scheme::Udp, v6lo, 5432).is_err());
+    }
+
+    #[test]
+    fn every_ipv6_spelling_of_a_restricted_ipv4_address_is_restricted() {
+        for spelling in [
+            "::127.0.0.1",
+            "::ffff:127.0.0.1",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:a9fe:a9fe",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b:1:7f00:0:100::",
+            "64:ff9b:1:a00:1:0:a00:1",
+            "2002:7f00:1::",
+            "2002:7f00::1",
+            "2002:a9fe:a9fe::1",
+            "2002:c0a8:0101::",
+            "2001:0:7f00:1::1",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
+            "2001:db9::5efe:127.0.0.1",
+            "2400:cb00::200:5efe:10.0.0.1",
+        ] {
+            let ip: IpAddr = spelling.parse().unwrap();
+            assert!(is_restricted(ip), "{spelling}");
+        }
+        // The same forms carrying a public IPv4 address are not restricted
+        // (NAT64's well-known prefix stays restricted as a whole).
+        for spelling in [
+            "2002:5db8:d822::1",
+            "2001:0:5db8:d822::a247:2fdd",
+            "2400:cb00::200:5efe:93.184.216.34",
+            "2606:4700::6810:84e5",
+        ] {
+            let ip: IpAddr = spelling.parse().unwrap();
+            assert!(!is_restricted(ip), "{spelling}");
+        }
     }
 
     #[test]

@@ -17,6 +17,18 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 /// Default number of instances of one app serving at once on one replica.
 pub const DEFAULT_CONCURRENCY: u32 = 100;
 
+/// Most linear memory one instance can address: a 32-bit Wasm memory holds
+/// at most 4 GiB, so a larger limit would promise what no guest can use.
+pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
+/// Most fuel one request may be given: 1e13 units is hours of guest CPU,
+/// beyond any timeout; larger values only hide a typo.
+pub const MAX_FUEL: u64 = 10_000_000_000_000;
+/// Longest wall-clock limit of one request: a day.
+pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+/// Most instances of one app at once on one replica: more than a node's
+/// instance pool holds.
+pub const MAX_CONCURRENCY: u32 = 10_000;
+
 /// Resource limits for one app. Every request runs in a fresh instance that
 /// gets at most `memory_bytes` of linear memory, `fuel` units of CPU and
 /// `timeout_ms` of wall-clock time; at most `concurrency` instances run at
@@ -26,17 +38,17 @@ pub const DEFAULT_CONCURRENCY: u32 = 100;
 #[serde(deny_unknown_fields, default)]
 pub struct Quota {
     /// Maximum linear memory of one instance, in bytes.
-    #[schema(minimum = 65536)]
+    #[schema(minimum = 65536, maximum = 4294967296.0)]
     pub memory_bytes: u64,
     /// Fuel (roughly, Wasm instructions) one request may burn.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 10000000000000.0)]
     pub fuel: u64,
     /// Wall-clock limit of one request, in milliseconds, whether the guest is
     /// computing or waiting.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 86400000)]
     pub timeout_ms: u64,
     /// Maximum instances of this app running at once on one replica.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 10000)]
     pub concurrency: u32,
 }
 
@@ -69,14 +81,29 @@ impl Quota {
         if self.memory_bytes < 64 << 10 {
             return bad("memory_bytes", "must be at least 64Ki (one Wasm page)");
         }
+        if self.memory_bytes > MAX_MEMORY_BYTES {
+            return bad(
+                "memory_bytes",
+                "must be at most 4Gi (4294967296), all a 32-bit Wasm memory can address",
+            );
+        }
         if self.fuel == 0 {
             return bad("fuel", "must be greater than zero");
+        }
+        if self.fuel > MAX_FUEL {
+            return bad("fuel", "must be at most 10T (10000000000000)");
         }
         if self.timeout_ms == 0 {
             return bad("timeout_ms", "must be greater than zero");
         }
+        if self.timeout_ms > MAX_TIMEOUT_MS {
+            return bad("timeout_ms", "must be at most 86400000 (a day)");
+        }
         if self.concurrency == 0 {
             return bad("concurrency", "must be greater than zero");
+        }
+        if self.concurrency > MAX_CONCURRENCY {
+            return bad("concurrency", "must be at most 10000");
         }
         Ok(())
     }
@@ -107,6 +134,47 @@ mod tests {
             q.validate().unwrap_err().to_string(),
             "quota.fuel must be greater than zero"
         );
+        for (q, field) in [
+            (
+                Quota {
+                    memory_bytes: (4 << 30) + 1,
+                    ..Quota::default()
+                },
+                "memory_bytes",
+            ),
+            (
+                Quota {
+                    fuel: u64::MAX,
+                    ..Quota::default()
+                },
+                "fuel",
+            ),
+            (
+                Quota {
+                    timeout_ms: u64::MAX,
+                    ..Quota::default()
+                },
+                "timeout_ms",
+            ),
+            (
+                Quota {
+                    concurrency: 1 << 31,
+                    ..Quota::default()
+                },
+                "concurrency",
+            ),
+        ] {
+            let error = q.validate().unwrap_err();
+            assert_eq!(error.field, field);
+            assert!(error.reason.contains("at most"), "{error}");
+        }
+        let edge = Quota {
+            memory_bytes: MAX_MEMORY_BYTES,
+            fuel: MAX_FUEL,
+            timeout_ms: MAX_TIMEOUT_MS,
+            concurrency: MAX_CONCURRENCY,
+        };
+        assert_eq!(edge.validate(), Ok(()));
         let json = serde_json::json!({"memory_bytes": 1048576, "bogus": 1});
         assert!(serde_json::from_value::<Quota>(json).is_err());
     }

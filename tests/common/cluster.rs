@@ -90,7 +90,7 @@ impl Cluster {
         cluster
     }
 
-    fn join_token_file(&self) -> PathBuf {
+    pub fn join_token_file(&self) -> PathBuf {
         self.dir.path().join("controller/join.token")
     }
 

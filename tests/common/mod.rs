@@ -18,6 +18,7 @@ use skiff_runtime::{AppSpec, Runtime, RuntimeConfig};
 use skiff_sdk::Quota;
 
 pub mod cluster;
+pub mod raw;
 use tokio_util::sync::CancellationToken;
 
 /// The workspace root.
@@ -184,6 +185,14 @@ pub async fn send(addr: SocketAddr, host: &str, method: Method, path: &str, body
     client.send(host, method, path, body).await
 }
 
+/// `GET path` on a new connection from the local address `from` (another
+/// client to the server; any of 127.0.0.0/8 reaches a loopback server).
+pub async fn get_from(from: &str, addr: SocketAddr, host: &str, path: &str) -> Reply {
+    let stream = raw::connect_from(from, addr).await;
+    let mut client = Client::over(stream).await;
+    client.send(host, Method::GET, path, Bytes::new()).await
+}
+
 /// An HTTP/1.1 client on one keep-alive connection.
 pub struct Client {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
@@ -191,7 +200,10 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Self {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        Self::over(tokio::net::TcpStream::connect(addr).await.unwrap()).await
+    }
+
+    pub async fn over(stream: tokio::net::TcpStream) -> Self {
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .unwrap();

@@ -5,7 +5,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use skiff_sdk::api::{
-    App, AppSpec, ErrorBody, Replica, Revision, RollbackRequest, ScaleRequest, validate_name,
+    App, AppSpec, ErrorBody, Replica, Revision, RollbackRequest, ScaleRequest, normalize_host,
+    validate_name,
 };
 
 use skiff_sdk::capability::{
@@ -70,12 +71,21 @@ pub fn check_spec(spec: &AppSpec) -> Result<(), ApiError> {
             ));
         }
     }
-    for key in spec.env.keys() {
+    for (key, value) in &spec.env {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
             return Err(ApiError::invalid(
                 "invalid_field",
                 &format!("env.{key}"),
                 "not a valid variable name",
+            ));
+        }
+        if value.contains('\0') {
+            // An environment entry ends at its first NUL: the guest would
+            // silently see a shorter value.
+            return Err(ApiError::invalid(
+                "invalid_field",
+                &format!("env.{key}"),
+                "a value may not contain a NUL character",
             ));
         }
     }
@@ -184,10 +194,38 @@ async fn validate_spec(state: &AppState, spec: &AppSpec) -> Result<(), ApiError>
     Ok(())
 }
 
-/// A host reaches one app: refuses hosts another app already claims.
+/// Puts an app's extra hosts in the one form they are compared in (no
+/// trailing dot, lowercase; a port fails the DNS check later), without
+/// duplicates.
+fn normalize_hosts(spec: &mut AppSpec) {
+    let mut seen = std::collections::BTreeSet::new();
+    spec.hosts = std::mem::take(&mut spec.hosts)
+        .into_iter()
+        .map(|h| normalize_host(&h).into_owned())
+        .filter(|h| seen.insert(h.clone()))
+        .collect();
+}
+
+/// A host reaches one app: refuses hosts another app already claims, and
+/// hosts of the form `<app>.<domain>`, which are that app's own.
 async fn check_hosts_free(state: &AppState, name: &str, spec: &AppSpec) -> Result<(), ApiError> {
     if spec.hosts.is_empty() {
         return Ok(());
+    }
+    let domain = normalize_host(&state.config.domain);
+    let domain = domain.as_ref();
+    for (i, host) in spec.hosts.iter().enumerate() {
+        if let Some(label) = host
+            .strip_suffix(domain)
+            .and_then(|h| h.strip_suffix('.'))
+            .filter(|label| !label.contains('.'))
+        {
+            return Err(ApiError::invalid(
+                "host_taken",
+                &format!("hosts[{i}]"),
+                format!("{host:?} is the own host of the app named {label:?} (<app>.{domain})"),
+            ));
+        }
     }
     let apps = state
         .store
@@ -197,7 +235,7 @@ async fn check_hosts_free(state: &AppState, name: &str, spec: &AppSpec) -> Resul
     for (i, host) in spec.hosts.iter().enumerate() {
         if let Some(other) = apps
             .iter()
-            .find(|a| a.name != name && a.spec.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))
+            .find(|a| a.name != name && a.spec.hosts.iter().any(|h| normalize_host(h) == *host))
         {
             return Err(ApiError::invalid(
                 "host_taken",
@@ -222,11 +260,13 @@ pub async fn apply(
     Path(name): Path<String>,
     QueryParams(query): QueryParams<ApplyQuery>,
     headers: HeaderMap,
-    JsonBody(spec): JsonBody<AppSpec>,
+    body: JsonBody<AppSpec>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require_admin()?;
+    let mut spec = body.decode()?;
     check_name(&name)?;
     let mut expected = if_match(&headers)?;
+    normalize_hosts(&mut spec);
     validate_spec(&state, &spec).await?;
     check_hosts_free(&state, &name, &spec).await?;
     let current = state
@@ -251,7 +291,18 @@ pub async fn apply(
         .store
         .apply_app(&name, &spec, expected)
         .await
-        .map_err(ApiError::store("applying an app"))?;
+        .map_err(|e| match e {
+            // Collected between the check above and the write.
+            StoreError::NotFound {
+                kind: "artifact",
+                name,
+            } => ApiError::invalid(
+                "unknown_artifact",
+                "artifact",
+                format!("artifact {name} is no longer stored (upload it again)"),
+            ),
+            e => ApiError::store("applying an app")(e),
+        })?;
     state.changed();
     if !diff.is_empty() {
         applied.app.capability_changes = Some(diff);
@@ -365,9 +416,10 @@ pub async fn rollback(
     Auth(who): Auth,
     Path(name): Path<String>,
     headers: HeaderMap,
-    JsonBody(req): JsonBody<RollbackRequest>,
+    body: JsonBody<RollbackRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require_admin()?;
+    let req = body.decode()?;
     let expected = if_match(&headers)?;
     let app = state
         .store
@@ -411,9 +463,10 @@ pub async fn scale(
     Auth(who): Auth,
     Path(name): Path<String>,
     headers: HeaderMap,
-    JsonBody(req): JsonBody<ScaleRequest>,
+    body: JsonBody<ScaleRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require_admin()?;
+    let req = body.decode()?;
     if req.replicas > MAX_REPLICAS {
         return Err(ApiError::invalid(
             "invalid_field",

@@ -59,7 +59,8 @@ pub fn looks_like_component(head: &[u8]) -> bool {
 /// the same bytes give the same digest.
 #[utoipa::path(post, path = "/v1/artifacts", params(UploadQuery), request_body(content = Vec<u8>, content_type = "application/wasm"),
     responses((status = 201, body = Artifact, description = "Stored"), (status = 200, body = Artifact, description = "Already stored"),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 507, body = ErrorBody, description = "The artifact store is full (`store_full`)")))]
 pub async fn upload(
     State(state): State<AppState>,
     Auth(who): Auth,
@@ -123,6 +124,38 @@ pub async fn upload(
         .into_response())
 }
 
+/// Remove an artifact that no kept revision of any app names (unreferenced
+/// artifacts are also collected on their own after the retention).
+#[utoipa::path(delete, path = "/v1/artifacts/{digest}", params(("digest" = String, Path, description = "sha256:<hex>")),
+    responses((status = 204), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "A kept revision still names it")))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(digest): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    who.require_admin()?;
+    let digest = parse_digest(&digest)?;
+    let removed = state
+        .store
+        .delete_artifact(&digest)
+        .await
+        .map_err(ApiError::store("removing an artifact"))?;
+    if !removed {
+        return Err(ApiError::NotFound(format!("artifact {digest} not found")));
+    }
+    tracing::info!(%digest, "artifact removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn parse_digest(digest: &str) -> Result<Digest, ApiError> {
+    digest
+        .parse()
+        .map_err(|e: skiff_sdk::digest::DigestParseError| {
+            ApiError::invalid("invalid_digest", "digest", e.to_string())
+        })
+}
+
 /// Download a component, streamed chunk by chunk (`HEAD` for its size).
 #[utoipa::path(get, path = "/v1/artifacts/{digest}", params(("digest" = String, Path, description = "sha256:<hex>")),
     responses((status = 200, content_type = "application/wasm", body = Vec<u8>), (status = 404, body = ErrorBody)))]
@@ -132,11 +165,7 @@ pub async fn download(
     Path(digest): Path<String>,
 ) -> Result<Response, ApiError> {
     // Any authenticated caller: nodes pull the artifacts they run.
-    let digest: Digest = digest
-        .parse()
-        .map_err(|e: skiff_sdk::digest::DigestParseError| {
-            ApiError::invalid("invalid_digest", "digest", e.to_string())
-        })?;
+    let digest = parse_digest(&digest)?;
     let info = state
         .store
         .artifact(&digest)

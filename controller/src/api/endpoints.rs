@@ -120,6 +120,9 @@ async fn current(state: &AppState) -> Result<Endpoints, ApiError> {
         }
     }
     let mut hosts = BTreeMap::new();
+    // Every app is listed, those without a Ready replica with none, so a
+    // node tells an app that is starting (503) from no app at all (404).
+    let mut apps: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
     for app in state
         .store
         .apps()
@@ -130,11 +133,11 @@ async fn current(state: &AppState) -> Result<Endpoints, ApiError> {
             // First come, first served: the API refuses a host that another
             // app already claims, so clashes only come from older data.
             hosts
-                .entry(host.to_ascii_lowercase())
+                .entry(skiff_sdk::api::normalize_host(host).into_owned())
                 .or_insert_with(|| app.name.clone());
         }
+        apps.insert(app.name, Vec::new());
     }
-    let mut apps: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
     for ((app, node), replicas) in counts {
         apps.entry(app.to_owned()).or_default().push(Endpoint {
             node: node.to_owned(),

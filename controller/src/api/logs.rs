@@ -85,7 +85,7 @@ async fn gather(state: AppState, app: String, follow: bool, tx: tokio::sync::mps
         let mut batch = Vec::new();
         for source in sources {
             let since = cursors.get(&source.node).copied().unwrap_or(0);
-            match read_node(&client, &source, &app, since).await {
+            match read_node(&client, &state.node_keys, &source, &app, since).await {
                 Ok(entries) => {
                     warned.remove(&source.node);
                     if let Some(last) = entries.last() {
@@ -127,12 +127,14 @@ async fn gather(state: AppState, app: String, follow: bool, tx: tokio::sync::mps
 
 async fn read_node(
     client: &NodeClient,
+    keys: &node_proxy::NodeKeys,
     source: &LogSource,
     app: &str,
     since: u64,
 ) -> Result<Vec<LogEntry>, String> {
     let body = node_proxy::get(
         client,
+        keys,
         source,
         &format!("/v1/logs?app={app}&since={since}"),
         MAX_NODE_LOGS,

@@ -52,13 +52,20 @@ pub struct ApiConfig {
     /// A node without a heartbeat for this long is NotReady (as in the
     /// store); also how long after start-up recorded states are trusted.
     pub node_grace: Duration,
+    /// The domain apps are reached under on the nodes (`<app>.<domain>`).
+    pub domain: String,
 }
+
+/// Default [`ApiConfig::domain`]: `*.localhost` resolves to loopback without
+/// any DNS set-up, as the nodes' default.
+pub const DEFAULT_DOMAIN: &str = "localhost";
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             node_grace: Duration::from_secs(3),
+            domain: DEFAULT_DOMAIN.to_owned(),
         }
     }
 }
@@ -88,6 +95,8 @@ pub struct AppState {
     endpoints: Arc<std::sync::Mutex<Option<endpoints::CachedEndpoints>>>,
     /// The admin and join token hashes, read on first use.
     tokens: Arc<tokio::sync::OnceCell<TokenHashes>>,
+    /// The nodes' API keys, as they presented them (never stored).
+    pub node_keys: Arc<node_proxy::NodeKeys>,
 }
 
 impl AppState {
@@ -102,6 +111,7 @@ impl AppState {
             config: Arc::new(config),
             changes: Arc::new(tokio::sync::watch::channel(0).0),
             http: Arc::default(),
+            node_keys: Arc::default(),
             leader,
             started: std::time::Instant::now(),
             endpoints: Arc::default(),
@@ -170,9 +180,31 @@ impl FromRequestParts<AppState> for Auth {
 
 /// A JSON body: `application/json`, at most [`MAX_JSON_BYTES`], no unknown
 /// fields. Errors name the field at fault (`quota.fuel`).
-pub struct JsonBody<T>(pub T);
+///
+/// Extraction only reads the bytes (refusing more than the limit); the
+/// handler [`decode`](JsonBody::decode)s them once it has authorised the
+/// caller, so a caller who may not make the request learns nothing from
+/// how its body is judged (403 comes before any 415 or 422).
+pub struct JsonBody<T> {
+    bytes: axum::body::Bytes,
+    is_json: bool,
+    into: std::marker::PhantomData<fn() -> T>,
+}
 
-impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+impl<T: DeserializeOwned> JsonBody<T> {
+    /// The body as `T`: 415 if it is not JSON, 400 if malformed, 422
+    /// naming the field if it does not fit.
+    pub fn decode(self) -> Result<T, ApiError> {
+        if !self.is_json {
+            return Err(ApiError::UnsupportedMediaType(
+                "the body must be JSON (Content-Type: application/json)".into(),
+            ));
+        }
+        decode_json(&self.bytes)
+    }
+}
+
+impl<T> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &AppState) -> Result<Self, ApiError> {
@@ -182,30 +214,28 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(';').next())
             .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-        if !is_json {
-            return Err(ApiError::UnsupportedMediaType(
-                "the body must be JSON (Content-Type: application/json)".into(),
-            ));
-        }
         let declared = req
             .headers()
             .get(axum::http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        let too_large = || {
+            ApiError::TooLarge(format!(
+                "the JSON body is larger than {MAX_JSON_BYTES} bytes"
+            ))
+        };
         if declared.is_some_and(|n| n > MAX_JSON_BYTES as u64) {
             // Refused before reading a byte of it.
-            return Err(ApiError::TooLarge(format!(
-                "the JSON body is larger than {MAX_JSON_BYTES} bytes"
-            )));
+            return Err(too_large());
         }
         let bytes = axum::body::to_bytes(req.into_body(), MAX_JSON_BYTES)
             .await
-            .map_err(|_| {
-                ApiError::TooLarge(format!(
-                    "the JSON body is larger than {MAX_JSON_BYTES} bytes"
-                ))
-            })?;
-        decode_json(&bytes).map(JsonBody)
+            .map_err(|_| too_large())?;
+        Ok(Self {
+            bytes,
+            is_json,
+            into: std::marker::PhantomData,
+        })
     }
 }
 
@@ -213,21 +243,33 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 /// the value, and errors that name the field at fault. Pure, so the fuzz
 /// targets in `tests/fuzz` exercise exactly what the API runs.
 pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every body of this API is an object; serde would also read a struct
+    // from an array, and blame its first element.
+    if let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace())
+        && *first != b'{'
+        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+    {
+        return Err(ApiError::invalid(
+            "invalid_field",
+            ".",
+            "the body must be a JSON object",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        let field = (path != ".").then_some(path);
         let inner = e.into_inner();
+        let message = inner.to_string();
         match inner.classify() {
             serde_json::error::Category::Data => ApiError::Invalid {
                 code: "invalid_field",
-                message: inner.to_string(),
-                field,
+                field: Some(field_at_fault(&path, &message)),
+                message,
             },
             _ => ApiError::BadRequest {
                 code: "malformed_json",
-                message: inner.to_string(),
-                field,
+                field: (path != ".").then_some(path),
+                message,
             },
         }
     })?;
@@ -237,6 +279,24 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         field: None,
     })?;
     Ok(value)
+}
+
+/// The field a decoding error is about: where it happened, and for a field
+/// that is missing or given twice (which serde reports at the enclosing
+/// object, with the name in its message) that field within it. An error
+/// about the body as a whole (e.g. an array where an object belongs) is
+/// about `.`, the body itself.
+fn field_at_fault(path: &str, message: &str) -> String {
+    let named = ["missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name);
+    match (path, named) {
+        (".", Some(name)) => name.to_owned(),
+        (parent, Some(name)) => format!("{parent}.{name}"),
+        (path, None) => path.to_owned(),
+    }
 }
 
 /// Query parameters; unknown or malformed ones are a 400 naming them.
@@ -296,7 +356,7 @@ async fn count_responses(
 #[openapi(
     info(title = "Skiff controller API", description = "Manage apps, artifacts and nodes of a Skiff cluster."),
     paths(
-        artifacts::upload, artifacts::download,
+        artifacts::upload, artifacts::download, artifacts::delete,
         apps::apply, apps::list, apps::show, apps::delete, apps::revisions, apps::replicas, logs::logs, apps::rollback, apps::scale,
         nodes::register, nodes::heartbeat, nodes::list, nodes::show, nodes::cordon, nodes::uncordon,
         nodes::drain, nodes::delete, nodes::assignments, nodes::metrics, endpoints::watch,
@@ -399,7 +459,10 @@ impl utoipa::Modify for BearerAuth {
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/artifacts", post(artifacts::upload))
-        .route("/artifacts/{digest}", get(artifacts::download))
+        .route(
+            "/artifacts/{digest}",
+            get(artifacts::download).delete(artifacts::delete),
+        )
         .route("/apps", get(apps::list))
         .route(
             "/apps/{name}",
@@ -435,4 +498,38 @@ pub fn router(state: AppState) -> Router {
             count_responses,
         ))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decoding_errors_name_their_field() {
+        use skiff_sdk::api::AppSpec;
+        let field = |body: &str| match super::decode_json::<AppSpec>(body.as_bytes()) {
+            Err(super::ApiError::Invalid { field, .. }) => field,
+            other => panic!("{body}: {:?}", other.map(|_| ())),
+        };
+        assert_eq!(field("{}").as_deref(), Some("artifact"));
+        assert_eq!(field("[]").as_deref(), Some("."));
+        assert_eq!(field("7").as_deref(), Some("."));
+        let digest = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            field(&format!(
+                r#"{{"artifact":"{digest}","replicas":1,"replicas":2}}"#
+            ))
+            .as_deref(),
+            Some("replicas")
+        );
+        assert_eq!(
+            field(&format!(r#"{{"artifact":"{digest}","health":{{}}}}"#)).as_deref(),
+            Some("health.path")
+        );
+        assert_eq!(
+            field(&format!(
+                r#"{{"artifact":"{digest}","quota":{{"fuel":"x"}}}}"#
+            ))
+            .as_deref(),
+            Some("quota.fuel")
+        );
+    }
 }

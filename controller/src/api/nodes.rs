@@ -16,13 +16,15 @@ use crate::error::ApiError;
 /// Join (or rejoin) the cluster; answers the node's credential.
 #[utoipa::path(post, path = "/v1/nodes", request_body = RegisterNode,
     responses((status = 201, body = NodeRegistration), (status = 200, body = NodeRegistration, description = "Re-registered"),
-        (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 409, body = ErrorBody, description = "A live node holds the name (field `name`)"),
+        (status = 422, body = ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
     Auth(who): Auth,
-    JsonBody(req): JsonBody<RegisterNode>,
+    body: JsonBody<RegisterNode>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require_join()?;
+    let req = body.decode()?;
     validate_name(&req.name)
         .map_err(|e| ApiError::invalid("invalid_name", "name", e.to_string()))?;
     if req.capacity.memory_bytes == 0 {
@@ -53,11 +55,23 @@ pub async fn register(
         }
     }
     let credential = new_secret("skiff_node");
+    // A name is taken over only by the node holding it (its current
+    // credential) or once that node has been silent beyond the grace.
+    let claim = req.credential.as_deref().map(hash_secret);
+    let silent_for_ms = i64::try_from(state.config.node_grace.as_millis()).unwrap_or(i64::MAX);
     let (node, created) = state
         .store
-        .register_node(&req, &hash_secret(&credential))
+        .register_node(
+            &req,
+            &hash_secret(&credential),
+            claim.as_deref(),
+            silent_for_ms,
+        )
         .await
         .map_err(ApiError::store("registering a node"))?;
+    if let Some(key) = &req.logs_key {
+        state.node_keys.learn(&req.name, key);
+    }
     state.changed();
     let status = if created {
         StatusCode::CREATED
@@ -74,9 +88,13 @@ pub async fn heartbeat(
     State(state): State<AppState>,
     Auth(who): Auth,
     Path(name): Path<String>,
-    JsonBody(hb): JsonBody<Heartbeat>,
+    body: JsonBody<Heartbeat>,
 ) -> Result<StatusCode, ApiError> {
-    who.require_node(&name)?;
+    who.require_the_node(&name)?;
+    let hb: Heartbeat = body.decode()?;
+    if let Some(key) = &hb.logs_key {
+        state.node_keys.learn(&name, key);
+    }
     let changed = state
         .store
         .heartbeat(&name, &hb)
@@ -214,7 +232,7 @@ pub async fn assignments(
     Path(name): Path<String>,
     QueryParams(query): QueryParams<WatchQuery>,
 ) -> Result<Json<Assignments>, ApiError> {
-    who.require_node(&name)?;
+    who.require_the_node(&name)?;
     let (current, _) = super::long_poll(
         &state,
         query.timeout_ms,
@@ -254,6 +272,7 @@ pub async fn metrics(
         .ok_or_else(|| ApiError::NotFound(format!("node {name:?} not found")))?;
     let body = super::node_proxy::get(
         &super::node_proxy::client(),
+        &state.node_keys,
         &source,
         "/metrics",
         MAX_NODE_METRICS,

@@ -21,7 +21,7 @@ use skiff_sdk::api::{
     App, AppSpec, Assignments, Condition, Event, Heartbeat, Node, RegisterNode, Replica, Revision,
 };
 
-pub use sql::{SqlStore, StoreOptions};
+pub use sql::{DEFAULT_ARTIFACT_STORE_BYTES, SqlStore, StoreOptions};
 
 /// Revisions kept per app besides the current one.
 pub const KEEP_REVISIONS: u64 = 10;
@@ -45,6 +45,12 @@ pub enum StoreError {
     /// A version or uniqueness conflict: someone else changed it first.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A live node already holds the name, and the caller did not prove to
+    /// be it.
+    #[error(
+        "node {0:?} is registered and alive; only that node (with its current credential) can register the name again"
+    )]
+    NameTaken(String),
     /// The database URL names no supported backend.
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
@@ -63,6 +69,25 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error")]
     Database(#[source] sqlx::Error),
+    /// Storing the artifact would take the artifact store over its limit.
+    #[error("the artifact store is full: {used} of {limit} bytes used, {size} more asked")]
+    Full {
+        /// Bytes stored now.
+        used: u64,
+        /// Bytes of the refused artifact.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The database file's permissions could not be set.
+    #[error("restricting {} to its owner", path.display())]
+    Permissions {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -150,8 +175,11 @@ pub struct LogSource {
     pub node: String,
     /// Its ingress address.
     pub ingress: String,
-    /// The secret it accepts for its logs (absent: it serves none).
-    pub logs_key: Option<String>,
+    /// Whether it offers its API (it presented a key when it registered).
+    pub offers_api: bool,
+    /// The sha256 of that key, when the store has it (rows from before
+    /// keys were hashed have none until the node registers again).
+    pub logs_key_hash: Option<String>,
 }
 
 /// An event to record.
@@ -182,6 +210,13 @@ pub trait Store: Send + Sync + 'static {
     async fn artifact(&self, digest: &Digest) -> Result<Option<ArtifactInfo>>;
     /// One chunk of an artifact.
     async fn artifact_chunk(&self, digest: &Digest, seq: u64) -> Result<Option<Vec<u8>>>;
+    /// One collection pass: marks artifacts no kept revision names, and
+    /// removes those unreferenced for at least `retention_ms`; returns the
+    /// removed digests.
+    async fn collect_artifacts(&self, retention_ms: i64) -> Result<Vec<Digest>>;
+    /// Removes an artifact no kept revision names; `false` if there is no
+    /// such artifact, [`StoreError::Conflict`] while one does.
+    async fn delete_artifact(&self, digest: &Digest) -> Result<bool>;
 
     /// Creates or updates an app. A spec that differs from the current one
     /// other than in `replicas` creates a new revision; the same spec
@@ -219,10 +254,18 @@ pub trait Store: Send + Sync + 'static {
     /// Registers a node, or re-registers it under the same name with a new
     /// credential hash, keeping its replicas. Also says whether the node is
     /// new (decided in the same transaction).
+    ///
+    /// A name already registered is taken over only by the same node:
+    /// `claim` (the hash of the credential it presented) matches the stored
+    /// one, or its lease has not been renewed for longer than
+    /// `silent_for_ms` (the old node is gone). Otherwise
+    /// [`StoreError::NameTaken`], and nothing changes.
     async fn register_node(
         &self,
         node: &RegisterNode,
         credential_hash: &str,
+        claim: Option<&str>,
+        silent_for_ms: i64,
     ) -> Result<(Node, bool)>;
     /// One node.
     async fn node(&self, name: &str) -> Result<Option<Node>>;

@@ -151,6 +151,24 @@ impl StateDir {
         }
     }
 
+    /// [`StateDir::read`], but a file that does not parse (a disk error, a
+    /// hand edit) is moved aside to `<file>.corrupt` and reported, instead
+    /// of stopping the node for good: what it held is fetched again from
+    /// the controller once it answers. Other I/O errors still fail.
+    pub fn read_or_set_aside<T: DeserializeOwned>(&self, file: &str) -> std::io::Result<Option<T>> {
+        match self.read(file) {
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let path = self.path(file);
+                let aside = self.path(&format!("{file}.corrupt"));
+                std::fs::rename(&path, &aside)?;
+                tracing::warn!(file = %path.display(), moved_to = %aside.display(), error = %e,
+                    "a state file is corrupt: set aside; the node starts without it and fetches it again from the controller");
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
     /// Replaces a JSON state file atomically, readable by the owner only.
     pub fn write<T: Serialize>(&self, file: &str, value: &T) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(value)?;
@@ -192,6 +210,20 @@ mod tests {
         std::fs::write(state.path("node.json"), b"[").unwrap();
         let err = state.read::<Vec<u32>>("node.json").unwrap_err();
         assert!(err.to_string().contains("node.json"), "{err}");
+        // Set aside rather than fatal, and kept for a look.
+        assert_eq!(
+            state.read_or_set_aside::<Vec<u32>>("node.json").unwrap(),
+            None
+        );
+        assert!(!state.path("node.json").exists());
+        assert_eq!(
+            std::fs::read(state.path("node.json.corrupt")).unwrap(),
+            b"["
+        );
+        assert_eq!(
+            state.read_or_set_aside::<Vec<u32>>("node.json").unwrap(),
+            None
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -38,6 +38,7 @@ use self::disk::StateDir;
 use self::fetch::Load;
 use self::router::NodeRouter;
 use crate::runtime::error_chain;
+use crate::verdict::Verdict;
 use crate::{AppSpec, Capabilities, Preloaded, Runtime};
 
 /// Default heartbeat interval: three fit in the controller's default grace.
@@ -52,6 +53,9 @@ const PENDING_RETRY: Duration = Duration::from_secs(2);
 
 const ASSIGNMENTS_FILE: &str = "assignments.json";
 const ENDPOINTS_FILE: &str = "endpoints.json";
+/// The credential last issued to this node (owner-only): presented when it
+/// registers again, to prove it is the node that holds its name.
+const CREDENTIAL_FILE: &str = "credential.json";
 
 /// What a node offers and how it is reached.
 #[derive(Clone, Debug)]
@@ -101,16 +105,9 @@ pub struct Agent {
 struct Watched {
     revision: u64,
     health: Option<(skiff_sdk::api::HealthCheck, tokio::time::Instant, u32)>,
-    /// (requests, failed-by-app) when the revision took traffic, while its
-    /// first [`CANARY_REQUESTS`] are being judged.
-    canary: Option<(u64, u64)>,
+    /// Whether its first requests are being judged ([`crate::verdict`]).
+    judging: bool,
 }
-
-/// A new revision is judged on this many of its first requests here...
-const CANARY_REQUESTS: u64 = 10;
-/// ...and fails if the app itself failed at least half of them (traps,
-/// quota breaches, errors, 5xx answers).
-const CANARY_FAILED_SHARE: (u64, u64) = (1, 2);
 /// How often the watch loop looks.
 const WATCH_TICK: Duration = Duration::from_millis(100);
 
@@ -124,8 +121,8 @@ impl Agent {
         state: StateDir,
         router: Arc<NodeRouter>,
     ) -> std::io::Result<Arc<Self>> {
-        let last: Option<Assignments> = state.read(ASSIGNMENTS_FILE)?;
-        if let Some(endpoints) = state.read::<Endpoints>(ENDPOINTS_FILE)? {
+        let last: Option<Assignments> = state.read_or_set_aside(ASSIGNMENTS_FILE)?;
+        if let Some(endpoints) = state.read_or_set_aside::<Endpoints>(ENDPOINTS_FILE)? {
             router.set_endpoints(&endpoints);
         }
         if let Some(a) = &last {
@@ -223,25 +220,26 @@ impl Agent {
                     );
                 }
             }
-            let canaries: Vec<(String, u64, u64, u64)> = lock(&self.watched)
+            let judging: Vec<(String, u64)> = lock(&self.watched)
                 .iter()
-                .filter_map(|(app, w)| w.canary.map(|(t, f)| (app.clone(), w.revision, t, f)))
+                .filter(|(_, w)| w.judging)
+                .map(|(app, w)| (app.clone(), w.revision))
                 .collect();
-            for (app, revision, base_total, base_failed) in canaries {
+            for (app, revision) in judging {
                 let Some(stats) = runtime.app_stats(&app) else {
                     continue;
                 };
-                let total = stats.total().saturating_sub(base_total);
-                if total < CANARY_REQUESTS {
+                let verdict = stats.probation().verdict();
+                if verdict == Verdict::Judging {
                     continue;
                 }
-                let failed = stats.failed_by_app().saturating_sub(base_failed);
+                stats.probation().stop();
                 if let Some(w) = lock(&self.watched).get_mut(&app) {
-                    w.canary = None;
+                    w.judging = false;
                 }
-                if failed * CANARY_FAILED_SHARE.1 >= total * CANARY_FAILED_SHARE.0 {
+                if let Verdict::Failed { broken, counted } = verdict {
                     self.fail_app(&runtime, &app, revision, format!(
-                        "the app failed {failed} of its first {total} requests here (trapped, broke a quota or answered 5xx)"
+                        "the app failed {broken} of its first {counted} requests here (trapped or returned an error, for more than one client)"
                     ));
                 }
             }
@@ -301,6 +299,13 @@ impl Agent {
 
     async fn register(&self) -> Result<Client, ClientError> {
         let joiner = self.client.clone().with_token(&self.join_token);
+        let credential = self
+            .state
+            .read_or_set_aside::<String>(CREDENTIAL_FILE)
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "the stored credential is unreadable; registering without it (the name is free again once the grace has passed)");
+                None
+            });
         let registration = joiner
             .register_node(&RegisterNode {
                 name: self.config.name.clone(),
@@ -310,11 +315,15 @@ impl Agent {
                 },
                 ingress: self.config.ingress.clone(),
                 logs_key: Some(self.router.logs_key().to_owned()),
+                credential,
             })
             .await?;
-        // The credential lives in memory only: every start registers again
-        // (updating the advertised address, labels and capacity), and the
-        // name alone is the identity that keeps the node's replicas.
+        // Every start registers again (updating the advertised address,
+        // labels and capacity); the name is the identity that keeps the
+        // node's replicas, and the stored credential proves it is ours.
+        if let Err(error) = self.state.write(CREDENTIAL_FILE, &registration.credential) {
+            tracing::warn!(%error, "could not store the node's credential");
+        }
         Ok(self.client.clone().with_token(&registration.credential))
     }
 
@@ -323,6 +332,7 @@ impl Agent {
         loop {
             let heartbeat = Heartbeat {
                 replicas: self.replica_states(),
+                logs_key: Some(self.router.logs_key().to_owned()),
             };
             match client.heartbeat(&self.config.name, &heartbeat).await {
                 Ok(()) => backoff.succeeded("heartbeats reach the controller again"),
@@ -525,9 +535,13 @@ impl Agent {
         if watched.get(app).is_some_and(|w| w.revision == a.revision) {
             return;
         }
-        let canary = runtime
-            .app_stats(app)
-            .map(|s| (s.total(), s.failed_by_app()));
+        let judging = match runtime.app_stats(app) {
+            Some(stats) => {
+                stats.probation().start();
+                true
+            }
+            None => false,
+        };
         watched.insert(
             app.to_owned(),
             Watched {
@@ -536,7 +550,7 @@ impl Agent {
                     let next = tokio::time::Instant::now() + Duration::from_millis(h.interval_ms);
                     (h, next, 0)
                 }),
-                canary,
+                judging,
             },
         );
     }

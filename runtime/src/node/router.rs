@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -20,9 +20,9 @@ use hyper_util::rt::TokioExecutor;
 use skiff_sdk::api::Endpoints;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::body::error_response;
+use crate::body::{duplicate_host, error_response};
 use crate::ingress::Handler;
-use crate::routing::app_for_host;
+use crate::routing::{app_name_for_host, normalize_host, request_host};
 use crate::{Outcome, Runtime};
 
 /// Set on forwarded requests (to the forwarding node's name): a node never
@@ -75,8 +75,11 @@ pub struct NodeRouter {
     name_header: HeaderValue,
     domain: String,
     table: RwLock<HashMap<String, Vec<Arc<Peer>>>>,
-    /// Extra hosts (lowercase) to app names, from the endpoints.
+    /// Extra hosts (normalised) to app names, from the endpoints.
     hosts: RwLock<HashMap<String, String>>,
+    /// Whether endpoints were ever set: until then an app not in the table
+    /// may well exist, and is answered `no-ready-replica`, not 404.
+    endpoints_known: AtomicBool,
     client: HttpClient<HttpConnector, BoxBody<Bytes, hyper::Error>>,
     turn: AtomicUsize,
     stats: ForwardStats,
@@ -97,6 +100,7 @@ impl NodeRouter {
             domain: domain.to_owned(),
             table: RwLock::new(HashMap::new()),
             hosts: RwLock::new(HashMap::new()),
+            endpoints_known: AtomicBool::new(false),
             client: HttpClient::builder(TokioExecutor::new()).build(connector),
             turn: AtomicUsize::new(0),
             stats: ForwardStats::default(),
@@ -272,8 +276,9 @@ impl NodeRouter {
         *self.hosts.write().unwrap_or_else(|e| e.into_inner()) = endpoints
             .hosts
             .iter()
-            .map(|(h, a)| (h.clone(), a.clone()))
+            .map(|(h, a)| (normalize_host(h).into_owned(), a.clone()))
             .collect();
+        self.endpoints_known.store(true, Ordering::Release);
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
         let known: HashMap<(String, String), Arc<Peer>> = table
             .values()
@@ -307,40 +312,25 @@ impl NodeRouter {
 
     /// Where a request goes: an app deployed here (found without copying
     /// anything, this is every request's path), an app elsewhere, or no app.
-    fn route(&self, req: &Request<Incoming>) -> Route {
-        let Some(host) = req.uri().authority().map(|a| a.as_str()).or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        }) else {
+    fn route(&self, host: Option<&str>) -> Route {
+        let Some(host) = host else {
             return Route::NoApp;
         };
         if host.split(':').next() == Some(NODE_API_HOST) {
             return Route::NodeApi;
         }
-        let name: Cow<'_, str> = match app_for_host(host, &self.domain) {
-            Some(app) => Cow::Borrowed(app),
-            None => {
-                // An app's extra host (the map's keys are lowercase).
-                let bare = host
-                    .rsplit_once(':')
-                    .map_or(host, |(h, _)| h)
-                    .trim_end_matches('.');
-                let key = if bare.bytes().any(|b| b.is_ascii_uppercase()) {
-                    Cow::Owned(bare.to_ascii_lowercase())
-                } else {
-                    Cow::Borrowed(bare)
-                };
-                match self
-                    .hosts
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(key.as_ref())
-                {
-                    Some(app) => Cow::Owned(app.clone()),
-                    None => return Route::NoApp,
-                }
-            }
+        let name: Cow<'_, str> = match app_name_for_host(host, &self.domain) {
+            Some(app) => app,
+            // An app's extra host (the map's keys are normalised).
+            None => match self
+                .hosts
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(normalize_host(host).as_ref())
+            {
+                Some(app) => Cow::Owned(app.clone()),
+                None => return Route::NoApp,
+            },
         };
         match self.runtime.find(&name) {
             Some(app) => Route::Local(app),
@@ -348,12 +338,17 @@ impl NodeRouter {
         }
     }
 
-    /// Peers for `app`, fewest in flight first (ties taken in turn).
-    fn candidates(&self, app: &str) -> Vec<Arc<Peer>> {
+    /// Peers for `app`, fewest in flight first (ties taken in turn);
+    /// `None` when the cluster has no such app (as far as the endpoints,
+    /// which list every app, say).
+    fn candidates(&self, app: &str) -> Option<Vec<Arc<Peer>>> {
         let table = self.table.read().unwrap_or_else(|e| e.into_inner());
-        let Some(peers) = table.get(app).filter(|p| !p.is_empty()) else {
-            return Vec::new();
+        let Some(peers) = table.get(app) else {
+            return (!self.endpoints_known.load(Ordering::Acquire)).then(Vec::new);
         };
+        if peers.is_empty() {
+            return Some(Vec::new());
+        }
         let start = self.turn.fetch_add(1, Ordering::Relaxed) % peers.len();
         let mut ordered: Vec<Arc<Peer>> = peers[start..]
             .iter()
@@ -361,11 +356,15 @@ impl NodeRouter {
             .cloned()
             .collect();
         ordered.sort_by_key(|p| p.in_flight.load(Ordering::Relaxed));
-        ordered
+        Some(ordered)
     }
 
     async fn forward(&self, app: &str, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
-        let peers = self.candidates(app);
+        let Some(peers) = self.candidates(app) else {
+            // No app of that name anywhere: the runtime answers 404 and
+            // counts it, as for a host that names no app.
+            return self.runtime.handle(req).await;
+        };
         if peers.is_empty() {
             self.stats.no_replica.fetch_add(1, Ordering::Relaxed);
             return error_response(Outcome::NoReplica, Some(app));
@@ -439,7 +438,10 @@ impl NodeRouter {
 
 impl Handler for NodeRouter {
     async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
-        let mut response = match self.route(&req) {
+        let Ok(host) = request_host(&req) else {
+            return duplicate_host();
+        };
+        let mut response = match self.route(host) {
             Route::NodeApi => return self.node_api(&req),
             Route::Local(app) => self.runtime.handle_found(app, req).await,
             Route::Elsewhere(app) => {

@@ -34,7 +34,15 @@ pub struct StoreOptions {
     pub event_cap: u64,
     /// Pool size for PostgreSQL (SQLite always uses one connection).
     pub max_connections: u32,
+    /// Most bytes all stored artifacts may take; an upload beyond is
+    /// refused ([`StoreError::Full`]).
+    pub artifact_store_bytes: u64,
 }
+
+/// Default [`StoreOptions::artifact_store_bytes`]: 8 GiB holds over a
+/// hundred revisions of the largest (64 MiB) artifact while keeping a
+/// runaway uploader from filling the controller's disk.
+pub const DEFAULT_ARTIFACT_STORE_BYTES: u64 = 8 << 30;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -42,6 +50,7 @@ impl Default for StoreOptions {
             node_grace: Duration::from_secs(3),
             event_cap: DEFAULT_EVENT_CAP,
             max_connections: 16,
+            artifact_store_bytes: DEFAULT_ARTIFACT_STORE_BYTES,
         }
     }
 }
@@ -70,6 +79,46 @@ enum Dialect {
     Postgres,
 }
 
+/// The file a `sqlite:` URL (after the scheme) names, unless in memory.
+fn sqlite_path(rest: &str) -> Option<std::path::PathBuf> {
+    let path = rest.trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or(path);
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| path.into())
+}
+
+/// Makes the SQLite database (and its WAL and shared-memory files, which
+/// SQLite creates with the database's mode) readable by its owner only: it
+/// holds the cluster's state and every credential's hash. A new database
+/// file is created so before SQLite opens it.
+fn restrict_to_owner(db: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let denied = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| StoreError::Permissions { path, source }
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(db)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(denied(db)(e)),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = std::path::PathBuf::from(name);
+        match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(denied(&path)(e)),
+        }
+    }
+    Ok(())
+}
+
 impl SqlStore {
     /// Connects to `url` (`sqlite://PATH` or `postgres://...`), runs the
     /// migrations of that dialect, and returns the store. A failed
@@ -78,6 +127,9 @@ impl SqlStore {
     pub async fn connect(url: &str, options: StoreOptions) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let (dialect, pool) = if let Some(rest) = url.strip_prefix("sqlite:") {
+            if let Some(path) = sqlite_path(rest) {
+                restrict_to_owner(&path)?;
+            }
             // Create the file if missing unless the URL says otherwise.
             let url = if rest.contains("mode=") {
                 url.to_owned()
@@ -388,6 +440,7 @@ impl SqlStore {
     }
 }
 
+mod artifacts;
 mod store_impl;
 
 /// An event about app `name`.

@@ -14,7 +14,7 @@ use super::super::rows::{
     to_u64,
 };
 use super::super::{
-    ARTIFACT_CHUNK, Applied, ArtifactInfo, LogSource, NewEvent, ReplicaChange, Result, Store,
+    Applied, ArtifactInfo, LogSource, NewEvent, ReplicaChange, Result, Store, StoreError,
     TokenKind, now_ms,
 };
 use super::{Dialect, SqlStore, app_event};
@@ -55,56 +55,23 @@ impl Store for SqlStore {
     }
 
     async fn put_artifact(&self, digest: &Digest, bytes: &[u8]) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        let key = digest.to_string();
-        let chunks = bytes.len().div_ceil(ARTIFACT_CHUNK) as u64;
-        let inserted = sqlx::query(
-            "INSERT INTO artifacts (digest, size, chunks, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING",
-        )
-        .bind(&key)
-        .bind(to_i64(bytes.len() as u64))
-        .bind(to_i64(chunks))
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        for (seq, chunk) in bytes.chunks(ARTIFACT_CHUNK).enumerate() {
-            sqlx::query("INSERT INTO artifact_chunks (digest, seq, data) VALUES ($1, $2, $3)")
-                .bind(&key)
-                .bind(seq as i64)
-                .bind(chunk.to_vec())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        self.put_artifact_bounded(digest, bytes).await
     }
 
     async fn artifact(&self, digest: &Digest) -> Result<Option<ArtifactInfo>> {
-        let row = sqlx::query("SELECT size, chunks FROM artifacts WHERE digest = $1")
-            .bind(digest.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(ArtifactInfo {
-                size: to_u64(r.try_get("size")?),
-                chunks: to_u64(r.try_get("chunks")?),
-            })
-        })
-        .transpose()
+        self.artifact_info(digest).await
     }
 
     async fn artifact_chunk(&self, digest: &Digest, seq: u64) -> Result<Option<Vec<u8>>> {
-        let row = sqlx::query("SELECT data FROM artifact_chunks WHERE digest = $1 AND seq = $2")
-            .bind(digest.to_string())
-            .bind(to_i64(seq))
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get("data")).transpose()?)
+        self.chunk(digest, seq).await
+    }
+
+    async fn collect_artifacts(&self, retention_ms: i64) -> Result<Vec<Digest>> {
+        self.collect(retention_ms).await
+    }
+
+    async fn delete_artifact(&self, digest: &Digest) -> Result<bool> {
+        self.remove_artifact(digest).await
     }
 
     async fn apply_app(
@@ -117,6 +84,11 @@ impl Store for SqlStore {
         let now = now_ms();
         let current = self.load_app(&mut tx, name).await?;
         check_version("app", name, current.as_ref().map(|a| a.version), if_version)?;
+        self.claim_artifacts(
+            &mut tx,
+            std::iter::once(&spec.artifact).chain(spec.files.values()),
+        )
+        .await?;
         let (created, new_revision, message) = match &current {
             None => {
                 sqlx::query(
@@ -341,15 +313,34 @@ impl Store for SqlStore {
         &self,
         node: &RegisterNode,
         credential_hash: &str,
+        claim: Option<&str>,
+        silent_for_ms: i64,
     ) -> Result<(Node, bool)> {
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
-        let existed = self.load_node(&mut tx, &node.name).await?.is_some();
+        let holder = sqlx::query(
+            "SELECT n.credential_hash AS credential_hash, l.renewed_at AS renewed_at \
+             FROM nodes n LEFT JOIN node_leases l ON l.node = n.name WHERE n.name = $1",
+        )
+        .bind(&node.name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let existed = holder.is_some();
+        if let Some(row) = holder {
+            let stored: Option<String> = row.try_get("credential_hash")?;
+            let renewed_at: Option<i64> = row.try_get("renewed_at")?;
+            let same_node = claim.is_some() && stored.as_deref() == claim;
+            let gone = renewed_at.is_none_or(|at| now.saturating_sub(at) > silent_for_ms);
+            if !same_node && !gone {
+                return Err(StoreError::NameTaken(node.name.clone()));
+            }
+        }
         sqlx::query(
-            "INSERT INTO nodes (name, labels, memory_bytes, ingress, credential_hash, version, registered_at, logs_key) \
-             VALUES ($1, $2, $3, $4, $5, 1, $6, $7) \
+            "INSERT INTO nodes (name, labels, memory_bytes, ingress, credential_hash, version, registered_at, logs_key, offers_api) \
+             VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8) \
              ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, memory_bytes = excluded.memory_bytes, \
              ingress = excluded.ingress, credential_hash = excluded.credential_hash, logs_key = excluded.logs_key, \
+             offers_api = excluded.offers_api, \
              version = nodes.version + 1",
         )
         .bind(&node.name)
@@ -358,7 +349,9 @@ impl Store for SqlStore {
         .bind(&node.ingress)
         .bind(credential_hash)
         .bind(now)
-        .bind(node.logs_key.clone())
+        // Only the key's hash is stored, as for every secret.
+        .bind(node.logs_key.as_deref().map(crate::auth::hash_secret))
+        .bind(i64::from(node.logs_key.is_some()))
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -577,7 +570,7 @@ impl Store for SqlStore {
 
     async fn log_sources(&self, app: &str) -> Result<Vec<LogSource>> {
         let rows = sqlx::query(
-            "SELECT DISTINCT n.name, n.ingress, n.logs_key FROM nodes n \
+            "SELECT DISTINCT n.name, n.ingress, n.logs_key, n.offers_api FROM nodes n \
              JOIN replicas r ON r.node = n.name WHERE r.app = $1 ORDER BY n.name",
         )
         .bind(app)
@@ -588,22 +581,25 @@ impl Store for SqlStore {
                 Ok(LogSource {
                     node: r.try_get("name")?,
                     ingress: r.try_get("ingress")?,
-                    logs_key: r.try_get("logs_key")?,
+                    offers_api: r.try_get::<i64, _>("offers_api")? != 0,
+                    logs_key_hash: r.try_get("logs_key")?,
                 })
             })
             .collect()
     }
 
     async fn node_source(&self, node: &str) -> Result<Option<LogSource>> {
-        let row = sqlx::query("SELECT name, ingress, logs_key FROM nodes WHERE name = $1")
-            .bind(node)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT name, ingress, logs_key, offers_api FROM nodes WHERE name = $1")
+                .bind(node)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|r| {
             Ok(LogSource {
                 node: r.try_get("name")?,
                 ingress: r.try_get("ingress")?,
-                logs_key: r.try_get("logs_key")?,
+                offers_api: r.try_get::<i64, _>("offers_api")? != 0,
+                logs_key_hash: r.try_get("logs_key")?,
             })
         })
         .transpose()
