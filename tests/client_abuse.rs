@@ -16,6 +16,17 @@ use skiff_runtime::ingress::Limits;
 use skiff_sdk::Quota;
 use tokio::io::AsyncWriteExt as _;
 
+/// A node with `limits` (and `tweak`ed runtime settings) serving the echo
+/// example as `echo`.
+async fn echo_node(
+    tweak: impl FnOnce(&mut skiff_runtime::RuntimeConfig),
+    limits: Limits,
+) -> TestNode {
+    let node = TestNode::start_with_limits(tweak, limits).await;
+    node.deploy("echo", "echo", Quota::default()).await;
+    node
+}
+
 /// Checks the client-abuse cases against a server on `addr` started with
 /// a 300 ms header timeout.
 async fn client_abuse(addr: SocketAddr, host: &str) {
@@ -89,7 +100,7 @@ async fn connection_bound(addr: SocketAddr, host: &str, limit: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_abuse_on_the_ingress() {
-    let node = TestNode::start_with_limits(
+    let node = echo_node(
         |c| c.max_request_body = 1 << 20,
         Limits {
             header_read_timeout: Duration::from_millis(300),
@@ -97,7 +108,6 @@ async fn client_abuse_on_the_ingress() {
         },
     )
     .await;
-    node.deploy("echo", "echo", Quota::default()).await;
     client_abuse(node.addr, "echo.localhost").await;
     // A body over the limit is 413 without reaching the guest.
     let big = post_raw(node.addr, "echo.localhost", "/", 2 << 20).await;
@@ -111,7 +121,7 @@ async fn client_abuse_on_the_ingress() {
     );
     node.stop().await;
 
-    let bounded = TestNode::start_with_limits(
+    let bounded = echo_node(
         |_| {},
         Limits {
             max_connections: 4,
@@ -119,7 +129,6 @@ async fn client_abuse_on_the_ingress() {
         },
     )
     .await;
-    bounded.deploy("echo", "echo", Quota::default()).await;
     connection_bound(bounded.addr, "echo.localhost", 4).await;
     bounded.stop().await;
 }
@@ -211,7 +220,7 @@ async fn one_address_cannot_take_every_connection(addr: SocketAddr, host: &str, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ingress_closes_silent_connections_and_shares_its_connections() {
     let timeout = Duration::from_millis(300);
-    let node = TestNode::start_with_limits(
+    let node = echo_node(
         |_| {},
         Limits {
             header_read_timeout: timeout,
@@ -219,11 +228,10 @@ async fn the_ingress_closes_silent_connections_and_shares_its_connections() {
         },
     )
     .await;
-    node.deploy("echo", "echo", Quota::default()).await;
     silent_and_idle_connections_are_closed(node.addr, "echo.localhost", timeout).await;
     node.stop().await;
 
-    let shared = TestNode::start_with_limits(
+    let shared = echo_node(
         |_| {},
         Limits {
             max_connections: 8,
@@ -232,7 +240,6 @@ async fn the_ingress_closes_silent_connections_and_shares_its_connections() {
         },
     )
     .await;
-    shared.deploy("echo", "echo", Quota::default()).await;
     one_address_cannot_take_every_connection(shared.addr, "echo.localhost", 4).await;
     shared.stop().await;
 }

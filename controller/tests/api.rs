@@ -424,55 +424,31 @@ async fn nodes_credentials_and_assignment_watch() {
             .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
 
         // A body is judged only once the caller may send it: 403 before
-        // any 415 or 422.
-        for (content_type, body) in [
+        // any 415 or 422. And the admin token is no node credential.
+        let bad_bodies = [
             ("application/json", "{\"artifact\": 7}"),
             ("application/json", "{"),
             ("text/plain", "hello"),
-        ] {
+        ];
+        let mut forbidden: Vec<(Method, &str, &str, Option<(&str, Bytes)>)> = Vec::new();
+        for (content_type, body) in bad_bodies {
             let body = Some((content_type, Bytes::from(body)));
-            api.call(
-                Method::PUT,
-                "/v1/apps/x",
-                Some(&n1.credential),
-                body.clone(),
-            )
-            .await
-            .expect_error(StatusCode::FORBIDDEN, "forbidden");
-            api.call(
-                Method::POST,
-                "/v1/nodes",
-                Some(&n1.credential),
-                body.clone(),
-            )
-            .await
-            .expect_error(StatusCode::FORBIDDEN, "forbidden");
-            api.call(
-                Method::PUT,
-                "/v1/nodes/n2/heartbeat",
-                Some(&n1.credential),
-                body,
-            )
-            .await
-            .expect_error(StatusCode::FORBIDDEN, "forbidden");
+            forbidden.push((Method::PUT, "/v1/apps/x", &n1.credential, body.clone()));
+            forbidden.push((Method::POST, "/v1/nodes", &n1.credential, body.clone()));
+            forbidden.push((Method::PUT, "/v1/nodes/n2/heartbeat", &n1.credential, body));
         }
-        // The admin token is no node credential.
-        api.call(
+        forbidden.push((
             Method::PUT,
             "/v1/nodes/n1/heartbeat",
-            Some(&api.admin),
+            &api.admin,
             json(hb.clone()),
-        )
-        .await
-        .expect_error(StatusCode::FORBIDDEN, "forbidden");
-        api.call(
-            Method::GET,
-            "/v1/nodes/n1/assignments",
-            Some(&api.admin),
-            None,
-        )
-        .await
-        .expect_error(StatusCode::FORBIDDEN, "forbidden");
+        ));
+        forbidden.push((Method::GET, "/v1/nodes/n1/assignments", &api.admin, None));
+        for (method, path, token, body) in forbidden {
+            api.call(method, path, Some(token), body)
+                .await
+                .expect_error(StatusCode::FORBIDDEN, "forbidden");
+        }
 
         // The join token does not take over a live node's name...
         let taken = api

@@ -652,8 +652,8 @@ impl Runtime {
         };
 
         // Requests straight from a client take part in the app's verdict;
-        // health checks (no client) and forwarded ones (judged by the
-        // address of the forwarding node, not the client) do not.
+        // health checks (no client) and forwarded ones (whose address is
+        // the forwarding node's, not the client's) do not.
         let client = req
             .extensions()
             .get::<skiff_sdk::serve::ClientAddr>()

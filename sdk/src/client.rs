@@ -243,7 +243,7 @@ impl Client {
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
         let http = HttpClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(crate::serve::CLIENT_POOL_IDLE)
             .build(connector);
         Ok(Self {
             base,

@@ -69,6 +69,11 @@ impl Default for Limits {
     }
 }
 
+/// How long a client of these servers should keep an idle pooled
+/// connection: well under the default [`Limits::header_read_timeout`], so
+/// a client never sends on a connection the server is closing as idle.
+pub const CLIENT_POOL_IDLE: Duration = Duration::from_secs(5);
+
 /// Back-off after a failed `accept` (e.g. out of file descriptors), so the
 /// loop does not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);

@@ -40,15 +40,7 @@ pub async fn post_raw(addr: SocketAddr, host: &str, path: &str, len: usize) -> S
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
-    assert!(
-        read.is_ok(),
-        "the server never closed the connection after {:?}; it answered {:?}",
-        String::from_utf8_lossy(&request[..request.len().min(200)]),
-        String::from_utf8_lossy(&answer)
-    );
-    String::from_utf8_lossy(&answer).into_owned()
+    read_until_closed(&mut stream).await
 }
 
 /// Connects to `addr` from the local address `from` (any of 127.0.0.0/8

@@ -62,7 +62,9 @@ pub type NodeClient = HttpClient<HttpConnector, Full<Bytes>>;
 pub fn client() -> NodeClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(1)));
-    HttpClient::builder(TokioExecutor::new()).build(connector)
+    HttpClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(skiff_sdk::serve::CLIENT_POOL_IDLE)
+        .build(connector)
 }
 
 /// `GET path` (with its query) on `node`'s API; at most `limit` bytes of
