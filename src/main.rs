@@ -5,6 +5,7 @@ mod client;
 mod commands;
 mod controller;
 mod deploy;
+mod flags;
 mod new;
 mod node;
 mod serve;

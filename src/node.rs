@@ -3,18 +3,15 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use skiff_runtime::engine::Allocator;
-use skiff_runtime::node::disk::StateDir;
-use skiff_runtime::node::router::NodeRouter;
-use skiff_runtime::node::{Agent, NodeConfig};
-use skiff_runtime::{Runtime, RuntimeConfig};
-use skiff_sdk::{Client, quantity};
+use skiff_runtime::node::{Node, NodeConfig};
+use skiff_sdk::quantity;
+
+use crate::flags::{Dur, Size};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Default controller: the one `skiff controller` starts with its defaults.
 const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7070";
@@ -62,16 +59,16 @@ pub struct NodeArgs {
     #[arg(long, env = "SKIFF_DOMAIN", default_value = skiff_runtime::runtime::DEFAULT_DOMAIN)]
     pub(crate) domain: String,
     /// Heartbeat interval, e.g. `1s`.
-    #[arg(long, env = "SKIFF_HEARTBEAT", default_value = "1s", value_parser = quantity::parse_duration)]
-    pub(crate) heartbeat: Duration,
+    #[arg(long, env = "SKIFF_HEARTBEAT", default_value_t = Dur(skiff_runtime::node::DEFAULT_HEARTBEAT))]
+    pub(crate) heartbeat: Dur,
     /// Largest request body accepted, e.g. `16Mi`.
-    #[arg(long, env = "SKIFF_MAX_BODY", default_value = "16Mi", value_parser = quantity::parse_bytes)]
-    pub(crate) max_body: u64,
+    #[arg(long, env = "SKIFF_MAX_BODY", default_value_t = Size(skiff_runtime::runtime::DEFAULT_MAX_REQUEST_BODY))]
+    pub(crate) max_body: Size,
     /// Disk the compile cache may keep for components no replica here
     /// needs any more, least recently used first out (e.g. `1Gi`; what
     /// is assigned is always kept).
-    #[arg(long, env = "SKIFF_CACHE_SIZE", default_value = "1Gi", value_parser = quantity::parse_bytes)]
-    pub(crate) cache_size: u64,
+    #[arg(long, env = "SKIFF_CACHE_SIZE", default_value_t = Size(skiff_runtime::node::DEFAULT_CACHE_BYTES))]
+    pub(crate) cache_size: Size,
     /// Do not use the pooling allocator (for hosts with little address space).
     #[arg(long, env = "SKIFF_NO_POOLING")]
     pub(crate) no_pooling: bool,
@@ -105,26 +102,27 @@ fn machine_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// A node started by [`start`]: its tasks run until the shutdown token is
-/// cancelled.
+/// A node started by [`start`]: it runs until the shutdown token is
+/// cancelled; [`Node::wait`] returns once it has stopped.
 pub struct Started {
-    pub addr: std::net::SocketAddr,
+    pub node: Node,
     pub name: String,
     pub data_dir: PathBuf,
     pub memory: u64,
-    pub allocator: &'static str,
-    pub resumed: usize,
 }
 
-/// Builds the runtime, resumes the stored assignments, binds the ingress,
-/// and spawns the ingress and the agent onto `tasks`.
-pub async fn start(
-    args: &NodeArgs,
-    shutdown: &CancellationToken,
-    tasks: &TaskTracker,
-) -> anyhow::Result<Started> {
+/// What a readiness line says of an allocator.
+pub fn allocator_name(allocator: &Allocator) -> &'static str {
+    match allocator {
+        Allocator::Pooling => "pooling",
+        Allocator::OnDemand { .. } => "on-demand",
+    }
+}
+
+/// Maps the flags to a [`NodeConfig`], binds the ingress and starts the
+/// node.
+pub async fn start(args: &NodeArgs, shutdown: &CancellationToken) -> anyhow::Result<Started> {
     let name = args.name.clone().unwrap_or_else(crate::hostname);
-    skiff_sdk::api::validate_name(&name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
     let join_token = std::fs::read_to_string(&args.token_file)
         .with_context(|| format!("reading the join token {}", args.token_file.display()))?
         .trim()
@@ -133,86 +131,53 @@ pub async fn start(
         Some(m) => m,
         None => default_memory().context("cannot read the machine's memory; pass --memory")?,
     };
-    let client = Client::new(&args.controller).with_context(|| "--controller")?;
     let data_dir = args
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("skiff-data").join("nodes").join(&name));
-    let state = StateDir::open(&data_dir)
-        .with_context(|| format!("creating the state directory {}", data_dir.display()))?;
-
-    let mut config = RuntimeConfig::new(state.cache_dir());
-    config.domain = args.domain.clone();
-    config.max_request_body = args.max_body;
-    config.engine.pooling = !args.no_pooling;
-    let runtime = Runtime::new(config)?;
-    let router = NodeRouter::new(runtime.clone(), &name, &args.domain);
-
+    let config = NodeConfig {
+        labels: args.labels.clone(),
+        advertise: args.advertise.clone(),
+        domain: args.domain.clone(),
+        heartbeat: args.heartbeat.0,
+        max_body: args.max_body.0,
+        cache_bytes: args.cache_size.0,
+        pooling: !args.no_pooling,
+        limits: args.limits.limits(),
+        ..NodeConfig::new(&name, memory, &args.controller, join_token, &data_dir)
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    let agent = Agent::new(
-        NodeConfig {
-            name: name.clone(),
-            labels: args.labels.clone(),
-            memory_bytes: memory,
-            ingress: args.advertise.clone().unwrap_or_else(|| addr.to_string()),
-            heartbeat: args.heartbeat,
-            cache_bytes: args.cache_size,
-        },
-        client,
-        join_token,
-        state,
-        router.clone(),
-    )
-    .with_context(|| format!("reading the node state in {}", data_dir.display()))?;
-    let resumed = agent.resume().await;
-    tasks.spawn(agent.run(shutdown.clone()));
-    let serving = shutdown.clone();
-    let limits = args.limits.limits();
-    tasks.spawn(async move {
-        if let Err(error) =
-            skiff_runtime::ingress::run(listener, router, limits, serving.clone()).await
-        {
-            tracing::error!(%error, "the ingress failed");
-        }
-        serving.cancel();
-    });
+    let node = Node::start(config, listener, shutdown.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!(skiff_runtime::runtime::error_chain(&e)))?;
     Ok(Started {
-        addr,
+        node,
         name,
         data_dir,
         memory,
-        allocator: match runtime.allocator() {
-            Allocator::Pooling => "pooling",
-            Allocator::OnDemand { .. } => "on-demand",
-        },
-        resumed,
     })
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     crate::serve::on_shutdown_signal(shutdown.clone());
-    let tasks = TaskTracker::new();
-    let node = start(&args, &shutdown, &tasks).await?;
+    let started = start(&args, &shutdown).await?;
     println!(
         "{}",
         serde_json::json!({
-            "listening": node.addr.to_string(),
+            "listening": started.node.addr.to_string(),
             "role": "node",
-            "name": node.name,
+            "name": started.name,
             "controller": args.controller,
-            "data_dir": node.data_dir,
-            "memory_bytes": node.memory,
-            "resumed_replicas": node.resumed,
-            "allocator": node.allocator,
+            "data_dir": started.data_dir,
+            "memory_bytes": started.memory,
+            "resumed_replicas": started.node.resumed,
+            "allocator": allocator_name(&started.node.allocator),
         })
     );
-    shutdown.cancelled().await;
-    tasks.close();
-    tasks.wait().await;
+    started.node.wait().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -3,15 +3,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use skiff_sdk::quantity;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::controller::ControllerArgs;
-use crate::node::NodeArgs;
+use anyhow::Context as _;
+use skiff_runtime::node::{Node, NodeConfig};
+
+use skiff_controller::{Controller, ControllerConfig};
 
 /// Largest node count `skiff up` runs: it is for trying things locally.
 const MAX_LOCAL_NODES: u16 = 16;
@@ -43,29 +43,27 @@ pub struct UpArgs {
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     crate::serve::on_shutdown_signal(shutdown.clone());
-    let tasks = TaskTracker::new();
-    let controller = crate::controller::start(
-        &ControllerArgs {
-            listen: args.listen,
-            data_dir: args.data_dir.clone(),
-            database_url: None,
-            max_artifact: 64 << 20,
-            max_artifact_store: skiff_controller::store::DEFAULT_ARTIFACT_STORE_BYTES,
-            artifact_retention: skiff_controller::collector::DEFAULT_ARTIFACT_RETENTION,
-            node_grace: Duration::from_secs(3),
-            resync: skiff_controller::reconciler::DEFAULT_RESYNC,
-            lease_ttl: skiff_controller::lease::DEFAULT_LEASE_TTL,
-            id: Some("local".into()),
-            domain: args.domain.clone(),
-            limits: Default::default(),
-        },
-        &shutdown,
-        &tasks,
-    )
-    .await?;
-    let memory = args
-        .memory
-        .or_else(|| crate::node::default_memory().map(|m| m / u64::from(args.nodes)));
+    let config = ControllerConfig {
+        domain: args.domain.clone(),
+        ..ControllerConfig::new(&args.data_dir, "local")
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let controller = Controller::start(config, listener, shutdown.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!(skiff_controller::error_chain(&e)))?;
+    crate::client::write_controller_file(&args.data_dir, controller.addr)?;
+    let memory = match args.memory {
+        Some(m) => m,
+        None => crate::node::default_memory()
+            .map(|m| m / u64::from(args.nodes))
+            .context("cannot read the machine's memory; pass --memory")?,
+    };
+    let join_token = std::fs::read_to_string(&controller.tokens.join)
+        .with_context(|| format!("reading {}", controller.tokens.join.display()))?
+        .trim()
+        .to_owned();
     let mut nodes = Vec::new();
     for i in 1..=args.nodes {
         let port = if args.ingress.port() == 0 {
@@ -78,28 +76,25 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         } else {
             format!("local-{i}")
         };
-        let node = crate::node::start(
-            &NodeArgs {
-                controller: format!("http://{}", controller.addr),
-                token_file: controller.tokens.join.clone(),
-                name: Some(name.clone()),
-                labels: [("zone".to_owned(), format!("zone-{i}"))].into(),
+        let listen = SocketAddr::new(args.ingress.ip(), port);
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        let config = NodeConfig {
+            labels: [("zone".to_owned(), format!("zone-{i}"))].into(),
+            domain: args.domain.clone(),
+            ..NodeConfig::new(
+                &name,
                 memory,
-                listen: SocketAddr::new(args.ingress.ip(), port),
-                advertise: None,
-                data_dir: Some(args.data_dir.join("nodes").join(&name)),
-                domain: args.domain.clone(),
-                heartbeat: skiff_runtime::node::DEFAULT_HEARTBEAT,
-                max_body: 16 << 20,
-                cache_size: skiff_runtime::node::DEFAULT_CACHE_BYTES,
-                no_pooling: false,
-                limits: Default::default(),
-            },
-            &shutdown,
-            &tasks,
-        )
-        .await?;
-        nodes.push(node);
+                format!("http://{}", controller.addr),
+                &join_token,
+                args.data_dir.join("nodes").join(&name),
+            )
+        };
+        let node = Node::start(config, listener, shutdown.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!(skiff_runtime::runtime::error_chain(&e)))?;
+        nodes.push((name, node));
     }
     println!(
         "{}",
@@ -108,8 +103,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             "role": "up",
             "api": format!("http://{}", controller.addr),
             "admin_token_file": controller.tokens.admin,
-            "nodes": nodes.iter().map(|n| serde_json::json!({
-                "name": n.name, "ingress": n.addr.to_string(), "allocator": n.allocator,
+            "nodes": nodes.iter().map(|(name, n)| serde_json::json!({
+                "name": name, "ingress": n.addr.to_string(), "allocator": crate::node::allocator_name(&n.allocator),
             })).collect::<Vec<_>>(),
         })
     );
@@ -119,10 +114,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         controller.addr,
         args.data_dir.display()
     );
-    for n in &nodes {
+    for (name, n) in &nodes {
         eprintln!(
             "  node {:<10} http://<app>.{}:{}/",
-            n.name,
+            name,
             args.domain,
             n.addr.port()
         );
@@ -134,10 +129,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     eprintln!(
         "  try: skiff deploy examples/hello && curl http://hello.{}:{}/",
         args.domain,
-        nodes.first().map(|n| n.addr.port()).unwrap_or(8080)
+        nodes.first().map(|(_, n)| n.addr.port()).unwrap_or(8080)
     );
-    shutdown.cancelled().await;
-    tasks.close();
-    tasks.wait().await;
+    controller.wait().await;
+    for (_, node) in &nodes {
+        node.wait().await;
+    }
     Ok(())
 }

@@ -10,6 +10,7 @@
 //!
 //! # Layout
 //!
+//! - [`role`]: [`Controller::start`], the whole controller from a [`ControllerConfig`].
 //! - [`store`]: the `Store` trait and its SQL implementation (+ migrations).
 //! - [`api`]: axum routes, extractors, and the OpenAPI document.
 //! - [`auth`]: tokens, hashing, and who may call what.
@@ -25,10 +26,21 @@ pub mod collector;
 pub mod error;
 pub mod lease;
 pub mod reconciler;
+pub mod role;
 pub mod scheduler;
 pub mod store;
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+pub use role::{Controller, ControllerConfig};
+
+/// Default node grace: a node that missed three default heartbeats (1 s
+/// apart) is NotReady, and its replicas move that long after this
+/// controller became leader. Long enough to ride out a GC pause or a
+/// brief network hiccup, short enough that a dead node's traffic moves
+/// within seconds.
+pub const DEFAULT_NODE_GRACE: Duration = Duration::from_secs(3);
 
 /// Why the controller could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +48,15 @@ pub enum ControllerError {
     /// The store failed (including a failed migration).
     #[error("state store")]
     Store(#[source] store::StoreError),
+    /// The state store could not be opened (or migrated).
+    #[error("opening the state store ({url})")]
+    Open {
+        /// The database URL, without its password.
+        url: String,
+        /// Why.
+        #[source]
+        source: store::StoreError,
+    },
     /// A file in the data directory could not be used.
     #[error("{doing} {}", path.display())]
     Io {

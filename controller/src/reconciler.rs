@@ -555,7 +555,7 @@ pub struct ReconcilerOptions {
 impl Default for ReconcilerOptions {
     fn default() -> Self {
         Self {
-            node_grace: Duration::from_secs(3),
+            node_grace: crate::DEFAULT_NODE_GRACE,
             resync: DEFAULT_RESYNC,
         }
     }

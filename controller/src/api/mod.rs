@@ -64,7 +64,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
-            node_grace: Duration::from_secs(3),
+            node_grace: crate::DEFAULT_NODE_GRACE,
             domain: DEFAULT_DOMAIN.to_owned(),
         }
     }

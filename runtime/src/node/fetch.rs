@@ -14,6 +14,7 @@ use crate::Runtime;
 use crate::runtime::error_chain;
 
 /// Whether a replica's component or files are here.
+#[derive(Debug)]
 pub(super) enum Load {
     /// Here (and, for a component, loaded).
     Ready,

@@ -47,7 +47,7 @@ pub const DEFAULT_ARTIFACT_STORE_BYTES: u64 = 8 << 30;
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
-            node_grace: Duration::from_secs(3),
+            node_grace: crate::DEFAULT_NODE_GRACE,
             event_cap: DEFAULT_EVENT_CAP,
             max_connections: 16,
             artifact_store_bytes: DEFAULT_ARTIFACT_STORE_BYTES,

@@ -1,0 +1,189 @@
+//! Talking to the controller: register (proving the node's identity with
+//! its stored credential), heartbeat, and long-poll the assignments and the
+//! endpoints, with back-off while the controller does not answer. Serving
+//! never waits on any of it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_sdk::api::{Heartbeat, NodeCapacity, RegisterNode};
+use skiff_sdk::{Client, ClientError};
+use tokio_util::sync::CancellationToken;
+
+use super::{ASSIGNMENTS_FILE, Agent, CREDENTIAL_FILE, ENDPOINTS_FILE, lock, sleep_or_shutdown};
+use crate::runtime::error_chain;
+
+/// Longest wait of one long-poll (the controller caps it at 60 s).
+const LONG_POLL_WAIT: Duration = Duration::from_secs(30);
+/// First and longest back-off after a failed call to the controller.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl Agent {
+    /// Registers, then heartbeats and long-polls the assignments and
+    /// endpoints until the controller forgets this node's credential
+    /// (then registers again), with back-off while it does not answer.
+    pub(super) async fn control_loop(self: &Arc<Self>, shutdown: &CancellationToken) {
+        let mut backoff = Backoff::default();
+        loop {
+            let client = match self.register().await {
+                Ok(client) => client,
+                Err(error) => {
+                    backoff.failed("registering with the controller", &error);
+                    if sleep_or_shutdown(backoff.delay(), shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            backoff.succeeded("registered with the controller");
+            *lock(&self.session) = Some(client.clone());
+            // Artifacts that could not be fetched before can be now.
+            self.assignments.send_modify(|_| {});
+            let why = tokio::select! {
+                why = self.heartbeats(&client) => why,
+                why = self.poll_assignments(&client) => why,
+                why = self.poll_endpoints(&client) => why,
+                () = shutdown.cancelled() => return,
+            };
+            tracing::warn!(error = %error_chain(&why), "the controller no longer knows this node's credential; registering again");
+            *lock(&self.session) = None;
+        }
+    }
+
+    async fn register(&self) -> Result<Client, ClientError> {
+        let joiner = self.client.clone().with_token(&self.config.join_token);
+        let credential = self
+            .state
+            .read_or_set_aside::<String>(CREDENTIAL_FILE)
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "the stored credential is unreadable; registering without it (the name is free again once the grace has passed)");
+                None
+            });
+        let registration = joiner
+            .register_node(&RegisterNode {
+                name: self.config.name.clone(),
+                labels: self.config.labels.clone(),
+                capacity: NodeCapacity {
+                    memory_bytes: self.config.memory_bytes,
+                },
+                ingress: self.ingress.clone(),
+                logs_key: Some(self.router.logs_key().to_owned()),
+                credential,
+            })
+            .await?;
+        // Every start registers again (updating the advertised address,
+        // labels and capacity); the name is the identity that keeps the
+        // node's replicas, and the stored credential proves it is ours.
+        if let Err(error) = self.state.write(CREDENTIAL_FILE, &registration.credential) {
+            tracing::warn!(%error, "could not store the node's credential");
+        }
+        Ok(self.client.clone().with_token(&registration.credential))
+    }
+
+    async fn heartbeats(&self, client: &Client) -> ClientError {
+        let mut backoff = Backoff::default();
+        loop {
+            let heartbeat = Heartbeat {
+                replicas: self.replica_states(),
+                logs_key: Some(self.router.logs_key().to_owned()),
+            };
+            match client.heartbeat(&self.config.name, &heartbeat).await {
+                Ok(()) => backoff.succeeded("heartbeats reach the controller again"),
+                Err(e) if needs_registration(&e) => return e,
+                Err(e) => backoff.failed("sending a heartbeat", &e),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.config.heartbeat) => {}
+                () = self.report.notified() => {}
+            }
+        }
+    }
+
+    async fn poll_assignments(&self, client: &Client) -> ClientError {
+        let mut backoff = Backoff::default();
+        let mut after = None;
+        loop {
+            match client
+                .assignments(&self.config.name, after, LONG_POLL_WAIT)
+                .await
+            {
+                Ok(assignments) => {
+                    backoff.succeeded("polling assignments again");
+                    if after == Some(assignments.version) {
+                        continue;
+                    }
+                    after = Some(assignments.version);
+                    if let Err(error) = self.state.write(ASSIGNMENTS_FILE, &assignments) {
+                        tracing::warn!(%error, "could not store the assignments");
+                    }
+                    self.assignments.send_replace(Some(assignments));
+                }
+                Err(e) if needs_registration(&e) => return e,
+                Err(e) => {
+                    backoff.failed("polling assignments", &e);
+                    tokio::time::sleep(backoff.delay()).await;
+                }
+            }
+        }
+    }
+
+    async fn poll_endpoints(&self, client: &Client) -> ClientError {
+        let mut backoff = Backoff::default();
+        let mut tag: Option<String> = None;
+        loop {
+            match client.endpoints(tag.as_deref(), LONG_POLL_WAIT).await {
+                Ok(Some((new_tag, endpoints))) => {
+                    backoff.succeeded("polling endpoints again");
+                    self.router.set_endpoints(&endpoints);
+                    if let Err(error) = self.state.write(ENDPOINTS_FILE, &endpoints) {
+                        tracing::warn!(%error, "could not store the endpoints");
+                    }
+                    tag = Some(new_tag);
+                }
+                Ok(None) => backoff.succeeded("polling endpoints again"),
+                Err(e) if needs_registration(&e) => return e,
+                Err(e) => {
+                    backoff.failed("polling endpoints", &e);
+                    tokio::time::sleep(backoff.delay()).await;
+                }
+            }
+        }
+    }
+}
+
+/// A 401 (credential unknown: the controller's state was reset), 403 or
+/// 404 (the node was deleted) means: register again.
+fn needs_registration(e: &ClientError) -> bool {
+    e.status()
+        .is_some_and(|s| matches!(s.as_u16(), 401 | 403 | 404))
+}
+
+/// Exponential back-off that logs a failure once per outage, not per try.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn failed(&mut self, doing: &str, error: &ClientError) {
+        if self.failures == 0 {
+            tracing::warn!(error = %error_chain(error), "{doing} failed; retrying with back-off (serving continues)");
+        } else {
+            tracing::debug!(error = %error_chain(error), "{doing} failed again");
+        }
+        self.failures = self.failures.saturating_add(1);
+    }
+
+    fn succeeded(&mut self, what: &str) {
+        if self.failures > 0 {
+            tracing::info!("{what}");
+        }
+        self.failures = 0;
+    }
+
+    fn delay(&self) -> Duration {
+        let exp = self.failures.saturating_sub(1).min(8);
+        (BACKOFF_MIN * 2u32.pow(exp)).min(BACKOFF_MAX)
+    }
+}

@@ -1,0 +1,357 @@
+//! Converging: make the runtime run what the assignments say. For each
+//! app, the newest revision whose component loads and starts serves; the
+//! replicas of older revisions assigned here are served by it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_sdk::api::{Assignment, Assignments, ReplicaState};
+use skiff_sdk::capability::OutboundRules;
+use tokio_util::sync::CancellationToken;
+
+use super::fetch::Load;
+use super::{Agent, health::health_gate, lock};
+use crate::runtime::error_chain;
+use crate::{AppSpec, Capabilities, Runtime};
+
+/// How often replicas whose artifact could not be fetched are retried.
+const PENDING_RETRY: Duration = Duration::from_secs(2);
+
+impl Agent {
+    /// Converges on every change of the assignments (and retries those
+    /// still waiting for an artifact).
+    pub(super) async fn converge_loop(self: &Arc<Self>, shutdown: &CancellationToken) {
+        let mut rx = self.assignments.subscribe();
+        loop {
+            let current = rx.borrow_and_update().clone();
+            let pending = match &current {
+                Some(assignments) => self.converge(assignments).await,
+                None => false,
+            };
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(PENDING_RETRY), if pending => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Brings the runtime in line with `assignments`; returns whether some
+    /// replica still waits for its artifact.
+    pub(super) async fn converge(&self, assignments: &Assignments) -> bool {
+        let runtime = self.router.runtime().clone();
+        let mut by_app: BTreeMap<&str, Vec<&Assignment>> = BTreeMap::new();
+        for a in &assignments.replicas {
+            by_app.entry(a.app.as_str()).or_default().push(a);
+        }
+
+        // Forget what is no longer assigned.
+        for app in runtime.apps() {
+            if !by_app.contains_key(app.as_str()) {
+                runtime.remove(&app);
+                lock(&self.judged).remove(&app);
+                tracing::info!(%app, "app no longer assigned here: removed");
+            }
+        }
+        lock(&self.replicas).retain(|id, _| assignments.replicas.iter().any(|a| &a.id == id));
+        lock(&self.loaded).retain(|digest, _| {
+            assignments
+                .replicas
+                .iter()
+                .any(|a| &a.spec.artifact == digest)
+        });
+
+        let mut pending = false;
+        for (app, replicas) in by_app {
+            pending |= self.converge_app(&runtime, app, &replicas).await;
+        }
+        // Once these assignments are all here, free what none of them needs.
+        if !pending && lock(&self.pruned).replace(assignments.version) != Some(assignments.version)
+        {
+            self.prune(runtime, assignments).await;
+        }
+        pending
+    }
+
+    async fn converge_app(
+        &self,
+        runtime: &Arc<Runtime>,
+        app: &str,
+        replicas: &[&Assignment],
+    ) -> bool {
+        // Load every revision's component (and files), then plan.
+        let mut loads = Vec::with_capacity(replicas.len());
+        for &a in replicas {
+            let load = match self.load(runtime, &a.spec.artifact).await {
+                Load::Ready => self.mount_files(&a.spec.files).await,
+                other => other,
+            };
+            loads.push((a, load));
+        }
+        let plan = serving_plan(loads, |id| self.state_of(id));
+        for (a, why) in &plan.pending {
+            self.set_state(&a.id, ReplicaState::Pending, Some(why.clone()));
+        }
+        for (a, why) in &plan.failed {
+            self.set_state(&a.id, ReplicaState::Failed, Some(why.clone()));
+        }
+        let pending = !plan.pending.is_empty();
+        for candidate in &plan.candidates {
+            let (revision, serving) = (candidate.revision, &candidate.serving);
+            let started = if candidate.running {
+                // Already serving (re-deploying the same spec is a no-op).
+                runtime
+                    .deploy(self.app_spec(app, serving[0], serving.len()))
+                    .map_err(|e| error_chain(&e))
+            } else {
+                for a in serving {
+                    self.set_state(&a.id, ReplicaState::Starting, None);
+                }
+                self.start_revision(runtime, app, serving).await
+            };
+            match started {
+                Ok(()) => {
+                    for a in &candidate.up_to {
+                        self.set_state(&a.id, ReplicaState::Ready, None);
+                    }
+                    self.judge(runtime, app, serving[0]);
+                    return pending;
+                }
+                Err(why) => {
+                    tracing::warn!(%app, revision, error = %why, "replica failed to start");
+                    for a in serving {
+                        self.set_state(&a.id, ReplicaState::Failed, Some(why.clone()));
+                    }
+                }
+            }
+        }
+        runtime.remove(app);
+        lock(&self.judged).remove(app);
+        pending
+    }
+
+    /// Starts a revision and switches the app's traffic to it only once it
+    /// proved itself: instantiated under its quota and, when it has a
+    /// health check, answering 2xx on it. Until then the previous revision
+    /// (if any) keeps serving; a candidate with a health check is tried
+    /// under a name no request can route to.
+    async fn start_revision(
+        &self,
+        runtime: &Arc<Runtime>,
+        app: &str,
+        serving: &[&Assignment],
+    ) -> Result<(), String> {
+        let first = serving[0];
+        let spec = self.app_spec(app, first, serving.len());
+        if let Some(health) = &first.spec.health {
+            let candidate = format!("{app}@{}", first.revision);
+            runtime
+                .deploy(AppSpec {
+                    name: candidate.clone(),
+                    ..spec.clone()
+                })
+                .map_err(|e| error_chain(&e))?;
+            let checked = async {
+                runtime
+                    .instantiate_once(&candidate)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                health_gate(runtime, &candidate, app, health).await
+            }
+            .await;
+            runtime.remove(&candidate);
+            checked?;
+        }
+        runtime.deploy(spec).map_err(|e| error_chain(&e))?;
+        runtime
+            .instantiate_once(app)
+            .await
+            .map(drop)
+            .map_err(|e| error_chain(&e))
+    }
+
+    fn app_spec(&self, app: &str, a: &Assignment, replicas: usize) -> AppSpec {
+        let files = (!a.spec.files.is_empty()).then(|| self.state.mount_dir(&a.spec.files));
+        app_spec(app, a, replicas, files)
+    }
+}
+
+/// The runtime spec of `app` running `a`'s revision with `replicas`
+/// replicas' worth of concurrency, its files laid out in `files`.
+fn app_spec(app: &str, a: &Assignment, replicas: usize, files: Option<PathBuf>) -> AppSpec {
+    let mut quota = a.spec.quota;
+    // Each replica brings its own concurrency slots (and reservation).
+    quota.concurrency = quota
+        .concurrency
+        .saturating_mul(u32::try_from(replicas).unwrap_or(u32::MAX));
+    AppSpec {
+        name: app.to_owned(),
+        digest: a.spec.artifact,
+        quota,
+        env: a.spec.env.clone().into_iter().collect(),
+        capabilities: Capabilities {
+            // The controller validated the entries; one that does not
+            // parse here grants nothing rather than everything.
+            outbound: Arc::new(
+                OutboundRules::parse(&a.spec.allowed_outbound_hosts).unwrap_or_else(|(i, e)| {
+                    tracing::warn!(%app, entry = i, error = %e, "outbound grant ignored");
+                    OutboundRules::default()
+                }),
+            ),
+            files,
+        },
+    }
+}
+
+/// What converging one app means, decided from plain data: the replicas
+/// whose component or files are not here yet, those that can never run
+/// here, and the revisions to try, newest first.
+#[derive(Debug, Default)]
+pub(super) struct ServingPlan<'a> {
+    /// Waiting for their component or files, and why (retried).
+    pub pending: Vec<(&'a Assignment, String)>,
+    /// Cannot load here, and why (their revision would fail the same way).
+    pub failed: Vec<(&'a Assignment, String)>,
+    /// The revisions to try, newest first: the first that starts serves,
+    /// and with it every older replica assigned here.
+    pub candidates: Vec<Candidate<'a>>,
+}
+
+/// One revision to try.
+#[derive(Debug)]
+pub(super) struct Candidate<'a> {
+    /// Its number.
+    pub revision: u64,
+    /// Its replicas here.
+    pub serving: Vec<&'a Assignment>,
+    /// The replicas it serves once it runs: its own and older revisions'.
+    pub up_to: Vec<&'a Assignment>,
+    /// Whether it already serves (all its replicas are Ready).
+    pub running: bool,
+}
+
+/// Plans one app from each replica's load result and its reported state.
+/// Pure: no runtime, no disk, no clock.
+pub(super) fn serving_plan<'a>(
+    loads: Vec<(&'a Assignment, Load)>,
+    state_of: impl Fn(&str) -> Option<ReplicaState>,
+) -> ServingPlan<'a> {
+    let mut plan = ServingPlan::default();
+    let mut loadable: Vec<&Assignment> = Vec::new();
+    for (a, load) in loads {
+        match load {
+            // A replica that failed stays failed: its revision would fail
+            // the same way here.
+            Load::Ready if state_of(&a.id) == Some(ReplicaState::Failed) => {}
+            Load::Ready => loadable.push(a),
+            Load::Missing(why) => plan.pending.push((a, why)),
+            Load::Failed(why) => plan.failed.push((a, why)),
+        }
+    }
+    let mut revisions: Vec<u64> = loadable.iter().map(|a| a.revision).collect();
+    revisions.sort_unstable();
+    revisions.dedup();
+    for &revision in revisions.iter().rev() {
+        let serving: Vec<&Assignment> = loadable
+            .iter()
+            .copied()
+            .filter(|a| a.revision == revision)
+            .collect();
+        let up_to = loadable
+            .iter()
+            .copied()
+            .filter(|a| a.revision <= revision)
+            .collect();
+        let running = serving
+            .iter()
+            .all(|a| state_of(&a.id) == Some(ReplicaState::Ready));
+        plan.candidates.push(Candidate {
+            revision,
+            serving,
+            up_to,
+            running,
+        });
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(id: &str, revision: u64) -> Assignment {
+        serde_json::from_value(serde_json::json!({
+            "id": id,
+            "app": "web",
+            "revision": revision,
+            "spec": { "artifact": skiff_sdk::Digest::of(&revision.to_le_bytes()) },
+        }))
+        .unwrap()
+    }
+
+    fn ids(list: &[&Assignment]) -> Vec<String> {
+        list.iter().map(|a| a.id.clone()).collect()
+    }
+
+    #[test]
+    fn the_newest_loadable_revision_is_tried_first_and_serves_the_older_ones() {
+        let (old, new, newer) = (replica("a", 1), replica("b", 2), replica("c", 3));
+        let plan = serving_plan(
+            vec![
+                (&old, Load::Ready),
+                (&new, Load::Ready),
+                (&newer, Load::Missing("downloading".into())),
+            ],
+            |id| (id == "a").then_some(ReplicaState::Ready),
+        );
+        assert_eq!(
+            ids(&plan.pending.iter().map(|(a, _)| *a).collect::<Vec<_>>()),
+            ["c"]
+        );
+        assert!(plan.failed.is_empty());
+        let tried: Vec<(u64, bool)> = plan
+            .candidates
+            .iter()
+            .map(|c| (c.revision, c.running))
+            .collect();
+        assert_eq!(tried, [(2, false), (1, true)]);
+        assert_eq!(ids(&plan.candidates[0].up_to), ["a", "b"]);
+        assert_eq!(ids(&plan.candidates[1].up_to), ["a"]);
+    }
+
+    #[test]
+    fn failed_replicas_stay_failed_and_unloadable_ones_fail() {
+        let (old, new) = (replica("a", 1), replica("b", 2));
+        let plan = serving_plan(
+            vec![
+                (&old, Load::Ready),
+                (&new, Load::Failed("not a component".into())),
+            ],
+            |_| None,
+        );
+        assert_eq!(plan.failed.len(), 1);
+        assert_eq!(plan.failed[0].0.id, "b");
+        assert_eq!(plan.candidates.len(), 1);
+        assert_eq!(plan.candidates[0].revision, 1);
+
+        let plan = serving_plan(vec![(&new, Load::Ready)], |_| Some(ReplicaState::Failed));
+        assert!(
+            plan.candidates.is_empty(),
+            "a failed revision is not retried here"
+        );
+        assert!(plan.failed.is_empty() && plan.pending.is_empty());
+    }
+
+    #[test]
+    fn a_revision_is_running_only_when_all_its_replicas_are_ready() {
+        let (one, two) = (replica("a", 4), replica("b", 4));
+        let plan = serving_plan(vec![(&one, Load::Ready), (&two, Load::Ready)], |id| {
+            (id == "a").then_some(ReplicaState::Ready)
+        });
+        assert_eq!(plan.candidates.len(), 1);
+        assert!(!plan.candidates[0].running);
+        assert_eq!(ids(&plan.candidates[0].serving), ["a", "b"]);
+    }
+}
