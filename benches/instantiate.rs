@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use skiff_runtime::{AppSpec, Runtime, RuntimeConfig};
+use skiff_runtime::{Deployment, Runtime, RuntimeConfig};
 use skiff_sdk::Quota;
 
 /// Target from the runtime issue: per-request instantiation p50 ≤ 10 µs.
@@ -49,7 +49,7 @@ async fn request(runtime: &Arc<Runtime>) -> Duration {
         )
         .unwrap();
     let started = Instant::now();
-    let response = runtime.handle(req).await;
+    let response = runtime.handle(skiff_runtime::Target::ByHost, req).await;
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let elapsed = started.elapsed();
@@ -73,7 +73,7 @@ fn main() {
         println!("allocator: {:?}", runtime.allocator());
         let digest = runtime.store_component(&common::example("hello")).unwrap();
         runtime
-            .deploy(AppSpec {
+            .deploy(Deployment {
                 name: "hello".into(),
                 digest,
                 quota: Quota::default(),

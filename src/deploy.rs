@@ -1,7 +1,7 @@
 //! `skiff build` and `skiff deploy`: from an app directory with a
 //! `skiff.toml` to replicas serving it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::Args;
 use skiff_sdk::api::ReplicaState;
 use skiff_sdk::bundle::{BUNDLE_EXTENSION, Bundle};
+use skiff_sdk::component::Interface;
 use skiff_sdk::manifest::Manifest;
 use skiff_sdk::quantity;
 
@@ -115,7 +116,7 @@ pub fn build(dir: &Path, skip: bool) -> anyhow::Result<Built> {
         Failure::Usage(format!(
             "{}: component.files: {}",
             file.display(),
-            skiff_runtime::runtime::error_chain(&e)
+            skiff_sdk::error_chain(&e)
         ))
     })?;
     Ok(Built {
@@ -129,28 +130,25 @@ pub fn build(dir: &Path, skip: bool) -> anyhow::Result<Built> {
 
 /// Checks `bytes` is a valid `wasi:http` component; returns its imports.
 fn check_component(path: &Path, bytes: &[u8]) -> anyhow::Result<Vec<String>> {
-    skiff_controller::api::validate_component(bytes)
+    skiff_sdk::component::validate_component(bytes)
         .map_err(|why| Failure::Build(format!("{}: {why}", path.display())))?;
-    let (imports, exports) = interface(bytes);
-    if !exports
-        .iter()
-        .any(|e| e.starts_with("wasi:http/incoming-handler"))
-    {
+    let interface = Interface::of(bytes);
+    if !interface.serves_http() {
         return Err(Failure::Build(format!(
             "{}: a component, but not a wasi:http one: it exports {}\n  hint: an HTTP app exports wasi:http/incoming-handler (e.g. #[wstd::http_server])",
             path.display(),
-            if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") }
+            if interface.exports.is_empty() { "nothing".to_owned() } else { interface.exports.join(", ") }
         ))
         .into());
     }
-    Ok(imports)
+    Ok(interface.imports)
 }
 
 /// `skiff package`: build, then write the deterministic bundle.
 pub fn package(args: &PackageArgs) -> anyhow::Result<()> {
     let built = build(&args.dir, args.no_build)?;
     let bundle = Bundle::collect(&built.manifest_file, &built.manifest)
-        .map_err(|e| Failure::Build(skiff_runtime::runtime::error_chain(&e)))?;
+        .map_err(|e| Failure::Build(skiff_sdk::error_chain(&e)))?;
     let bytes = bundle
         .to_bytes()
         .map_err(|e| Failure::Build(e.to_string()))?;
@@ -191,37 +189,6 @@ fn unbundle(path: &Path) -> anyhow::Result<Built> {
         bytes: bundle.component,
         files: bundle.files,
     })
-}
-
-/// The component's top-level import and export names.
-fn interface(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
-    let (mut imports, mut exports) = (BTreeSet::new(), BTreeSet::new());
-    let mut depth = 0usize;
-    for payload in wasmparser::Parser::new(0).parse_all(bytes).flatten() {
-        match payload {
-            wasmparser::Payload::ModuleSection { .. }
-            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
-            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
-            wasmparser::Payload::ComponentImportSection(section) if depth == 0 => {
-                imports.extend(
-                    section
-                        .into_iter()
-                        .flatten()
-                        .map(|i| i.name.name.to_owned()),
-                );
-            }
-            wasmparser::Payload::ComponentExportSection(section) if depth == 0 => {
-                exports.extend(
-                    section
-                        .into_iter()
-                        .flatten()
-                        .map(|e| e.name.name.to_owned()),
-                );
-            }
-            _ => {}
-        }
-    }
-    (imports.into_iter().collect(), exports.into_iter().collect())
 }
 
 /// A progress bar on stderr when it is a terminal; otherwise nothing (the

@@ -56,13 +56,13 @@ pub struct NodeArgs {
     #[arg(long, env = "SKIFF_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
     /// Apps are reached as `Host: <app>.<domain>`.
-    #[arg(long, env = "SKIFF_DOMAIN", default_value = skiff_runtime::runtime::DEFAULT_DOMAIN)]
+    #[arg(long, env = "SKIFF_DOMAIN", default_value = skiff_runtime::DEFAULT_DOMAIN)]
     pub(crate) domain: String,
     /// Heartbeat interval, e.g. `1s`.
     #[arg(long, env = "SKIFF_HEARTBEAT", default_value_t = Dur(skiff_runtime::node::DEFAULT_HEARTBEAT))]
     pub(crate) heartbeat: Dur,
     /// Largest request body accepted, e.g. `16Mi`.
-    #[arg(long, env = "SKIFF_MAX_BODY", default_value_t = Size(skiff_runtime::runtime::DEFAULT_MAX_REQUEST_BODY))]
+    #[arg(long, env = "SKIFF_MAX_BODY", default_value_t = Size(skiff_runtime::DEFAULT_MAX_REQUEST_BODY))]
     pub(crate) max_body: Size,
     /// Disk the compile cache may keep for components no replica here
     /// needs any more, least recently used first out (e.g. `1Gi`; what
@@ -151,7 +151,7 @@ pub async fn start(args: &NodeArgs, shutdown: &CancellationToken) -> anyhow::Res
         .with_context(|| format!("binding {}", args.listen))?;
     let node = Node::start(config, listener, shutdown.clone())
         .await
-        .map_err(|e| anyhow::anyhow!(skiff_runtime::runtime::error_chain(&e)))?;
+        .map_err(|e| anyhow::anyhow!(skiff_sdk::error_chain(&e)))?;
     Ok(Started {
         node,
         name,

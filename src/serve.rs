@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use skiff_runtime::engine::Allocator;
-use skiff_runtime::{AppSpec, Runtime, RuntimeConfig};
+use skiff_runtime::{Deployment, Runtime, RuntimeConfig};
 use skiff_sdk::serve::Limits;
 use skiff_sdk::{Quota, quantity};
 use tokio_util::sync::CancellationToken;
@@ -194,7 +194,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = Runtime::new(config)?;
     let digest = runtime.store_component(&bytes)?;
     let name = app_name(&args);
-    runtime.deploy(AppSpec {
+    runtime.deploy(Deployment {
         name: name.clone(),
         digest,
         quota,

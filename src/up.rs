@@ -36,7 +36,7 @@ pub struct UpArgs {
     #[arg(long, value_parser = quantity::parse_bytes)]
     memory: Option<u64>,
     /// Apps are reached as `Host: <app>.<domain>`.
-    #[arg(long, default_value = skiff_runtime::runtime::DEFAULT_DOMAIN)]
+    #[arg(long, default_value = skiff_runtime::DEFAULT_DOMAIN)]
     domain: String,
 }
 
@@ -93,7 +93,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         };
         let node = Node::start(config, listener, shutdown.clone())
             .await
-            .map_err(|e| anyhow::anyhow!(skiff_runtime::runtime::error_chain(&e)))?;
+            .map_err(|e| anyhow::anyhow!(skiff_sdk::error_chain(&e)))?;
         nodes.push((name, node));
     }
     println!(

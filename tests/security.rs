@@ -19,7 +19,7 @@ use common::raw::post_raw;
 use common::{TestNode, eventually, example};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt as _;
-use skiff_runtime::{AppSpec, Capabilities, Outcome};
+use skiff_runtime::{Capabilities, Deployment, Outcome};
 use skiff_sdk::Quota;
 use skiff_sdk::capability::OutboundRules;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -71,7 +71,7 @@ async fn deploy(
         .store_component(&example(example_name))
         .unwrap();
     node.runtime
-        .deploy(AppSpec {
+        .deploy(Deployment {
             name: name.to_owned(),
             digest,
             quota,

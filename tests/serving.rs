@@ -12,7 +12,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
-use skiff_runtime::{AppSpec, Runtime, RuntimeConfig};
+use skiff_runtime::{Deployment, Runtime, RuntimeConfig};
 use skiff_sdk::Quota;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,7 +77,7 @@ async fn env_reaches_the_guest_and_host_routing_works() {
     for (name, version) in [("blue", "1.0.0"), ("green", "2.0.0")] {
         let env = vec![("VERSION".to_owned(), version.to_owned())];
         node.runtime
-            .deploy(AppSpec {
+            .deploy(Deployment {
                 name: name.into(),
                 digest,
                 quota: Quota::default(),
@@ -123,7 +123,7 @@ async fn registering_many_components_compiles_nothing_and_a_restart_reuses_the_c
     let runtime = Runtime::new(config()).unwrap();
     for i in 0..1000 {
         let digest = runtime.store_component(&tiny_component(i)).unwrap();
-        let spec = AppSpec {
+        let spec = Deployment {
             name: format!("app{i}"),
             digest,
             quota: Quota::default(),
@@ -141,7 +141,7 @@ async fn registering_many_components_compiles_nothing_and_a_restart_reuses_the_c
 
     let hello = runtime.store_component(&example("hello")).unwrap();
     runtime
-        .deploy(AppSpec {
+        .deploy(Deployment {
             name: "hello".into(),
             digest: hello,
             quota: Quota::default(),
@@ -159,7 +159,7 @@ async fn registering_many_components_compiles_nothing_and_a_restart_reuses_the_c
     // Same cache directory: nothing is compiled again.
     let runtime = Runtime::new(config()).unwrap();
     runtime
-        .deploy(AppSpec {
+        .deploy(Deployment {
             name: "hello".into(),
             digest: hello,
             quota: Quota::default(),

@@ -151,12 +151,7 @@ async fn committed(t: &common::TestStore) {
             .await
             .unwrap();
     }
-    let (changes, _) = tokio::sync::watch::channel(0);
-    let reconciler = Reconciler::new(
-        store.clone(),
-        ReconcilerOptions::default(),
-        Arc::new(changes),
-    );
+    let reconciler = Reconciler::new(store.clone(), ReconcilerOptions::default());
     let start = Instant::now();
     let summary = reconciler.reconcile(false).await.unwrap();
     let elapsed = start.elapsed();

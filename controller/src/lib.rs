@@ -70,17 +70,7 @@ pub enum ControllerError {
     },
 }
 
-/// Formats an error with its whole `source` chain, `outer: inner: ...`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub use skiff_sdk::error_chain;
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then lets
 /// in-flight requests finish.

@@ -576,22 +576,13 @@ pub struct Summary {
 pub struct Reconciler {
     store: Arc<dyn Store>,
     options: ReconcilerOptions,
-    changes: Arc<watch::Sender<u64>>,
 }
 
 impl Reconciler {
-    /// A reconciler over `store` that bumps `changes` after each write (the
-    /// API's change signal, which wakes node watches) and listens to it.
-    pub fn new(
-        store: Arc<dyn Store>,
-        options: ReconcilerOptions,
-        changes: Arc<watch::Sender<u64>>,
-    ) -> Self {
-        Self {
-            store,
-            options,
-            changes,
-        }
+    /// A reconciler over `store`, woken by the store's own writes
+    /// ([`Store::changes`]) and every `options.resync`.
+    pub fn new(store: Arc<dyn Store>, options: ReconcilerOptions) -> Self {
+        Self { store, options }
     }
 
     /// Reads, plans and applies once. With `evict_lost` false, NotReady
@@ -865,7 +856,6 @@ impl Reconciler {
                 conditions = summary.conditions,
                 "reconciled"
             );
-            self.changes.send_modify(|n| *n += 1);
         }
         Ok(summary)
     }
@@ -873,7 +863,7 @@ impl Reconciler {
     /// Reconciles on every change and every resync while `leader` says this
     /// controller leads, until `shutdown`.
     pub async fn run(self, mut leader: watch::Receiver<bool>, shutdown: CancellationToken) {
-        let mut changes = self.changes.subscribe();
+        let mut changes = self.store.changes();
         loop {
             // Wait for leadership.
             while !*leader.borrow_and_update() {

@@ -160,7 +160,6 @@ impl Controller {
                 node_grace: config.node_grace,
                 resync: config.resync,
             },
-            state.changes.clone(),
         );
         tasks.spawn(reconciler.run(leader_rx.clone(), shutdown.clone()));
         tasks.spawn(crate::collector::run(

@@ -430,7 +430,8 @@ async fn nodes_credentials_and_assignment_watch() {
             ("application/json", "{"),
             ("text/plain", "hello"),
         ];
-        let mut forbidden: Vec<(Method, &str, &str, Option<(&str, Bytes)>)> = Vec::new();
+        type Call<'a> = (Method, &'a str, &'a str, Option<(&'a str, Bytes)>);
+        let mut forbidden: Vec<Call> = Vec::new();
         for (content_type, body) in bad_bodies {
             let body = Some((content_type, Bytes::from(body)));
             forbidden.push((Method::PUT, "/v1/apps/x", &n1.credential, body.clone()));
@@ -500,14 +501,14 @@ async fn nodes_credentials_and_assignment_watch() {
         .await;
         let path = format!("/v1/nodes/n1/assignments?after={version}&timeout_ms=20000");
         let cred = n1b.credential.clone();
-        // The watch is in flight while the replica is assigned; either way
-        // it must answer with the new version well before its timeout.
+        // The watch is in flight while the replica is assigned (the store
+        // announces the write itself); either way it must answer with the
+        // new version well before its timeout.
         let (watcher, ()) = tokio::join!(api.call(Method::GET, &path, Some(&cred), None), async {
             api.store
                 .assign_replica("web-0", "web", 1, "n1")
                 .await
                 .unwrap();
-            api.state.changed();
         });
         let body = watcher.json();
         assert!(body["version"].as_u64().unwrap() > version, "{b}: {body}");

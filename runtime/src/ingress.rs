@@ -32,7 +32,7 @@ impl Handler for Runtime {
         self: &Arc<Self>,
         req: http::Request<Incoming>,
     ) -> impl Future<Output = http::Response<HyperOutgoingBody>> + Send {
-        Runtime::handle(self, req)
+        Runtime::handle(self, crate::Target::ByHost, req)
     }
 
     fn drain(&self) -> impl Future<Output = ()> + Send {

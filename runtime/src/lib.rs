@@ -21,7 +21,8 @@
 //! - [`logs`]: guest stdout/stderr into per-app ring buffers and tracing.
 //! - [`body`]: streaming request-size limit and JSON error responses.
 //! - [`routing`]: `Host: <app>.<domain>` to app name.
-//! - [`runtime`]: the [`Runtime`]: apps, readiness, the per-request path.
+//! - `registry`: the [`Runtime`] and its deployed apps (deploy, remove, find, load).
+//! - `execute`: serving one request ([`Runtime::handle`]): store, instance, outcome.
 //! - [`verdict`]: the first-requests verdict on a newly serving revision.
 //! - [`ingress`]: the hyper server loop with graceful shutdown.
 //! - [`node`]: the node agent (join, heartbeat, assignments, edge autonomy)
@@ -31,16 +32,22 @@ pub mod body;
 pub mod cache;
 pub mod engine;
 mod error;
+mod execute;
 pub mod host;
 pub mod ingress;
 pub mod logs;
 pub mod node;
 pub mod quota;
+mod registry;
 pub mod routing;
-pub mod runtime;
 pub mod verdict;
 
 pub use error::RuntimeError;
+pub use execute::Target;
 pub use host::Capabilities;
 pub use quota::Outcome;
-pub use runtime::{AppRef, AppSpec, AppStats, Preloaded, Runtime, RuntimeConfig};
+pub use registry::{
+    AppRef, AppStats, DEFAULT_DOMAIN, DEFAULT_MAX_REQUEST_BODY, DEFAULT_QUEUE_TIMEOUT, Deployment,
+    FUEL_YIELD_INTERVAL, Preloaded, Runtime, RuntimeConfig,
+};
+pub use skiff_sdk::error_chain;

@@ -535,6 +535,8 @@ pub struct NameError {
 /// The name rule as a regular expression (for the OpenAPI document).
 pub const NAME_PATTERN: &str = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$";
 
+pub use crate::spec::{MAX_FILES, MAX_REPLICAS};
+
 /// A DNS host name in the one form hosts are compared in: no trailing dot,
 /// lowercase. The controller stores an app's extra hosts so, and a node
 /// looks a request's host up so (after dropping its port).

@@ -336,31 +336,42 @@ impl Manifest {
                 ));
             }
         }
-        if let Err((i, e)) =
-            crate::capability::OutboundRules::parse(&self.capabilities.allowed_outbound_hosts)
-        {
-            let span = find_value(text, &self.capabilities.allowed_outbound_hosts[i]);
-            return Err(error(
-                span.map(|s| s..s),
-                Some(format!("capabilities.allowed_outbound_hosts[{i}]")),
-                e.to_string(),
-            ));
-        }
-        self.quota().validate().map_err(|e| {
-            at(
-                &format!("resources.{}", resource_key(e.field)),
-                e.reason.to_owned(),
-            )
-        })?;
-        if let Some(health) = &self.health
-            && !health.path.starts_with('/')
-        {
-            return Err(at(
-                "health.path",
-                format!("{:?} must start with /", health.path),
-            ));
+        // The rules every spec follows (the API applies the same), named
+        // by the key of this file they come from.
+        let spec = self.to_spec(Digest::of(b""), BTreeMap::new());
+        if let Err(e) = spec.validate() {
+            let (key, value) = self.key_of(&e.field);
+            let span = match value {
+                Some(value) => find_value(text, value).map(|s| s..s),
+                None => find_key(text, key.rsplit('.').next().unwrap_or(&key)).map(|i| i..i),
+            };
+            return Err(error(span, Some(key), e.message));
         }
         Ok(())
+    }
+
+    /// The key of this file a spec field comes from, and the value to
+    /// point at when it is one entry of a list.
+    fn key_of<'a>(&'a self, field: &str) -> (String, Option<&'a str>) {
+        let entry = |list: &'a [String], rest: &str| {
+            rest.strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| list.get(i))
+                .map(String::as_str)
+        };
+        if let Some(quota) = field.strip_prefix("quota.") {
+            (format!("resources.{}", resource_key(quota)), None)
+        } else if let Some(rest) = field.strip_prefix("allowed_outbound_hosts") {
+            (
+                format!("capabilities.allowed_outbound_hosts{rest}"),
+                entry(&self.capabilities.allowed_outbound_hosts, rest),
+            )
+        } else if let Some(rest) = field.strip_prefix("hosts") {
+            ("http.hosts".to_owned(), entry(&self.http.hosts, rest))
+        } else {
+            (field.to_owned(), None)
+        }
     }
 
     /// The quota the resources describe (defaults for what is not given).

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use skiff_runtime::{AppSpec, Runtime, RuntimeConfig};
+use skiff_runtime::{Deployment, Runtime, RuntimeConfig};
 use skiff_sdk::Quota;
 
 pub mod cluster;
@@ -113,7 +113,7 @@ impl TestNode {
             .store_component(&example(example_name))
             .unwrap();
         self.runtime
-            .deploy(AppSpec {
+            .deploy(Deployment {
                 name: name.to_owned(),
                 digest,
                 quota,

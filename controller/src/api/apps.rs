@@ -9,20 +9,13 @@ use skiff_sdk::api::{
     validate_name,
 };
 
-use skiff_sdk::capability::{
-    CapabilityDiff, MAX_OUTBOUND_HOSTS, OutboundRules, validate_file_path,
-};
+use skiff_sdk::api::MAX_REPLICAS;
+use skiff_sdk::capability::CapabilityDiff;
 
 use super::artifacts::looks_like_component;
 use super::{AppState, Auth, JsonBody, QueryParams, etag, if_match};
 use crate::error::ApiError;
 use crate::store::StoreError;
-
-/// Most replicas one app may ask for; a typo of `30000` should not flood
-/// the scheduler.
-pub const MAX_REPLICAS: u32 = 1000;
-/// Most static files one app may mount.
-pub const MAX_FILES: usize = 256;
 
 /// Query of `PUT /v1/apps/{name}`.
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
@@ -39,113 +32,13 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     validate_name(name).map_err(|e| ApiError::invalid("invalid_name", "name", e.to_string()))
 }
 
-/// Validates a spec beyond what its types guarantee, naming the field.
-/// Pure (the artifacts it names are checked by the caller), so the fuzz
-/// targets exercise it.
+/// Validates a spec beyond what its types guarantee ([`AppSpec::validate`],
+/// the rules the manifest applies too), as a 422 naming the field. Pure
+/// (the artifacts it names are checked by the caller), so the fuzz targets
+/// exercise it.
 pub fn check_spec(spec: &AppSpec) -> Result<(), ApiError> {
-    if spec.replicas > MAX_REPLICAS {
-        return Err(ApiError::invalid(
-            "invalid_field",
-            "replicas",
-            format!("at most {MAX_REPLICAS} replicas"),
-        ));
-    }
-    spec.quota.validate().map_err(|e| {
-        ApiError::invalid(
-            "invalid_field",
-            &format!("quota.{}", e.field),
-            e.to_string(),
-        )
-    })?;
-    for (i, host) in spec.hosts.iter().enumerate() {
-        let ok = !host.is_empty()
-            && host.len() <= 253
-            && host.split('.').all(|label| {
-                validate_name(label).is_ok() || label.bytes().all(|b| b.is_ascii_digit())
-            });
-        if !ok {
-            return Err(ApiError::invalid(
-                "invalid_field",
-                &format!("hosts[{i}]"),
-                format!("{host:?} is not a DNS name"),
-            ));
-        }
-    }
-    for (key, value) in &spec.env {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(ApiError::invalid(
-                "invalid_field",
-                &format!("env.{key}"),
-                "not a valid variable name",
-            ));
-        }
-        if value.contains('\0') {
-            // An environment entry ends at its first NUL: the guest would
-            // silently see a shorter value.
-            return Err(ApiError::invalid(
-                "invalid_field",
-                &format!("env.{key}"),
-                "a value may not contain a NUL character",
-            ));
-        }
-    }
-    if let Some(health) = &spec.health {
-        if !health.path.starts_with('/') {
-            return Err(ApiError::invalid(
-                "invalid_field",
-                "health.path",
-                "must start with '/'",
-            ));
-        }
-        if health.interval_ms == 0 || health.failure_threshold == 0 {
-            return Err(ApiError::invalid(
-                "invalid_field",
-                "health",
-                "interval_ms and failure_threshold must be > 0",
-            ));
-        }
-    }
-    if spec.allowed_outbound_hosts.len() > MAX_OUTBOUND_HOSTS {
-        return Err(ApiError::invalid(
-            "invalid_field",
-            "allowed_outbound_hosts",
-            format!("at most {MAX_OUTBOUND_HOSTS} entries"),
-        ));
-    }
-    OutboundRules::parse(&spec.allowed_outbound_hosts).map_err(|(i, e)| {
-        ApiError::invalid(
-            "invalid_field",
-            &format!("allowed_outbound_hosts[{i}]"),
-            e.to_string(),
-        )
-    })?;
-    if spec.files.len() > MAX_FILES {
-        return Err(ApiError::invalid(
-            "invalid_field",
-            "files",
-            format!("at most {MAX_FILES} files"),
-        ));
-    }
-    for path in spec.files.keys() {
-        validate_file_path(path).map_err(|reason| {
-            ApiError::invalid(
-                "invalid_field",
-                &format!("files.{path}"),
-                format!("{path:?} {reason}"),
-            )
-        })?;
-        // A file and a directory of the same name cannot both exist.
-        if spec.files.keys().any(|other| {
-            other.starts_with(path.as_str()) && other.as_bytes().get(path.len()) == Some(&b'/')
-        }) {
-            return Err(ApiError::invalid(
-                "invalid_field",
-                &format!("files.{path}"),
-                format!("{path:?} is both a file and a directory"),
-            ));
-        }
-    }
-    Ok(())
+    spec.validate()
+        .map_err(|e| ApiError::invalid("invalid_field", &e.field, e.message))
 }
 
 /// [`check_spec`], then that the component and every file were uploaded.
@@ -303,7 +196,6 @@ pub async fn apply(
             ),
             e => ApiError::store("applying an app")(e),
         })?;
-    state.changed();
     if !diff.is_empty() {
         applied.app.capability_changes = Some(diff);
     }
@@ -369,7 +261,6 @@ pub async fn delete(
         .delete_app(&name, expected)
         .await
         .map_err(ApiError::store("deleting an app"))?;
-    state.changed();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -451,7 +342,6 @@ pub async fn rollback(
             ),
             (e, _) => ApiError::store("rolling back an app")(e),
         })?;
-    state.changed();
     Ok((etag(app.version), Json(app)))
 }
 
@@ -480,6 +370,5 @@ pub async fn scale(
         .scale_app(&name, req.replicas, expected)
         .await
         .map_err(ApiError::store("scaling an app"))?;
-    state.changed();
     Ok((etag(app.version), Json(app)))
 }

@@ -11,22 +11,7 @@ use skiff_sdk::api::{Artifact, ErrorBody};
 use super::{AppState, Auth, QueryParams};
 use crate::error::ApiError;
 
-/// Checks that `bytes` are a valid Wasm component, with wasmparser's own
-/// message when they are not.
-pub fn validate_component(bytes: &[u8]) -> Result<(), String> {
-    if !wasmparser::Parser::is_component(bytes) {
-        return Err(if wasmparser::Parser::is_core_wasm(bytes) {
-            "this is a core Wasm module, not a component (build for wasm32-wasip2)".to_owned()
-        } else {
-            "not a Wasm component (bad magic number or version)".to_owned()
-        });
-    }
-    let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
-    validator
-        .validate_all(bytes)
-        .map(drop)
-        .map_err(|e| e.to_string())
-}
+pub use skiff_sdk::component::{looks_like_component, validate_component};
 
 /// What an upload is.
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
@@ -47,12 +32,6 @@ pub enum ArtifactKind {
     Component,
     /// A static file.
     File,
-}
-
-/// Whether the stored bytes starting with `head` are a component (checked
-/// when a spec names the artifact; components were validated on upload).
-pub fn looks_like_component(head: &[u8]) -> bool {
-    wasmparser::Parser::is_component(head)
 }
 
 /// Upload a component (or, with `?kind=file`, a static file). Idempotent:

@@ -5,7 +5,6 @@ mod apps;
 mod artifacts;
 mod node_proxy;
 pub use apps::check_spec;
-pub use artifacts::validate_component;
 mod endpoints;
 mod logs;
 mod nodes;
@@ -83,8 +82,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Settings.
     pub config: Arc<ApiConfig>,
-    /// Bumped after every write by this controller, to wake long-polls.
-    pub changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The store's writes ([`Store::changes`]), to wake long-polls.
+    pub changes: tokio::sync::watch::Receiver<u64>,
     /// Response counters.
     pub http: Arc<HttpStats>,
     /// Whether this controller holds the leader lease.
@@ -107,9 +106,9 @@ impl AppState {
         leader: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         Self {
+            changes: store.changes(),
             store,
             config: Arc::new(config),
-            changes: Arc::new(tokio::sync::watch::channel(0).0),
             http: Arc::default(),
             node_keys: Arc::default(),
             leader,
@@ -117,11 +116,6 @@ impl AppState {
             endpoints: Arc::default(),
             tokens: Arc::default(),
         }
-    }
-
-    /// Wakes long-polls after a write.
-    pub fn changed(&self) {
-        self.changes.send_modify(|n| *n += 1);
     }
 }
 
@@ -144,7 +138,7 @@ where
         .unwrap_or(DEFAULT_WATCH)
         .min(MAX_WATCH);
     let deadline = tokio::time::Instant::now() + wait;
-    let mut changes = state.changes.subscribe();
+    let mut changes = state.changes.clone();
     loop {
         let current = read().await?;
         if done(&current) {

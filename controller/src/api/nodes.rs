@@ -72,7 +72,6 @@ pub async fn register(
     if let Some(key) = &req.logs_key {
         state.node_keys.learn(&req.name, key);
     }
-    state.changed();
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -95,15 +94,13 @@ pub async fn heartbeat(
     if let Some(key) = &hb.logs_key {
         state.node_keys.learn(&name, key);
     }
-    let changed = state
+    // A changed replica state is announced by the store itself (it feeds the
+    // reconciler and the endpoints long-poll); a lease renewal is not.
+    state
         .store
         .heartbeat(&name, &hb)
         .await
         .map_err(ApiError::store("recording a heartbeat"))?;
-    if changed {
-        // Replica states feed the reconciler and the endpoints watch.
-        state.changed();
-    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -156,7 +153,6 @@ async fn set_flags(
         .set_node_flags(&name, cordoned, draining, expected)
         .await
         .map_err(ApiError::store("updating a node"))?;
-    state.changed();
     Ok((etag(node.version), Json(node)))
 }
 
@@ -209,7 +205,6 @@ pub async fn delete(
         .delete_node(&name, expected)
         .await
         .map_err(ApiError::store("deleting a node"))?;
-    state.changed();
     Ok(StatusCode::NO_CONTENT)
 }
 

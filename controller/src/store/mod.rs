@@ -251,6 +251,14 @@ pub trait Store: Send + Sync + 'static {
     /// Records the app's conditions (written by the reconciler).
     async fn set_app_conditions(&self, name: &str, conditions: &[Condition]) -> Result<()>;
 
+    /// A counter of this store's committed writes of apps, nodes and
+    /// replicas (not of tokens, artifacts, events or leases): every write
+    /// path announces itself here, so nothing that waits for a change
+    /// depends on a caller remembering to say so. Writes by other
+    /// controllers sharing the database are not seen; watchers re-check
+    /// periodically for those.
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
+
     /// Registers a node, or re-registers it under the same name with a new
     /// credential hash, keeping its replicas. Also says whether the node is
     /// new (decided in the same transaction).

@@ -11,7 +11,7 @@ use skiff_sdk::{Client, ClientError};
 use tokio_util::sync::CancellationToken;
 
 use super::{ASSIGNMENTS_FILE, Agent, CREDENTIAL_FILE, ENDPOINTS_FILE, lock, sleep_or_shutdown};
-use crate::runtime::error_chain;
+use skiff_sdk::error_chain;
 
 /// Longest wait of one long-poll (the controller caps it at 60 s).
 const LONG_POLL_WAIT: Duration = Duration::from_secs(30);

@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::fetch::Load;
 use super::{Agent, health::health_gate, lock};
-use crate::runtime::error_chain;
-use crate::{AppSpec, Capabilities, Runtime};
+use crate::{Capabilities, Deployment, Runtime};
+use skiff_sdk::error_chain;
 
 /// How often replicas whose artifact could not be fetched are retried.
 const PENDING_RETRY: Duration = Duration::from_secs(2);
@@ -148,7 +148,7 @@ impl Agent {
         if let Some(health) = &first.spec.health {
             let candidate = format!("{app}@{}", first.revision);
             runtime
-                .deploy(AppSpec {
+                .deploy(Deployment {
                     name: candidate.clone(),
                     ..spec.clone()
                 })
@@ -172,7 +172,7 @@ impl Agent {
             .map_err(|e| error_chain(&e))
     }
 
-    fn app_spec(&self, app: &str, a: &Assignment, replicas: usize) -> AppSpec {
+    fn app_spec(&self, app: &str, a: &Assignment, replicas: usize) -> Deployment {
         let files = (!a.spec.files.is_empty()).then(|| self.state.mount_dir(&a.spec.files));
         app_spec(app, a, replicas, files)
     }
@@ -180,13 +180,13 @@ impl Agent {
 
 /// The runtime spec of `app` running `a`'s revision with `replicas`
 /// replicas' worth of concurrency, its files laid out in `files`.
-fn app_spec(app: &str, a: &Assignment, replicas: usize, files: Option<PathBuf>) -> AppSpec {
+fn app_spec(app: &str, a: &Assignment, replicas: usize, files: Option<PathBuf>) -> Deployment {
     let mut quota = a.spec.quota;
     // Each replica brings its own concurrency slots (and reservation).
     quota.concurrency = quota
         .concurrency
         .saturating_mul(u32::try_from(replicas).unwrap_or(u32::MAX));
-    AppSpec {
+    Deployment {
         name: app.to_owned(),
         digest: a.spec.artifact,
         quota,

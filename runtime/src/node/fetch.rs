@@ -11,7 +11,7 @@ use skiff_sdk::{ClientError, Digest};
 
 use super::{Agent, lock};
 use crate::Runtime;
-use crate::runtime::error_chain;
+use skiff_sdk::error_chain;
 
 /// Whether a replica's component or files are here.
 #[derive(Debug)]

@@ -176,16 +176,16 @@ async fn health_once(
     health: &skiff_sdk::api::HealthCheck,
 ) -> Result<(), String> {
     use http_body_util::BodyExt as _;
+    let app = runtime
+        .find(name)
+        .ok_or_else(|| "the app was removed while being checked".to_owned())?;
     let body = http_body_util::Empty::<bytes::Bytes>::new()
         .map_err(|never| -> hyper::Error { match never {} });
     let req = http::Request::get(health.path.as_str())
         .header(http::header::HOST, host)
         .body(body)
         .map_err(|_| format!("health path {:?} is not a valid request path", health.path))?;
-    let response = runtime
-        .handle_app(name, req)
-        .await
-        .map_err(|_| "the app was removed while being checked".to_owned())?;
+    let response = runtime.handle(crate::Target::App(app), req).await;
     if response.status().is_success() {
         Ok(())
     } else {

@@ -23,7 +23,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use crate::body::{duplicate_host, error_response};
 use crate::ingress::Handler;
 use crate::routing::{app_name_for_host, normalize_host, request_host};
-use crate::{Outcome, Runtime};
+use crate::{Outcome, Runtime, Target};
 
 /// Set on forwarded requests (to the forwarding node's name): a node never
 /// forwards such a request again, so a stale view cannot make a loop.
@@ -40,7 +40,7 @@ const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// Where [`NodeRouter::route`] sends a request.
 enum Route {
     NodeApi,
-    Local(crate::runtime::AppRef),
+    Local(crate::AppRef),
     Elsewhere(String),
     NoApp,
 }
@@ -219,7 +219,7 @@ impl NodeRouter {
         let Some(peers) = self.candidates(app) else {
             // No app of that name anywhere: the runtime answers 404 and
             // counts it, as for a host that names no app.
-            return self.runtime.handle(req).await;
+            return self.runtime.handle(Target::ByHost, req).await;
         };
         if peers.is_empty() {
             self.stats.no_replica.fetch_add(1, Ordering::Relaxed);
@@ -282,7 +282,7 @@ impl NodeRouter {
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(error) => {
-                    tracing::warn!(%app, peer = %peer.node, error = %crate::runtime::error_chain(&error), "forwarding failed");
+                    tracing::warn!(%app, peer = %peer.node, error = %skiff_sdk::error_chain(&error), "forwarding failed");
                     break;
                 }
             }
@@ -299,7 +299,7 @@ impl Handler for NodeRouter {
         };
         let mut response = match self.route(host) {
             Route::NodeApi => return self.answer_api(&req),
-            Route::Local(app) => self.runtime.handle_found(app, req).await,
+            Route::Local(app) => self.runtime.handle(Target::App(app), req).await,
             Route::Elsewhere(app) => {
                 if req.headers().contains_key(FORWARDED_BY) {
                     // Already forwarded once: the sender's view is stale.
@@ -309,7 +309,7 @@ impl Handler for NodeRouter {
                 return self.forward(&app, req).await;
             }
             // Not an app host at all: the runtime answers 404 and counts it.
-            Route::NoApp => self.runtime.handle(req).await,
+            Route::NoApp => self.runtime.handle(Target::ByHost, req).await,
         };
         response
             .headers_mut()

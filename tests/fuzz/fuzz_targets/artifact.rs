@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
-    if let Err(message) = skiff_controller::api::validate_component(bytes) {
+    if let Err(message) = skiff_sdk::component::validate_component(bytes) {
         assert!(!message.is_empty());
     }
     if let Ok(bundle) = skiff_sdk::bundle::Bundle::from_bytes(bytes) {

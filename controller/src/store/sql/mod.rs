@@ -68,6 +68,9 @@ pub struct SqlStore {
     /// with the current generation is current. (PostgreSQL may have other
     /// controllers writing, so it always queries.)
     list_cache: Arc<Mutex<Option<CachedList>>>,
+    /// Counts this store's committed writes of apps, nodes and replicas
+    /// ([`Store::changes`]).
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// An app list and the write generation it was read at.
@@ -172,6 +175,7 @@ impl SqlStore {
             options,
             dialect,
             generation: Arc::default(),
+            changes: Arc::new(tokio::sync::watch::channel(0).0),
             list_cache: Arc::default(),
         })
     }
@@ -345,11 +349,13 @@ impl SqlStore {
         row.map(|r| self.node_from_row(&r)).transpose()
     }
 
-    /// Records a committed write: cached lists are stale from now on.
+    /// Records a committed write: cached lists are stale from now on, and
+    /// whoever waits for a change (the long-polls, the reconciler) is woken.
     /// Called after the commit, so a reader that saw the old generation can
     /// only ever tag a result with a generation that is already past.
     fn wrote(&self) {
         self.generation.fetch_add(1, Ordering::Release);
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// All apps on SQLite, from the list cache when nothing was written

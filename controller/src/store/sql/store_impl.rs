@@ -385,6 +385,7 @@ impl Store for SqlStore {
             .await?
             .ok_or_else(|| not_found("node", &node.name))?;
         tx.commit().await?;
+        self.wrote();
         Ok((stored, !existed))
     }
 
@@ -448,6 +449,7 @@ impl Store for SqlStore {
             .await?
             .ok_or_else(|| not_found("node", name))?;
         tx.commit().await?;
+        self.wrote();
         Ok(node)
     }
 
@@ -702,6 +704,10 @@ impl Store for SqlStore {
                 })
             })
             .collect()
+    }
+
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     async fn try_acquire_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {

@@ -1,33 +1,26 @@
-//! The [`Runtime`]: one wasmtime engine, the component cache, the deployed
-//! apps, and the per-request path from an HTTP request to a fresh instance.
+//! The [`Runtime`] and its app registry: one wasmtime engine, the component
+//! cache, and the deployed apps (deploy, remove, find, load, warm, logs,
+//! counters). Serving a request with them is in `execute`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body::Body;
-use skiff_sdk::{Digest, Quota};
+use skiff_sdk::{Digest, Quota, error_chain};
 use tokio::sync::{OnceCell, Semaphore};
 use tokio_util::task::TaskTracker;
+use wasmtime::Engine;
 use wasmtime::component::Linker;
-use wasmtime::{Engine, Store};
-use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::RuntimeError;
-use crate::body::{GuestBody, LimitedBody, error_response};
 use crate::cache::{CacheStats, ComponentCache};
 use crate::engine::{Allocator, EngineOptions, EpochTicker, build_engine};
 use crate::host::{Capabilities, HostState};
 use crate::logs::{DEFAULT_LOG_LINES, LogBuffer, LogLine};
-use crate::quota::{Limiter, Outcome, classify};
-use crate::routing::app_name_for_host;
+use crate::quota::Outcome;
 
 /// Default largest request body: 16 MiB covers form posts and uploads to
 /// typical edge handlers; bigger payloads belong in object storage.
@@ -78,7 +71,7 @@ impl RuntimeConfig {
 
 /// What to run for an app on this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AppSpec {
+pub struct Deployment {
     /// The app's name, a DNS label; it is reached at `<name>.<domain>`.
     pub name: String,
     /// The component, already stored with [`Runtime::store_component`].
@@ -96,9 +89,9 @@ pub struct AppSpec {
 pub struct AppStats {
     counts: [AtomicU64; Outcome::ALL.len()],
     /// Accesses (HTTP, sockets, files) refused by the app's grants.
-    denied: Arc<AtomicU64>,
+    pub(crate) denied: Arc<AtomicU64>,
     /// The first-requests verdict window, while a node judges the app.
-    probation: crate::verdict::Probation,
+    pub(crate) probation: crate::verdict::Probation,
 }
 
 impl AppStats {
@@ -123,7 +116,7 @@ impl AppStats {
         &self.probation
     }
 
-    fn record(&self, outcome: Outcome) {
+    pub(crate) fn record(&self, outcome: Outcome) {
         self.counts[outcome.index()].fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -133,17 +126,17 @@ impl AppStats {
 /// bytes will never load differently.
 type Loaded = OnceCell<Result<ProxyPre<HostState>, Arc<RuntimeError>>>;
 
-struct App {
-    spec: AppSpec,
-    name: Arc<str>,
+pub(crate) struct App {
+    pub(crate) spec: Deployment,
+    pub(crate) name: Arc<str>,
     pre: Arc<Loaded>,
-    permits: Arc<Semaphore>,
-    stats: Arc<AppStats>,
-    logs: Arc<LogBuffer>,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) stats: Arc<AppStats>,
+    pub(crate) logs: Arc<LogBuffer>,
 }
 
 /// A deployed app as found by [`Runtime::find`].
-pub struct AppRef(Arc<App>);
+pub struct AppRef(pub(crate) Arc<App>);
 
 /// Keeps a component loaded (see [`Runtime::preload`]).
 pub struct Preloaded {
@@ -153,18 +146,13 @@ pub struct Preloaded {
 /// How many removed apps' output a node keeps readable.
 const PARKED_LOGS: usize = 64;
 
-/// What the guest did with its response-outparam.
-const SET_NONE: u8 = 0;
-const SET_OK: u8 = 1;
-const SET_ERR: u8 = 2;
-
 /// The node's wasm host. Cheap to share (`Arc`); every method is safe to
 /// call concurrently.
 pub struct Runtime {
-    engine: Engine,
+    pub(crate) engine: Engine,
     linker: Linker<HostState>,
     cache: ComponentCache,
-    apps: RwLock<HashMap<String, Arc<App>>>,
+    pub(crate) apps: RwLock<HashMap<String, Arc<App>>>,
     /// The output of apps removed from this node, newest last (at most
     /// [`PARKED_LOGS`]): a revision that failed here, or that was rolled
     /// back, keeps its last lines readable, and a later revision of the
@@ -172,10 +160,10 @@ pub struct Runtime {
     parked_logs: Mutex<std::collections::VecDeque<Arc<LogBuffer>>>,
     /// Loaded components by digest; an entry lives as long as an app uses it.
     loaded: Mutex<HashMap<Digest, Weak<Loaded>>>,
-    config: RuntimeConfig,
+    pub(crate) config: RuntimeConfig,
     allocator: Allocator,
-    unrouted: AtomicU64,
-    tasks: TaskTracker,
+    pub(crate) unrouted: AtomicU64,
+    pub(crate) tasks: TaskTracker,
     _ticker: EpochTicker,
 }
 
@@ -227,7 +215,7 @@ impl Runtime {
     /// Deploys or replaces an app. Nothing is compiled or instantiated here;
     /// that happens on [`Runtime::warm`] or the app's first request. In-flight
     /// requests of a replaced version finish on it.
-    pub fn deploy(&self, spec: AppSpec) -> Result<(), RuntimeError> {
+    pub fn deploy(&self, spec: Deployment) -> Result<(), RuntimeError> {
         let quota_err = |reason: String| RuntimeError::Quota {
             app: spec.name.clone(),
             reason,
@@ -398,7 +386,10 @@ impl Runtime {
             })
     }
 
-    async fn ready(self: &Arc<Self>, app: &App) -> Result<ProxyPre<HostState>, Arc<RuntimeError>> {
+    pub(crate) async fn ready(
+        self: &Arc<Self>,
+        app: &App,
+    ) -> Result<ProxyPre<HostState>, Arc<RuntimeError>> {
         app.pre
             .get_or_init(|| self.load(app.spec.digest, &app.name))
             .await
@@ -457,30 +448,6 @@ impl Runtime {
         Ok(started.elapsed())
     }
 
-    /// A store for one request of `app`, with every quota applied.
-    fn new_store(&self, app: &App) -> wasmtime::Result<Store<HostState>> {
-        let quota = app.spec.quota;
-        let limiter = Limiter::new(quota.memory_bytes);
-        let mut store = Store::new(
-            &self.engine,
-            HostState::new(
-                &app.name,
-                &app.spec.env,
-                &app.spec.capabilities,
-                &app.logs,
-                &app.stats.denied,
-                limiter,
-            )?,
-        );
-        store.limiter(|state| &mut state.limiter);
-        let tick = self.config.engine.epoch_tick.as_millis().max(1) as u64;
-        store.set_epoch_deadline(quota.timeout_ms.div_ceil(tick) + 1);
-        store.epoch_deadline_trap();
-        store.set_fuel(quota.fuel)?;
-        store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL))?;
-        Ok(store)
-    }
-
     /// Instances of an app running right now.
     pub fn in_flight(&self, name: &str) -> Option<usize> {
         self.app(name).map(|a| {
@@ -510,261 +477,10 @@ impl Runtime {
             .map(|logs| logs.lines_since(since))
     }
 
-    /// Prometheus text exposition of the per-app request counters.
-    pub fn render_metrics(&self) -> String {
-        let mut out = String::from(
-            "# HELP skiff_requests_total Requests served, by app and outcome.\n# TYPE skiff_requests_total counter\n",
-        );
-        let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
-        let mut names: Vec<_> = apps.keys().collect();
-        names.sort();
-        for name in names {
-            for outcome in Outcome::ALL {
-                let n = apps[name].stats.count(outcome);
-                out.push_str(&format!(
-                    "skiff_requests_total{{app=\"{name}\",reason=\"{}\"}} {n}\n",
-                    outcome.reason()
-                ));
-            }
-        }
-        out.push_str(&format!(
-            "# HELP skiff_unrouted_requests_total Requests for no deployed app.\n# TYPE skiff_unrouted_requests_total counter\nskiff_unrouted_requests_total {}\n",
-            self.unrouted_requests()
-        ));
-        out
-    }
-
     /// Waits for every in-flight guest call to finish (each is bounded by
     /// its app's timeout). Call after the ingress has stopped accepting.
     pub async fn drain(&self) {
         self.tasks.close();
         self.tasks.wait().await;
     }
-
-    /// Serves one HTTP request: route by host, apply the app's quotas, run a
-    /// fresh instance, stream its response. Never fails: every problem is an
-    /// HTTP response with a reason (see [`Outcome`]).
-    pub async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<HyperOutgoingBody>
-    where
-        B: Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: Into<wasmtime_wasi_http::Error>,
-    {
-        let Ok(host) = crate::routing::request_host(&req) else {
-            return crate::body::duplicate_host();
-        };
-        let app = {
-            let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
-            let by_host = host
-                .and_then(|h| app_name_for_host(h, &self.config.domain))
-                .and_then(|n| apps.get(n.as_ref()));
-            match by_host {
-                Some(app) => Some(app.clone()),
-                None if self.config.single_app_any_host && apps.len() == 1 => {
-                    apps.values().next().cloned()
-                }
-                None => None,
-            }
-        };
-        self.serve(app, req).await
-    }
-
-    /// Serves one request with the app `name`, whatever its Host header
-    /// says (for callers that routed it themselves, e.g. by a custom host).
-    /// Gives the request back when no such app is deployed (checked and
-    /// taken in one step, so a concurrent removal cannot slip between).
-    pub async fn handle_app<B>(
-        self: &Arc<Self>,
-        name: &str,
-        req: Request<B>,
-    ) -> Result<Response<HyperOutgoingBody>, Request<B>>
-    where
-        B: Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: Into<wasmtime_wasi_http::Error>,
-    {
-        match self.find(name) {
-            Some(app) => Ok(self.handle_found(app, req).await),
-            None => Err(req),
-        }
-    }
-
-    /// Serves one request with an app found by [`Runtime::find`].
-    pub async fn handle_found<B>(
-        self: &Arc<Self>,
-        app: AppRef,
-        req: Request<B>,
-    ) -> Response<HyperOutgoingBody>
-    where
-        B: Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: Into<wasmtime_wasi_http::Error>,
-    {
-        self.serve(Some(app.0), req).await
-    }
-
-    async fn serve<B>(
-        self: &Arc<Self>,
-        app: Option<Arc<App>>,
-        req: Request<B>,
-    ) -> Response<HyperOutgoingBody>
-    where
-        B: Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: Into<wasmtime_wasi_http::Error>,
-    {
-        let Some(app) = app else {
-            self.unrouted.fetch_add(1, Ordering::Relaxed);
-            return error_response(Outcome::NotFound, None);
-        };
-        let outcome_response = |outcome: Outcome| {
-            app.stats.record(outcome);
-            error_response(outcome, Some(&app.name))
-        };
-
-        let declared_len = req
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared_len.is_some_and(|n| n > self.config.max_request_body) {
-            return outcome_response(Outcome::BodyTooLarge);
-        }
-
-        let permit = match app.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => match tokio::time::timeout(
-                self.config.queue_timeout,
-                app.permits.clone().acquire_owned(),
-            )
-            .await
-            {
-                Ok(Ok(permit)) => permit,
-                _ => return outcome_response(Outcome::Overloaded),
-            },
-        };
-
-        let pre = match self.ready(&app).await {
-            Ok(pre) => pre,
-            Err(_) => return outcome_response(Outcome::Unavailable),
-        };
-
-        let quota = app.spec.quota;
-        let Ok(mut store) = self.new_store(&app) else {
-            // Only possible if the engine was built without fuel: a bug.
-            return outcome_response(Outcome::Unavailable);
-        };
-
-        // Requests straight from a client take part in the app's verdict;
-        // health checks (no client) and forwarded ones (whose address is
-        // the forwarding node's, not the client's) do not.
-        let client = req
-            .extensions()
-            .get::<skiff_sdk::serve::ClientAddr>()
-            .filter(|_| {
-                !req.headers()
-                    .contains_key(crate::node::router::FORWARDED_BY)
-            })
-            .map(|c| c.0);
-        let exceeded = Arc::new(AtomicBool::new(false));
-        let mut req =
-            req.map(|b| LimitedBody::new(b, self.config.max_request_body, exceeded.clone()));
-        if !req.headers().contains_key(http::header::HOST)
-            && req.uri().authority().is_none()
-            && let Ok(value) =
-                http::HeaderValue::from_str(&format!("{}.{}", app.name, self.config.domain))
-        {
-            req.headers_mut().insert(http::header::HOST, value);
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let set = Arc::new(AtomicU8::new(SET_NONE));
-        let set_by_guest = set.clone();
-        let resources = store
-            .data_mut()
-            .http()
-            .new_incoming_request(Scheme::Http, req)
-            .and_then(|req| {
-                let out = store
-                    .data_mut()
-                    .http()
-                    .new_response_outparam_from_callback(move |result| {
-                        set_by_guest.store(
-                            if result.is_ok() { SET_OK } else { SET_ERR },
-                            Ordering::Relaxed,
-                        );
-                        let _ = tx.send(result);
-                    })?;
-                Ok((req, out))
-            });
-        let Ok((wasi_req, out)) = resources else {
-            return outcome_response(Outcome::Unavailable);
-        };
-
-        let task_app = app.clone();
-        let stopped = Arc::new(AtomicBool::new(false));
-        let stopped_by_task = stopped.clone();
-        let task = self.tasks.spawn(async move {
-            let _permit = permit;
-            let timeout = quota.timeout();
-            let result = tokio::time::timeout(timeout, async {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                proxy.wasi_http_incoming_handler().call_handle(&mut store, wasi_req, out).await
-            })
-            .await;
-            let memory_denied = store.data().limiter.denied();
-            // Set before the instance (and the sender of its response body)
-            // is dropped, so the body sees it when it ends.
-            stopped_by_task.store(!matches!(result, Ok(Ok(()))), Ordering::Release);
-            drop(store);
-            let outcome = match result {
-                Ok(Ok(())) => match set.load(Ordering::Relaxed) {
-                    SET_OK => Outcome::Ok,
-                    _ => Outcome::GuestError,
-                },
-                Ok(Err(error)) => {
-                    let outcome = if exceeded.load(Ordering::Relaxed) {
-                        Outcome::BodyTooLarge
-                    } else {
-                        classify(&error, memory_denied)
-                    };
-                    tracing::warn!(app = %task_app.name, reason = outcome.reason(), error = %format!("{error:?}"), "request failed");
-                    outcome
-                }
-                Err(_elapsed) => {
-                    tracing::warn!(app = %task_app.name, reason = "timeout", timeout_ms = quota.timeout_ms, "request failed");
-                    Outcome::Timeout
-                }
-            };
-            task_app.stats.record(outcome);
-            if let Some(client) = client {
-                task_app.stats.probation.record(client, outcome);
-            }
-            outcome
-        });
-
-        match rx.await {
-            Ok(Ok(response)) => response
-                .map(|body| http_body_util::BodyExt::boxed_unsync(GuestBody::new(body, stopped))),
-            Ok(Err(_code)) => error_response(Outcome::GuestError, Some(&app.name)),
-            Err(_) => {
-                let outcome = task.await.unwrap_or(Outcome::Trap);
-                error_response(
-                    if outcome == Outcome::Ok {
-                        Outcome::GuestError
-                    } else {
-                        outcome
-                    },
-                    Some(&app.name),
-                )
-            }
-        }
-    }
-}
-
-/// Formats an error with its whole `source` chain, `outer: inner: ...`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
