@@ -60,8 +60,7 @@ pub struct ControllerArgs {
     pub(crate) limits: crate::serve::LimitArgs,
 }
 
-/// Maps the flags to a [`ControllerConfig`], binds the API and starts the
-/// controller; records where the CLI finds it.
+/// Maps the flags to a [`ControllerConfig`] and starts the controller.
 pub async fn start(
     args: &ControllerArgs,
     shutdown: &CancellationToken,
@@ -83,14 +82,25 @@ pub async fn start(
                 .unwrap_or_else(|| format!("{}-{}", crate::hostname(), std::process::id())),
         )
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    start_config(config, args.listen, shutdown).await
+}
+
+/// Binds the API on `listen` and starts a controller with `config`;
+/// records where the CLI finds it (`skiff controller` and `skiff up`).
+pub async fn start_config(
+    config: ControllerConfig,
+    listen: SocketAddr,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Controller> {
+    let data_dir = config.data_dir.clone();
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
+        .with_context(|| format!("binding {listen}"))?;
     let controller = Controller::start(config, listener, shutdown.clone())
         .await
         .map_err(|e| anyhow::anyhow!(skiff_controller::error_chain(&e)))?;
     // Where the CLI finds this controller when run from the same directory.
-    crate::client::write_controller_file(&args.data_dir, controller.addr)?;
+    crate::client::write_controller_file(&data_dir, controller.addr)?;
     Ok(controller)
 }
 

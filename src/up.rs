@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use anyhow::Context as _;
 use skiff_runtime::node::{Node, NodeConfig};
 
-use skiff_controller::{Controller, ControllerConfig};
+use skiff_controller::ControllerConfig;
 
 /// Largest node count `skiff up` runs: it is for trying things locally.
 const MAX_LOCAL_NODES: u16 = 16;
@@ -47,13 +47,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         domain: args.domain.clone(),
         ..ControllerConfig::new(&args.data_dir, "local")
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let controller = Controller::start(config, listener, shutdown.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!(skiff_controller::error_chain(&e)))?;
-    crate::client::write_controller_file(&args.data_dir, controller.addr)?;
+    let controller = crate::controller::start_config(config, args.listen, &shutdown).await?;
     let memory = match args.memory {
         Some(m) => m,
         None => crate::node::default_memory()

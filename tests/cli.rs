@@ -166,17 +166,17 @@ async fn new_build_package_deploy_curl_scale_logs_and_roll_back_through_the_cli(
 
     // Scale, and see it in `skiff app`.
     ok(work, &["scale", "hello", "2"]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let app = common::poll(Duration::from_secs(30), "hello scaled to 2", || async {
         let app: serde_json::Value =
             serde_json::from_str(&ok(work, &["app", "hello", "-o", "json"])).unwrap();
         if app["app"]["status"]["ready_replicas"] == 2 {
-            assert_eq!(app["replicas"].as_array().unwrap().len(), 2);
-            break;
+            Ok(app)
+        } else {
+            Err(app)
         }
-        assert!(std::time::Instant::now() < deadline, "not scaled: {app}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    assert_eq!(app["replicas"].as_array().unwrap().len(), 2);
     let shown = ok(work, &["app", "hello"]);
     for part in ["Replicas:", "Conditions:", "Events:", "AppScaled"] {
         assert!(shown.contains(part), "{part} missing in:\n{shown}");
@@ -203,28 +203,33 @@ async fn new_build_package_deploy_curl_scale_logs_and_roll_back_through_the_cli(
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("hello is ready"), "{err}");
     assert!(out.contains("\"revision\":3"), "{out}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while get(ingress, "hello").await.text() != "Hello from Skiff! version=1.0.0\n" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "rollback never served"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::poll(Duration::from_secs(30), "the rollback served", || async {
+        let text = get(ingress, "hello").await.text();
+        if text == "Hello from Skiff! version=1.0.0\n" {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await;
 
     // A release whose health check fails: deploy reports the automatic
     // rollback and exits 8; the app still answers with the good version
     // (once the current one has settled as the good revision).
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let app: serde_json::Value =
-            serde_json::from_str(&ok(work, &["app", "hello", "-o", "json"])).unwrap();
-        if app["app"]["status"]["good_revision"] == app["app"]["revision"] {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never proven: {app}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::poll(
+        Duration::from_secs(30),
+        "the current revision proven",
+        || async {
+            let app: serde_json::Value =
+                serde_json::from_str(&ok(work, &["app", "hello", "-o", "json"])).unwrap();
+            if app["app"]["status"]["good_revision"] == app["app"]["revision"] {
+                Ok(())
+            } else {
+                Err(app)
+            }
+        },
+    )
+    .await;
     let broken = hello_app(work, "broken");
     let manifest = std::fs::read_to_string(broken.join("skiff.toml"))
         .unwrap()

@@ -71,14 +71,12 @@ async fn rollouts_under_load(nodes: &[(&str, &str)]) {
 
     // Let the clients see the settled state for a moment, then stop them.
     let settled = load.ok();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while load.ok() < settled + 300 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no answers after the last rollout"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::eventually(
+        Duration::from_secs(10),
+        "answers after the last rollout",
+        || (load.ok() >= settled + 300).then_some(()),
+    )
+    .await;
     let seen = load.stop().await;
     let elapsed = started.elapsed();
     let ok = seen.ok.load(std::sync::atomic::Ordering::Relaxed);

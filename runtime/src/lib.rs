@@ -15,6 +15,7 @@
 //! # Layout
 //!
 //! - [`engine`]: building the engine (pooling or on-demand) and the epoch ticker.
+//! - `error`: [`RuntimeError`], why an app cannot be deployed or loaded.
 //! - [`cache`]: compile-once component cache keyed by digest and engine.
 //! - [`quota`]: the memory limiter and the classification of failures.
 //! - [`host`]: per-request host state; what a guest is granted (little).

@@ -190,23 +190,13 @@ impl Cluster {
         .await
     }
 
-    /// Polls `check` (every 20 ms) until it answers, failing after `limit`.
+    /// Polls `check` until it answers, failing after `limit`.
     pub async fn wait<'a, T, F, Fut>(&'a self, what: &str, limit: Duration, check: F) -> T
     where
         F: Fn(&'a Self) -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let start = Instant::now();
-        loop {
-            if let Some(v) = check(self).await {
-                return v;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "timed out after {limit:?} waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        super::poll(limit, what, || async { check(self).await.ok_or(()) }).await
     }
 
     /// Waits until `app` has exactly `n` replicas, all Ready, and returns

@@ -234,23 +234,37 @@ impl Client {
     }
 }
 
-/// Polls `check` until it returns `Some`, failing after `deadline`.
+/// Polls the async `check` until it returns `Ok`, failing after
+/// `deadline` with `what` and the last `Err` it returned (what was seen
+/// instead). The one way tests wait for something: never a bare sleep.
+pub async fn poll<T, E: std::fmt::Debug, F>(
+    deadline: Duration,
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let start = Instant::now();
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                start.elapsed() < deadline,
+                "timed out after {deadline:?} waiting for {what}; last seen: {seen:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// [`poll`] with a synchronous check.
 pub async fn eventually<T>(
     deadline: Duration,
     what: &str,
     mut check: impl FnMut() -> Option<T>,
 ) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    poll(deadline, what, || std::future::ready(check().ok_or(()))).await
 }
 
 /// A `skiff` process. Its stdout's first line is the JSON readiness line;

@@ -1,0 +1,195 @@
+//! `apply`: the planned [`Action`]s as store writes — every replica change
+//! and its (grouped) events in one transaction, then good revisions,
+//! automatic rollbacks and conditions.
+
+use std::collections::BTreeMap;
+
+use rand::Rng as _;
+
+use super::{Action, DesiredApp, Reconciler, RemoveReason, SCHEDULED, Summary};
+use crate::store::{NewEvent, NewReplica, ReplicaChange, StoreError};
+
+impl Reconciler {
+    pub(super) async fn apply(
+        &self,
+        desired: &[DesiredApp],
+        actions: Vec<Action>,
+    ) -> Result<Summary, StoreError> {
+        let mut change = ReplicaChange::default();
+        let mut conditions = Vec::new();
+        let mut good = Vec::new();
+        let mut rollbacks = Vec::new();
+        // Events are grouped per (kind, app, node) so that a large pass
+        // writes a handful of rows, not one per replica.
+        let mut groups: BTreeMap<(&'static str, String, Option<String>), Vec<String>> =
+            BTreeMap::new();
+        for action in actions {
+            match action {
+                Action::Place {
+                    app,
+                    revision,
+                    node,
+                } => {
+                    let id = replica_id(&app);
+                    groups
+                        .entry(("ReplicaScheduled", app.clone(), None))
+                        .or_default()
+                        .push(format!("{id} on {node}"));
+                    change.add.push(NewReplica {
+                        id,
+                        app,
+                        revision,
+                        node,
+                    });
+                }
+                Action::Remove {
+                    id,
+                    reason: RemoveReason::Drained,
+                    ..
+                } => change.remove.push(id),
+                Action::Retire {
+                    id,
+                    app,
+                    node,
+                    reason,
+                } => {
+                    let kind = match reason {
+                        RemoveReason::ScaledDown => "ReplicaRemoved",
+                        _ => "ReplicaReplaced",
+                    };
+                    groups
+                        .entry((kind, app, None))
+                        .or_default()
+                        .push(format!("{id} on {node}"));
+                    change.retire.push(id);
+                }
+                Action::Remove {
+                    id,
+                    app,
+                    node,
+                    reason,
+                } => {
+                    let (kind, on) = match reason {
+                        RemoveReason::NodeLost => ("NodeLost", Some(node.clone())),
+                        RemoveReason::ScaledDown => ("ReplicaRemoved", None),
+                        RemoveReason::Replaced => ("ReplicaReplaced", None),
+                        RemoveReason::Orphaned | RemoveReason::Drained => ("ReplicaOrphaned", None),
+                    };
+                    groups
+                        .entry((kind, app, on))
+                        .or_default()
+                        .push(format!("{id} on {node}"));
+                    change.remove.push(id);
+                }
+                Action::SetConditions { app, conditions: c } => conditions.push((app, c)),
+                Action::SetGoodRevision { app, revision } => good.push((app, revision)),
+                Action::Rollback { app, to, reason } => rollbacks.push((app, to, reason)),
+            }
+        }
+        for ((kind, app, node), items) in groups {
+            let what = summarize(&items);
+            let message = match kind {
+                "ReplicaScheduled" => format!("placed {what}"),
+                "NodeLost" => format!(
+                    "node {} missed its heartbeats for the grace period; replacing {what}",
+                    node.as_deref().unwrap_or("?")
+                ),
+                "ReplicaReplaced" => format!("replaced {what}"),
+                "ReplicaOrphaned" => format!("removed orphaned {what}"),
+                _ => format!("scaled down: removed {what}"),
+            };
+            change.events.push(NewEvent {
+                app: Some(app),
+                node,
+                kind: kind.into(),
+                message,
+            });
+        }
+        for (app, c) in &conditions {
+            let before = desired
+                .iter()
+                .find(|d| &d.name == app)
+                .and_then(|d| d.conditions.iter().find(|c| c.kind == SCHEDULED));
+            if let Some(now) = c.iter().find(|c| c.kind == SCHEDULED && !c.status)
+                && before != Some(now)
+            {
+                change.events.push(NewEvent {
+                    app: Some(app.clone()),
+                    node: None,
+                    kind: "Unschedulable".into(),
+                    message: now.message.clone(),
+                });
+            }
+        }
+
+        let summary = Summary {
+            placed: change.add.len(),
+            removed: change.remove.len() + change.retire.len(),
+            conditions: conditions.len() + good.len() + rollbacks.len(),
+        };
+        if change != ReplicaChange::default() {
+            self.store.change_replicas(&change).await?;
+        }
+        for (app, revision) in good {
+            match self.store.set_good_revision(&app, revision).await {
+                Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for (app, to, reason) in rollbacks {
+            tracing::warn!(%app, to, %reason, "rollout failed: rolling back");
+            self.store
+                .record_event(NewEvent {
+                    app: Some(app.clone()),
+                    node: None,
+                    kind: "RolloutFailed".into(),
+                    message: format!("{reason}; rolling back to revision {to}"),
+                })
+                .await?;
+            match self.store.rollback_app(&app, Some(to), None).await {
+                Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for (app, c) in conditions {
+            match self.store.set_app_conditions(&app, &c).await {
+                // Deleted meanwhile: the next pass sees it gone.
+                Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if summary != Summary::default() {
+            tracing::info!(
+                placed = summary.placed,
+                removed = summary.removed,
+                conditions = summary.conditions,
+                "reconciled"
+            );
+        }
+        Ok(summary)
+    }
+}
+
+/// `<app>-<8 hex>`: unique enough (32 random bits per app; a clash fails
+/// the insert and the next pass draws again).
+fn replica_id(app: &str) -> String {
+    format!("{app}-{:08x}", rand::rng().random::<u32>())
+}
+
+fn summarize(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let noun = if items.len() == 1 {
+        "replica"
+    } else {
+        "replicas"
+    };
+    let mut out = format!(
+        "{} {noun}: {}",
+        items.len(),
+        items[..items.len().min(SHOWN)].join(", ")
+    );
+    if items.len() > SHOWN {
+        out.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    out
+}

@@ -1,0 +1,324 @@
+//! The reconciler: one idempotent loop that drives the replicas the nodes
+//! run towards what the apps ask for.
+//!
+//! One pass is three steps, one module each: `observe` reads the store
+//! once and turns the rows into plain data (pure, given the rows and one
+//! `now`); [`plan`] (pure) returns the [`Action`]s that close the gap
+//! between desired and observed, and nothing once they match; `apply`
+//! writes the replica changes in one transaction (with their events) and
+//! records each app's conditions. [`Reconciler::reconcile`] runs the three;
+//! it is safe to run at any moment, any number of times.
+//! [`Reconciler::run`] triggers it on store changes and on a periodic resync
+//! (lost nodes are noticed by time, not by a write), and only while this
+//! controller holds the leader lease.
+//!
+//! Rules, per app:
+//! - replicas on a *lost* node (NotReady for the grace period, counted from
+//!   when this controller became leader so that a restarted controller does
+//!   not evict nodes it has not heard from yet) are removed and replaced;
+//!   the node is told to drop them when it returns, as its assignments no
+//!   longer list them;
+//! - replicas of the current revision on nodes that are not draining are
+//!   *current*; missing ones are placed by the [`scheduler`](crate::scheduler),
+//!   extra ones removed (not-ready ones first, then where the app is most
+//!   concentrated);
+//! - replicas of an older revision or on a draining node are *outgoing*:
+//!   they keep serving until enough current replicas are Ready to take over,
+//!   so a drain or an update never drops below the desired ready count
+//!   when capacity allows;
+//! - a Failed replica is kept and reported (a component that failed to load
+//!   will fail the same way again; a new revision replaces it).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_sdk::api::{App, Condition, ReplicaState};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::scheduler::NodeSlot;
+use crate::store::{Store, StoreError};
+
+mod apply;
+mod observe;
+mod plan;
+
+pub use plan::plan;
+
+/// Default periodic resync: how soon a lost node is noticed after its grace
+/// period ends, since nothing is written when a node dies.
+pub const DEFAULT_RESYNC: Duration = Duration::from_millis(500);
+
+/// Condition kind: every replica is placed on a node.
+pub const SCHEDULED: &str = "Scheduled";
+/// Condition kind: the desired number of replicas are Ready.
+pub const AVAILABLE: &str = "Available";
+
+/// An app as the reconciler wants it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredApp {
+    /// Name.
+    pub name: String,
+    /// Current revision.
+    pub revision: u64,
+    /// Desired replica count.
+    pub replicas: u32,
+    /// Memory reserved per replica (memory limit × concurrency).
+    pub reservation: u64,
+    /// Labels a node must carry.
+    pub selector: BTreeMap<String, String>,
+    /// Spread replicas across nodes and zones.
+    pub spread: bool,
+    /// Replicas allowed above `replicas` while replacing (at least 1 when
+    /// `max_unavailable` is 0).
+    pub max_surge: u32,
+    /// Ready replicas allowed below `replicas` while replacing.
+    pub max_unavailable: u32,
+    /// The last revision that was fully available.
+    pub good_revision: Option<u64>,
+    /// Where a failed rollout of the current revision returns (the good
+    /// revision, when automatic rollback is on and its spec differs).
+    pub rollback_to: Option<u64>,
+    /// How long the current revision has been rolling out (milliseconds),
+    /// when it is not the good one.
+    pub rollout_age_ms: Option<u64>,
+    /// A rollout older than this has failed.
+    pub progress_deadline_ms: u64,
+    /// Conditions as last recorded.
+    pub conditions: Vec<Condition>,
+}
+
+impl DesiredApp {
+    /// The desired state of a stored app.
+    pub fn from_app(app: &App) -> Self {
+        let want = app.spec.replicas;
+        let max_unavailable = app.spec.strategy.max_unavailable.resolve(want, false);
+        let max_surge = app.spec.strategy.max_surge.resolve(want, true);
+        Self {
+            // Both zero could never make progress: surge by one then.
+            max_surge: if max_surge == 0 && max_unavailable == 0 {
+                1
+            } else {
+                max_surge
+            },
+            max_unavailable,
+            good_revision: app.status.good_revision,
+            rollback_to: None,
+            rollout_age_ms: None,
+            progress_deadline_ms: app.spec.strategy.progress_deadline_ms,
+            name: app.name.clone(),
+            revision: app.revision,
+            replicas: app.spec.replicas,
+            reservation: app.spec.quota.reservation_bytes(),
+            selector: app.spec.placement.node_selector.clone(),
+            spread: app.spec.placement.spread.unwrap_or(true),
+            conditions: app.status.conditions.clone(),
+        }
+    }
+}
+
+/// A node as observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedNode {
+    /// Name, labels, capacity, readiness, cordon (allocation is computed).
+    pub slot: NodeSlot,
+    /// Its replicas are to move elsewhere.
+    pub draining: bool,
+    /// Gone long enough that its replicas are placed elsewhere.
+    pub lost: bool,
+}
+
+/// A replica as observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedReplica {
+    /// Id.
+    pub id: String,
+    /// App.
+    pub app: String,
+    /// Revision it runs.
+    pub revision: u64,
+    /// Node it is assigned to.
+    pub node: String,
+    /// As last reported.
+    pub state: ReplicaState,
+    /// Why, when failed.
+    pub reason: Option<String>,
+    /// Memory it reserves.
+    pub reservation: u64,
+    /// How long it has been retiring (milliseconds), if it is.
+    pub retiring_ms: Option<u64>,
+}
+
+/// How long a retiring replica stays out of the endpoints before it is
+/// removed: nodes see an endpoints change within milliseconds (a long-poll),
+/// and a second covers a slow one. Its in-flight requests then finish on
+/// its node, each bounded by the app's timeout.
+pub const DRAIN_MS: u64 = 1_000;
+
+/// A revision becomes the good one (the target of automatic rollbacks) once
+/// it has been rolling out this long and is fully available: long enough
+/// for nodes to judge its first requests, so a release that fails on them
+/// is rolled back rather than taken for good.
+pub const GOOD_AFTER_MS: u64 = 5_000;
+
+/// Why a replica is removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoveReason {
+    /// Its node is lost.
+    NodeLost,
+    /// More replicas than desired.
+    ScaledDown,
+    /// Replaced by a current replica (older revision, or drained node).
+    Replaced,
+    /// Its app or node no longer exists.
+    Orphaned,
+    /// It finished retiring.
+    Drained,
+}
+
+/// One step towards the desired state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Create a replica of `app` at `revision` on `node`.
+    Place {
+        /// App.
+        app: String,
+        /// Revision.
+        revision: u64,
+        /// Node.
+        node: String,
+    },
+    /// Take a Ready replica out of the endpoints; it is removed once
+    /// drained.
+    Retire {
+        /// Replica id.
+        id: String,
+        /// App.
+        app: String,
+        /// Node it is on.
+        node: String,
+        /// Why.
+        reason: RemoveReason,
+    },
+    /// Remove a replica.
+    Remove {
+        /// Replica id.
+        id: String,
+        /// App.
+        app: String,
+        /// Node it was on.
+        node: String,
+        /// Why.
+        reason: RemoveReason,
+    },
+    /// Record that the app's current revision became fully available.
+    SetGoodRevision {
+        /// App.
+        app: String,
+        /// Revision.
+        revision: u64,
+    },
+    /// The current revision's rollout failed: return to revision `to`.
+    Rollback {
+        /// App.
+        app: String,
+        /// Revision whose spec becomes current again.
+        to: u64,
+        /// Why the rollout failed.
+        reason: String,
+    },
+    /// Record an app's conditions.
+    SetConditions {
+        /// App.
+        app: String,
+        /// All its conditions.
+        conditions: Vec<Condition>,
+    },
+}
+
+/// Reconciler settings.
+#[derive(Clone, Debug)]
+pub struct ReconcilerOptions {
+    /// A node NotReady this long (from leadership on) is lost. Match the
+    /// store's node grace.
+    pub node_grace: Duration,
+    /// Periodic resync.
+    pub resync: Duration,
+}
+
+impl Default for ReconcilerOptions {
+    fn default() -> Self {
+        Self {
+            node_grace: crate::DEFAULT_NODE_GRACE,
+            resync: DEFAULT_RESYNC,
+        }
+    }
+}
+
+/// What one reconcile pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Replicas created.
+    pub placed: usize,
+    /// Replicas removed.
+    pub removed: usize,
+    /// Apps whose conditions were recorded.
+    pub conditions: usize,
+}
+
+/// The reconcile loop of one controller.
+pub struct Reconciler {
+    store: Arc<dyn Store>,
+    options: ReconcilerOptions,
+}
+
+impl Reconciler {
+    /// A reconciler over `store`, woken by the store's own writes
+    /// ([`Store::changes`]) and every `options.resync`.
+    pub fn new(store: Arc<dyn Store>, options: ReconcilerOptions) -> Self {
+        Self { store, options }
+    }
+
+    /// Reads, plans and applies once. With `evict_lost` false, NotReady
+    /// nodes are waited for rather than given up.
+    pub async fn reconcile(&self, evict_lost: bool) -> Result<Summary, StoreError> {
+        let rows = observe::Rows::read(self.store.as_ref()).await?;
+        let observed = observe::observe(&rows, crate::store::now_ms(), evict_lost);
+        let actions = plan(&observed.desired, &observed.nodes, &observed.replicas);
+        self.apply(&observed.desired, actions).await
+    }
+
+    /// Reconciles on every change and every resync while `leader` says this
+    /// controller leads, until `shutdown`.
+    pub async fn run(self, mut leader: watch::Receiver<bool>, shutdown: CancellationToken) {
+        let mut changes = self.store.changes();
+        loop {
+            // Wait for leadership.
+            while !*leader.borrow_and_update() {
+                tokio::select! {
+                    changed = leader.changed() => if changed.is_err() { return },
+                    () = shutdown.cancelled() => return,
+                }
+            }
+            let since = tokio::time::Instant::now();
+            tracing::info!("leading: reconciling");
+            while *leader.borrow_and_update() {
+                let evict_lost = since.elapsed() >= self.options.node_grace;
+                if let Err(error) = self.reconcile(evict_lost).await {
+                    tracing::warn!(error = %crate::error_chain(&error), "reconcile failed; retrying");
+                }
+                tokio::select! {
+                    _ = changes.changed() => {}
+                    () = tokio::time::sleep(self.options.resync) => {}
+                    changed = leader.changed() => if changed.is_err() { return },
+                    () = shutdown.cancelled() => return,
+                }
+            }
+            tracing::info!("no longer leading: reconciling stopped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
