@@ -139,23 +139,23 @@ async fn crash_loop(mut cluster: Cluster, backend: &str) {
             .iter()
             .filter(|o| o.acked.is_some())
             .count();
+        // Run on for a random 30-330 ms, and until a write after the
+        // restart has been acknowledged.
         let until = Instant::now() + Duration::from_millis(30 + rng.next(300));
-        loop {
-            let acked = ops
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|o| o.acked.is_some())
-                .count();
-            if acked > before && Instant::now() >= until {
-                break;
-            }
-            assert!(
-                until.elapsed() < Duration::from_secs(30),
-                "no write acknowledged for 30 s after a restart"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        common::eventually(
+            Duration::from_secs(30),
+            "a write acknowledged after a restart",
+            || {
+                let acked = ops
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|o| o.acked.is_some())
+                    .count();
+                (acked > before && Instant::now() >= until).then_some(())
+            },
+        )
+        .await;
         cluster.kill_controller();
         cluster.restart_controller();
     }

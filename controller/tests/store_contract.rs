@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{stores, stores_with};
 use skiff_controller::store::{
@@ -419,15 +419,13 @@ async fn a_node_without_heartbeats_becomes_not_ready() {
             .register_node(&node("n1", "a"), "h", None, GRACE)
             .await
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while t.store.node("n1").await.unwrap().unwrap().state == NodeState::Ready {
-            assert!(
-                Instant::now() < deadline,
-                "{}: node never became NotReady",
-                t.backend
-            );
-            tokio::task::yield_now().await;
-        }
+        common::poll(Duration::from_secs(10), "the node NotReady", || async {
+            match t.store.node("n1").await.unwrap().unwrap().state {
+                NodeState::Ready => Err(t.backend),
+                _ => Ok(()),
+            }
+        })
+        .await;
         t.store
             .heartbeat("n1", &Heartbeat::default())
             .await
@@ -515,14 +513,17 @@ async fn leader_lease_expiry_and_takeover() {
         s.release_lease("leader", "a").await.unwrap();
         assert!(s.try_acquire_lease("leader", "b", 1).await.unwrap(), "{b}");
         // b stops renewing (1 ms lease): a takes over once it has expired.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !s.try_acquire_lease("leader", "a", 60_000).await.unwrap() {
-            assert!(
-                Instant::now() < deadline,
-                "{b}: a never took over the expired lease"
-            );
-            tokio::task::yield_now().await;
-        }
+        common::poll(
+            Duration::from_secs(10),
+            "a to take over the expired lease",
+            || async {
+                match s.try_acquire_lease("leader", "a", 60_000).await.unwrap() {
+                    true => Ok(()),
+                    false => Err(b),
+                }
+            },
+        )
+        .await;
         assert_eq!(
             s.lease_holder("leader").await.unwrap().as_deref(),
             Some("a"),

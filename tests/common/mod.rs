@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -18,7 +18,10 @@ use skiff_runtime::{Deployment, Runtime, RuntimeConfig};
 use skiff_sdk::Quota;
 
 pub mod cluster;
+pub mod poll;
 pub mod raw;
+#[allow(unused_imports)] // not every test crate waits
+pub use poll::{eventually, poll};
 use tokio_util::sync::CancellationToken;
 
 /// The workspace root.
@@ -232,39 +235,6 @@ impl Client {
             body,
         }
     }
-}
-
-/// Polls the async `check` until it returns `Ok`, failing after
-/// `deadline` with `what` and the last `Err` it returned (what was seen
-/// instead). The one way tests wait for something: never a bare sleep.
-pub async fn poll<T, E: std::fmt::Debug, F>(
-    deadline: Duration,
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> T
-where
-    F: std::future::Future<Output = Result<T, E>>,
-{
-    let start = Instant::now();
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(seen) => assert!(
-                start.elapsed() < deadline,
-                "timed out after {deadline:?} waiting for {what}; last seen: {seen:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// [`poll`] with a synchronous check.
-pub async fn eventually<T>(
-    deadline: Duration,
-    what: &str,
-    mut check: impl FnMut() -> Option<T>,
-) -> T {
-    poll(deadline, what, || std::future::ready(check().ok_or(()))).await
 }
 
 /// A `skiff` process. Its stdout's first line is the JSON readiness line;

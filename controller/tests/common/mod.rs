@@ -3,6 +3,11 @@
 //! an in-process API server on 127.0.0.1:0, and a small HTTP client.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../../tests/common/poll.rs"]
+mod poll;
+#[allow(unused_imports)] // not every test crate waits
+pub use poll::poll;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
