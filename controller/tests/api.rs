@@ -543,3 +543,63 @@ async fn nodes_credentials_and_assignment_watch() {
         t.finish().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_are_removed_only_when_unreferenced_and_the_store_is_bounded() {
+    let first = component();
+    let options = skiff_controller::store::StoreOptions {
+        artifact_store_bytes: first.len() as u64,
+        ..Default::default()
+    };
+    for t in common::stores_with(options).await {
+        let b = t.backend;
+        let api = TestApi::start(t.store.clone(), ApiConfig::default()).await;
+        let admin = api.admin.clone();
+        let art = upload(&api, first.clone()).await;
+        // Full: another component does not fit; the same bytes again do.
+        let other = wat::parse_str("(component (core module))").unwrap();
+        api.call(
+            Method::POST,
+            "/v1/artifacts",
+            Some(&admin),
+            Some((WASM, Bytes::from(other))),
+        )
+        .await
+        .expect_error(StatusCode::INSUFFICIENT_STORAGE, "store_full");
+        upload(&api, first.clone()).await;
+
+        let path = format!("/v1/artifacts/{}", art.digest);
+        api.admin_json(
+            Method::PUT,
+            "/v1/apps/web",
+            serde_json::json!({ "artifact": art.digest }),
+        )
+        .await;
+        api.call(Method::DELETE, &path, Some(&admin), None)
+            .await
+            .expect_error(StatusCode::CONFLICT, "conflict");
+        let node = api
+            .call(Method::POST, "/v1/nodes", Some(&api.join), Some(("application/json", Bytes::from(
+                serde_json::json!({ "name": "n1", "capacity": { "memory_bytes": 1 << 30 }, "ingress": "127.0.0.1:9" }).to_string(),
+            ))))
+            .await;
+        let node: NodeRegistration = serde_json::from_slice(&node.body).unwrap();
+        api.call(Method::DELETE, &path, Some(&node.credential), None)
+            .await
+            .expect_error(StatusCode::FORBIDDEN, "forbidden");
+
+        let deleted = api
+            .call(Method::DELETE, "/v1/apps/web", Some(&admin), None)
+            .await;
+        assert!(deleted.status.is_success(), "{b}: {deleted:?}");
+        let removed = api.call(Method::DELETE, &path, Some(&admin), None).await;
+        assert_eq!(removed.status, StatusCode::NO_CONTENT, "{b}: {removed:?}");
+        api.call(Method::DELETE, &path, Some(&admin), None)
+            .await
+            .expect_error(StatusCode::NOT_FOUND, "not_found");
+        api.call(Method::GET, &path, Some(&admin), None)
+            .await
+            .expect_error(StatusCode::NOT_FOUND, "not_found");
+        t.finish().await;
+    }
+}

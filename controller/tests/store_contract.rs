@@ -693,3 +693,39 @@ async fn artifacts_are_bounded_and_collected_once_unreferenced() {
         t.finish().await;
     }
 }
+
+#[tokio::test]
+async fn secrets_at_rest_are_hashes_and_the_sqlite_file_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    for t in stores().await {
+        let s = &t.store;
+        let b = t.backend;
+        let mut with_key = node("n1", "a");
+        with_key.logs_key = Some("the-node-api-key".into());
+        s.register_node(&with_key, "h1", None, GRACE).await.unwrap();
+        let source = s.node_source("n1").await.unwrap().unwrap();
+        assert!(source.offers_api, "{b}");
+        assert_eq!(
+            source.logs_key_hash.as_deref(),
+            Some(skiff_controller::auth::hash_secret("the-node-api-key").as_str()),
+            "{b}: only the key's hash is stored"
+        );
+        s.register_node(&node("n2", "a"), "h2", None, GRACE)
+            .await
+            .unwrap();
+        let without = s.node_source("n2").await.unwrap().unwrap();
+        assert!(
+            !without.offers_api && without.logs_key_hash.is_none(),
+            "{b}"
+        );
+        if let Some(file) = t.sqlite_file() {
+            for suffix in ["", "-wal", "-shm"] {
+                let path = format!("{}{suffix}", file.display());
+                if let Ok(meta) = std::fs::metadata(&path) {
+                    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{path}");
+                }
+            }
+        }
+        t.finish().await;
+    }
+}

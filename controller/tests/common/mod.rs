@@ -30,6 +30,11 @@ pub struct TestStore {
 }
 
 impl TestStore {
+    /// The SQLite database file (`None` on PostgreSQL).
+    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        self._dir.as_ref().map(|d| d.path().join("skiff.db"))
+    }
+
     /// Drops the test's PostgreSQL database (best effort).
     pub async fn finish(self) {
         self.store.close().await;
