@@ -183,38 +183,34 @@ impl Abused {
     }
 }
 
-/// An infinite loop runs out of fuel.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_infinite_loop_runs_out_of_fuel() {
-    let abused = Abused::start().await;
-    abused
-        .expect("loop", "/?n=100000000000", Outcome::Fuel)
-        .await;
-    abused.no_leaks().await;
+/// One abuse that ends with its outcome, then the leak check.
+macro_rules! abuse_ends_with {
+    ($(#[doc = $doc:literal])* $name:ident: $app:literal $path:literal => $outcome:ident) => {
+        $(#[doc = $doc])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let abused = Abused::start().await;
+            abused.expect($app, $path, Outcome::$outcome).await;
+            abused.no_leaks().await;
+        }
+    };
 }
 
-/// A memory bomb: the limiter refuses growth past 64 MiB.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_memory_bomb_hits_the_limiter() {
-    let abused = Abused::start().await;
-    abused.expect("bomb", "/?mb=4096", Outcome::Memory).await;
-    abused.no_leaks().await;
+abuse_ends_with! {
+    /// An infinite loop runs out of fuel.
+    an_infinite_loop_runs_out_of_fuel: "loop" "/?n=100000000000" => Fuel
 }
-
-/// Unbounded recursion overflows the stack into a trap.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unbounded_recursion_traps() {
-    let abused = Abused::start().await;
-    abused.expect("abuse", "/recurse", Outcome::Trap).await;
-    abused.no_leaks().await;
+abuse_ends_with! {
+    /// A memory bomb: the limiter refuses growth past 64 MiB.
+    a_memory_bomb_hits_the_limiter: "bomb" "/?mb=4096" => Memory
 }
-
-/// A guest that waits forever is ended by the time quota.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_guest_is_ended_by_the_time_quota() {
-    let abused = Abused::start().await;
-    abused.expect("abuse", "/stall", Outcome::Timeout).await;
-    abused.no_leaks().await;
+abuse_ends_with! {
+    /// Unbounded recursion overflows the stack into a trap.
+    unbounded_recursion_traps: "abuse" "/recurse" => Trap
+}
+abuse_ends_with! {
+    /// A guest that waits forever is ended by the time quota.
+    a_stalled_guest_is_ended_by_the_time_quota: "abuse" "/stall" => Timeout
 }
 
 /// A guest that never reads a large request body answers anyway, and its
