@@ -16,8 +16,9 @@
 //!   one client fills at most half of it, no single client can fail a
 //!   revision that serves the others, however it crafts its requests.
 //!
-//! A window that never fills (one client only) gives no verdict; the
-//! health check still guards such a revision.
+//! A window that never fills (one client only) is given up as passed after
+//! [`GIVE_UP_AFTER`] requests; the health check still guards such a
+//! revision.
 
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -29,6 +30,10 @@ use crate::Outcome;
 pub const WINDOW: u32 = 10;
 /// Requests of the window one client address may fill: half of it.
 pub const PER_CLIENT: u32 = WINDOW / 2;
+/// Requests after which a window that never filled (one client only) is
+/// given up as passed: judging costs a lock per request, and so many
+/// requests without a second client say nothing more.
+pub const GIVE_UP_AFTER: u32 = 1_000;
 
 /// What the first requests say about a revision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +66,8 @@ struct Window {
     clients: Vec<(IpAddr, u32, u32)>,
     counted: u32,
     broken: u32,
+    /// Requests seen, counted or not.
+    seen: u32,
 }
 
 impl Probation {
@@ -81,6 +88,7 @@ impl Probation {
             return;
         }
         let mut window = self.lock();
+        window.seen = window.seen.saturating_add(1);
         if window.counted >= WINDOW {
             return;
         }
@@ -108,7 +116,9 @@ impl Probation {
             return Verdict::Judging;
         }
         let window = self.lock();
-        if window.counted < WINDOW {
+        if window.counted < WINDOW && window.seen >= GIVE_UP_AFTER {
+            Verdict::Passed
+        } else if window.counted < WINDOW {
             Verdict::Judging
         } else if window.broken * 2 > window.counted {
             Verdict::Failed {
@@ -147,6 +157,18 @@ mod tests {
             p.record(ip(1), Outcome::Trap);
         }
         assert_eq!(p.verdict(), Verdict::Judging, "one client fills half");
+        for _ in 0..GIVE_UP_AFTER {
+            p.record(ip(1), Outcome::Trap);
+        }
+        assert_eq!(
+            p.verdict(),
+            Verdict::Passed,
+            "given up: one client says nothing more"
+        );
+        p.start();
+        for _ in 0..100 {
+            p.record(ip(1), Outcome::Trap);
+        }
         for _ in 0..5 {
             p.record(ip(2), Outcome::Ok);
         }
