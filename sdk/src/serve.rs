@@ -140,18 +140,33 @@ where
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let share = per_client.take(peer.ip());
-        let slot = slots.clone().try_acquire_owned();
-        let (Some(share), Ok(slot)) = (share, slot) else {
-            if !std::mem::replace(&mut at_limit, true) {
-                tracing::warn!(%peer, limit = limits.max_connections, per_client = limits.max_connections_per_client,
-                    "refusing connections: at the connection limit");
+        let refusal = match (
+            per_client.take(peer.ip()),
+            slots.clone().try_acquire_owned(),
+        ) {
+            (Ok(share), Ok(slot)) => Ok((share, slot)),
+            // One client at its share: said once per client and episode (so
+            // a flood from one source cannot flood the log).
+            (Err(Refused { first }), _) => {
+                Err(first.then_some("at its share of the connection limit"))
             }
-            connections.spawn(async move {
-                let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
-                let _ = stream.shutdown().await;
-            });
-            continue;
+            (Ok(_), Err(_)) => {
+                Err((!std::mem::replace(&mut at_limit, true)).then_some("at the connection limit"))
+            }
+        };
+        let (share, slot) = match refusal {
+            Ok(held) => held,
+            Err(say) => {
+                if let Some(why) = say {
+                    tracing::warn!(%peer, limit = limits.max_connections,
+                        per_client = limits.max_connections_per_client, "refusing connections: {why}");
+                }
+                connections.spawn(async move {
+                    let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+                    let _ = stream.shutdown().await;
+                });
+                continue;
+            }
         };
         at_limit = false;
         let activity = Arc::new(Activity::default());
@@ -183,10 +198,19 @@ where
     Ok(())
 }
 
-/// Connections held per client address.
+/// Connections held per client address, and whether its refusal at the
+/// share was already said.
+#[derive(Debug)]
 struct ClientShares {
     limit: usize,
-    held: Mutex<HashMap<IpAddr, usize>>,
+    held: Mutex<HashMap<IpAddr, (usize, bool)>>,
+}
+
+/// A connection refused because its client holds its share; `first` when
+/// this is the first refusal since the client was last under its share.
+#[derive(Debug)]
+struct Refused {
+    first: bool,
 }
 
 impl ClientShares {
@@ -198,15 +222,17 @@ impl ClientShares {
     }
 
     /// One more connection for `ip`, unless it holds its share already.
-    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<ClientShare> {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Result<ClientShare, Refused> {
         let key = client_key(ip);
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let count = held.entry(key).or_insert(0);
+        let (count, said) = held.entry(key).or_insert((0, false));
         if *count >= self.limit {
-            return None;
+            return Err(Refused {
+                first: !std::mem::replace(said, true),
+            });
         }
         *count += 1;
-        Some(ClientShare {
+        Ok(ClientShare {
             shares: self.clone(),
             key,
         })
@@ -214,6 +240,7 @@ impl ClientShares {
 }
 
 /// A connection counted against its client's share until dropped.
+#[derive(Debug)]
 struct ClientShare {
     shares: Arc<ClientShares>,
     key: IpAddr,
@@ -222,8 +249,9 @@ struct ClientShare {
 impl Drop for ClientShare {
     fn drop(&mut self) {
         let mut held = self.shares.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = held.get_mut(&self.key) {
+        if let Some((count, said)) = held.get_mut(&self.key) {
             *count -= 1;
+            *said = false;
             if *count == 0 {
                 held.remove(&self.key);
             }
@@ -416,20 +444,28 @@ mod tests {
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         let first = shares.take(a).unwrap();
         let _second = shares.take(mapped).unwrap();
-        assert!(shares.take(a).is_none(), "a third from the same address");
-        assert!(shares.take("127.0.0.2".parse().unwrap()).is_some());
-        drop(first);
         assert!(
-            shares.take(a).is_some(),
-            "a share comes back when its connection ends"
+            shares.take(a).unwrap_err().first,
+            "a third from the same address"
         );
+        assert!(!shares.take(a).unwrap_err().first, "said once per episode");
+        assert!(shares.take("127.0.0.2".parse().unwrap()).is_ok());
+        drop(first);
+        let again = shares
+            .take(a)
+            .expect("a share comes back when its connection ends");
+        assert!(
+            shares.take(a).unwrap_err().first,
+            "a new episode is said again"
+        );
+        drop(again);
         let _v6 = shares.take("2001:db8::1".parse().unwrap()).unwrap();
         let _v6b = shares.take("2001:db8::ffff:2".parse().unwrap()).unwrap();
         assert!(
-            shares.take("2001:db8::3".parse().unwrap()).is_none(),
+            shares.take("2001:db8::3".parse().unwrap()).is_err(),
             "same /64"
         );
-        assert!(shares.take("2001:db8:0:1::1".parse().unwrap()).is_some());
+        assert!(shares.take("2001:db8:0:1::1".parse().unwrap()).is_ok());
     }
 
     #[tokio::test(start_paused = true)]
