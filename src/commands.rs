@@ -118,7 +118,7 @@ fn print_events(events: &[Event]) -> anyhow::Result<()> {
         .map(|e| {
             vec![
                 age(e.time),
-                e.kind.clone(),
+                e.kind.to_string(),
                 e.app.clone().or_else(|| e.node.clone()).unwrap_or_default(),
                 e.message.clone(),
             ]

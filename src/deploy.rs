@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
-use skiff_sdk::api::ReplicaState;
+use skiff_sdk::api::{EventKind, ReplicaState};
 use skiff_sdk::bundle::{BUNDLE_EXTENSION, Bundle};
 use skiff_sdk::component::Interface;
 use skiff_sdk::manifest::Manifest;
@@ -288,7 +288,7 @@ pub async fn follow_rollout(
     loop {
         for e in client.events(Some(&name), seen, 1000).await? {
             eprintln!("  {:<18} {}", e.kind, e.message);
-            if e.kind == "RolloutFailed" {
+            if e.kind == EventKind::RolloutFailed {
                 rolled_back = Some(e.message.clone());
             }
             seen = e.id;

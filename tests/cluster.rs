@@ -156,7 +156,8 @@ async fn replicas_spread_scale_and_come_back_after_a_node_is_killed() {
     assert!(
         events
             .iter()
-            .any(|e| e.kind == "NodeLost" && e.node.as_deref() == Some(victim.as_str())),
+            .any(|e| e.kind == skiff_sdk::api::EventKind::NodeLost
+                && e.node.as_deref() == Some(victim.as_str())),
         "{events:?}"
     );
 
@@ -212,7 +213,9 @@ async fn replicas_spread_scale_and_come_back_after_a_node_is_killed() {
     );
     let events = cluster.admin.events(Some("big"), 0, 100).await.unwrap();
     assert!(
-        events.iter().any(|e| e.kind == "Unschedulable"),
+        events
+            .iter()
+            .any(|e| e.kind == skiff_sdk::api::EventKind::Unschedulable),
         "{events:?}"
     );
     // Requests for it get a clear 503 from any node.
@@ -482,7 +485,9 @@ async fn a_node_restarts_as_itself_even_from_damaged_state() {
         .await;
     let events = cluster.admin.events(None, 0, 1000).await.unwrap();
     assert!(
-        events.iter().any(|e| e.kind == "NodeReregistered"),
+        events
+            .iter()
+            .any(|e| e.kind == skiff_sdk::api::EventKind::NodeReregistered),
         "{events:?}"
     );
 }

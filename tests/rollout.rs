@@ -155,7 +155,9 @@ async fn a_replica_failing_its_health_check_while_serving_is_replaced() {
     assert_ne!(replacement.id, first.id);
     let events = cluster.admin.events(Some("nap"), 0, 1000).await.unwrap();
     assert!(
-        events.iter().any(|e| e.kind == "ReplicaReplaced"),
+        events
+            .iter()
+            .any(|e| e.kind == skiff_sdk::api::EventKind::ReplicaReplaced),
         "{events:?}"
     );
     // The request that held the slot still finished.
@@ -223,7 +225,9 @@ async fn expect_rollback(
                     }
                 }
                 let events = c.admin.events(Some("hello"), 0, 1000).await.ok()?;
-                events.into_iter().find(|e| e.kind == "RolloutFailed")
+                events
+                    .into_iter()
+                    .find(|e| e.kind == skiff_sdk::api::EventKind::RolloutFailed)
             },
         )
         .await;

@@ -13,7 +13,8 @@ use skiff_controller::store::{
 };
 use skiff_sdk::Digest;
 use skiff_sdk::api::{
-    AppSpec, Heartbeat, NodeCapacity, NodeState, RegisterNode, ReplicaState, ReplicaStatus,
+    AppSpec, EventKind, Heartbeat, NodeCapacity, NodeState, RegisterNode, ReplicaState,
+    ReplicaStatus,
 };
 
 /// Stores `bytes` as an artifact (a spec may name only stored ones).
@@ -162,8 +163,8 @@ async fn apps_revisions_versions_and_rollback() {
             .into_iter()
             .map(|e| e.kind)
             .collect();
-        assert_eq!(kinds.first().map(String::as_str), Some("AppCreated"), "{b}");
-        assert_eq!(kinds.last().map(String::as_str), Some("AppDeleted"), "{b}");
+        assert_eq!(kinds.first(), Some(&EventKind::AppCreated), "{b}");
+        assert_eq!(kinds.last(), Some(&EventKind::AppDeleted), "{b}");
         t.finish().await;
     }
 }
@@ -193,9 +194,10 @@ async fn growth_is_bounded() {
 
         for i in 0..200 {
             let event = NewEvent {
-                kind: "Test".into(),
+                app: None,
+                node: None,
+                kind: EventKind::AppScaled,
                 message: format!("{i}"),
-                ..NewEvent::default()
             };
             s.record_event(event).await.unwrap();
         }

@@ -515,10 +515,89 @@ pub struct Event {
     pub app: Option<String>,
     /// The node concerned, if any.
     pub node: Option<String>,
-    /// Short kind, e.g. `AppApplied`, `NodeRegistered`.
-    pub kind: String,
+    /// What kind of thing happened.
+    pub kind: EventKind,
     /// Explanation.
     pub message: String,
+}
+
+macro_rules! event_kinds {
+    ($($(#[doc = $doc:literal])* $kind:ident,)*) => {
+        /// What kind of thing an [`Event`] records. Serialised as its name
+        /// (`"NodeLost"`); a kind this version does not know (written by a
+        /// newer controller) reads as [`EventKind::Other`].
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+        pub enum EventKind {
+            $($(#[doc = $doc])* $kind,)*
+            /// A kind this version does not know.
+            #[serde(other)]
+            Other,
+        }
+
+        impl EventKind {
+            /// Every known kind.
+            pub const ALL: &'static [EventKind] = &[$(EventKind::$kind,)*];
+
+            /// Its name, as stored and sent.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(EventKind::$kind => stringify!($kind),)*
+                    EventKind::Other => "Other",
+                }
+            }
+
+            /// The kind named `name`; [`EventKind::Other`] for unknown names.
+            pub fn parse(name: &str) -> Self {
+                match name {
+                    $(stringify!($kind) => EventKind::$kind,)*
+                    _ => EventKind::Other,
+                }
+            }
+        }
+    };
+}
+
+event_kinds! {
+    /// An app was created.
+    AppCreated,
+    /// An app's spec or replica count changed.
+    AppUpdated,
+    /// An app's replica count was set.
+    AppScaled,
+    /// An app returned to an earlier revision (by hand or automatically).
+    AppRolledBack,
+    /// An app was deleted.
+    AppDeleted,
+    /// A node joined.
+    NodeRegistered,
+    /// A known node registered again (restarted, or new credential).
+    NodeReregistered,
+    /// A node's cordon or drain flags changed.
+    NodeUpdated,
+    /// A node was deleted.
+    NodeDeleted,
+    /// A node missed its heartbeats for the grace period; its replicas are
+    /// replaced.
+    NodeLost,
+    /// Replicas were placed on nodes.
+    ReplicaScheduled,
+    /// Replicas were removed because fewer are desired.
+    ReplicaRemoved,
+    /// Replicas were replaced by ones of the current revision or on
+    /// another node.
+    ReplicaReplaced,
+    /// Replicas whose app or node no longer exists were removed.
+    ReplicaOrphaned,
+    /// An app's replicas could not all be placed.
+    Unschedulable,
+    /// A rollout failed and is rolled back.
+    RolloutFailed,
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Why a name is not a valid DNS label.
@@ -610,6 +689,21 @@ mod tests {
         assert!(
             serde_json::from_value::<UpdateStrategy>(serde_json::json!({"max_surge": "250%"}))
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn event_kinds_round_trip_by_name_and_unknown_ones_read_as_other() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::parse(kind.as_str()), *kind);
+            let json = serde_json::to_value(kind).unwrap();
+            assert_eq!(json, serde_json::json!(kind.as_str()));
+            assert_eq!(serde_json::from_value::<EventKind>(json).unwrap(), *kind);
+        }
+        assert_eq!(EventKind::parse("FromTheFuture"), EventKind::Other);
+        assert_eq!(
+            serde_json::from_value::<EventKind>(serde_json::json!("FromTheFuture")).unwrap(),
+            EventKind::Other
         );
     }
 }

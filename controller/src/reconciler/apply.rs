@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use rand::Rng as _;
+use skiff_sdk::api::EventKind;
 
 use super::{Action, DesiredApp, Reconciler, RemoveReason, SCHEDULED, Summary};
 use crate::store::{NewEvent, NewReplica, ReplicaChange, StoreError};
@@ -21,7 +22,7 @@ impl Reconciler {
         let mut rollbacks = Vec::new();
         // Events are grouped per (kind, app, node) so that a large pass
         // writes a handful of rows, not one per replica.
-        let mut groups: BTreeMap<(&'static str, String, Option<String>), Vec<String>> =
+        let mut groups: BTreeMap<(EventKind, String, Option<String>), Vec<String>> =
             BTreeMap::new();
         for action in actions {
             match action {
@@ -32,7 +33,7 @@ impl Reconciler {
                 } => {
                     let id = replica_id(&app);
                     groups
-                        .entry(("ReplicaScheduled", app.clone(), None))
+                        .entry((EventKind::ReplicaScheduled, app.clone(), None))
                         .or_default()
                         .push(format!("{id} on {node}"));
                     change.add.push(NewReplica {
@@ -54,8 +55,8 @@ impl Reconciler {
                     reason,
                 } => {
                     let kind = match reason {
-                        RemoveReason::ScaledDown => "ReplicaRemoved",
-                        _ => "ReplicaReplaced",
+                        RemoveReason::ScaledDown => EventKind::ReplicaRemoved,
+                        _ => EventKind::ReplicaReplaced,
                     };
                     groups
                         .entry((kind, app, None))
@@ -70,10 +71,12 @@ impl Reconciler {
                     reason,
                 } => {
                     let (kind, on) = match reason {
-                        RemoveReason::NodeLost => ("NodeLost", Some(node.clone())),
-                        RemoveReason::ScaledDown => ("ReplicaRemoved", None),
-                        RemoveReason::Replaced => ("ReplicaReplaced", None),
-                        RemoveReason::Orphaned | RemoveReason::Drained => ("ReplicaOrphaned", None),
+                        RemoveReason::NodeLost => (EventKind::NodeLost, Some(node.clone())),
+                        RemoveReason::ScaledDown => (EventKind::ReplicaRemoved, None),
+                        RemoveReason::Replaced => (EventKind::ReplicaReplaced, None),
+                        RemoveReason::Orphaned | RemoveReason::Drained => {
+                            (EventKind::ReplicaOrphaned, None)
+                        }
                     };
                     groups
                         .entry((kind, app, on))
@@ -89,13 +92,13 @@ impl Reconciler {
         for ((kind, app, node), items) in groups {
             let what = summarize(&items);
             let message = match kind {
-                "ReplicaScheduled" => format!("placed {what}"),
-                "NodeLost" => format!(
+                EventKind::ReplicaScheduled => format!("placed {what}"),
+                EventKind::NodeLost => format!(
                     "node {} missed its heartbeats for the grace period; replacing {what}",
                     node.as_deref().unwrap_or("?")
                 ),
-                "ReplicaReplaced" => format!("replaced {what}"),
-                "ReplicaOrphaned" => format!("removed orphaned {what}"),
+                EventKind::ReplicaReplaced => format!("replaced {what}"),
+                EventKind::ReplicaOrphaned => format!("removed orphaned {what}"),
                 _ => format!("scaled down: removed {what}"),
             };
             change.events.push(NewEvent {
@@ -116,7 +119,7 @@ impl Reconciler {
                 change.events.push(NewEvent {
                     app: Some(app.clone()),
                     node: None,
-                    kind: "Unschedulable".into(),
+                    kind: EventKind::Unschedulable,
                     message: now.message.clone(),
                 });
             }
@@ -142,7 +145,7 @@ impl Reconciler {
                 .record_event(NewEvent {
                     app: Some(app.clone()),
                     node: None,
-                    kind: "RolloutFailed".into(),
+                    kind: EventKind::RolloutFailed,
                     message: format!("{reason}; rolling back to revision {to}"),
                 })
                 .await?;

@@ -18,7 +18,8 @@ mod sql;
 use async_trait::async_trait;
 use skiff_sdk::Digest;
 use skiff_sdk::api::{
-    App, AppSpec, Assignments, Condition, Event, Heartbeat, Node, RegisterNode, Replica, Revision,
+    App, AppSpec, Assignments, Condition, Event, EventKind, Heartbeat, Node, RegisterNode, Replica,
+    Revision,
 };
 
 pub use sql::{DEFAULT_ARTIFACT_STORE_BYTES, SqlStore, StoreOptions};
@@ -183,14 +184,14 @@ pub struct LogSource {
 }
 
 /// An event to record.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewEvent {
     /// App concerned.
     pub app: Option<String>,
     /// Node concerned.
     pub node: Option<String>,
-    /// Kind, e.g. `AppApplied`.
-    pub kind: String,
+    /// Kind.
+    pub kind: EventKind,
     /// Message.
     pub message: String,
 }

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use skiff_sdk::api::{App, AppSpec, AppStatus, Condition, Node, NodeCapacity, NodeState};
+use skiff_sdk::api::{
+    App, AppSpec, AppStatus, Condition, EventKind, Node, NodeCapacity, NodeState,
+};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
@@ -199,7 +201,7 @@ impl SqlStore {
             .bind(now)
             .bind(event.app)
             .bind(event.node)
-            .bind(event.kind)
+            .bind(event.kind.as_str())
             .bind(event.message)
             .fetch_one(&mut **tx)
             .await?;
@@ -450,11 +452,11 @@ mod artifacts;
 mod store_impl;
 
 /// An event about app `name`.
-fn app_event(name: &str, kind: &str, message: impl Into<String>) -> NewEvent {
+fn app_event(name: &str, kind: EventKind, message: impl Into<String>) -> NewEvent {
     NewEvent {
         app: Some(name.into()),
         node: None,
-        kind: kind.into(),
+        kind,
         message: message.into(),
     }
 }

@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use skiff_sdk::Digest;
 use skiff_sdk::api::{
-    App, AppSpec, Assignment, Assignments, Condition, Event, Heartbeat, Node, RegisterNode,
-    Replica, Revision,
+    App, AppSpec, Assignment, Assignments, Condition, Event, EventKind, Heartbeat, Node,
+    RegisterNode, Replica, Revision,
 };
 use sqlx::Row;
 
@@ -134,7 +134,11 @@ impl Store for SqlStore {
                 (false, true, format!("revision {number} applied"))
             }
         };
-        let kind = if created { "AppCreated" } else { "AppUpdated" };
+        let kind = if created {
+            EventKind::AppCreated
+        } else {
+            EventKind::AppUpdated
+        };
         self.event_in(
             &mut tx,
             NewEvent {
@@ -203,8 +207,11 @@ impl Store for SqlStore {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        self.event_in(&mut tx, app_event(name, "AppDeleted", "app deleted"))
-            .await?;
+        self.event_in(
+            &mut tx,
+            app_event(name, EventKind::AppDeleted, "app deleted"),
+        )
+        .await?;
         tx.commit().await?;
         self.wrote();
         Ok(())
@@ -260,7 +267,7 @@ impl Store for SqlStore {
         self.insert_revision(&mut tx, name, number, &spec, now)
             .await?;
         let message = format!("rolled back to the spec of revision {target} as revision {number}");
-        self.event_in(&mut tx, app_event(name, "AppRolledBack", message))
+        self.event_in(&mut tx, app_event(name, EventKind::AppRolledBack, message))
             .await?;
         self.commit_app(tx, name).await
     }
@@ -283,7 +290,7 @@ impl Store for SqlStore {
                 "scaled from {} to {replicas} replicas",
                 current.spec.replicas
             );
-            self.event_in(&mut tx, app_event(name, "AppScaled", message))
+            self.event_in(&mut tx, app_event(name, EventKind::AppScaled, message))
                 .await?;
         }
         self.commit_app(tx, name).await
@@ -364,12 +371,12 @@ impl Store for SqlStore {
         .await?;
         let (kind, message) = if existed {
             (
-                "NodeReregistered",
+                EventKind::NodeReregistered,
                 format!("node re-registered with ingress {}", node.ingress),
             )
         } else {
             (
-                "NodeRegistered",
+                EventKind::NodeRegistered,
                 format!("node registered with ingress {}", node.ingress),
             )
         };
@@ -439,7 +446,7 @@ impl Store for SqlStore {
             let event = NewEvent {
                 app: None,
                 node: Some(name.into()),
-                kind: "NodeUpdated".into(),
+                kind: EventKind::NodeUpdated,
                 message,
             };
             self.event_in(&mut tx, event).await?;
@@ -475,7 +482,7 @@ impl Store for SqlStore {
         let event = NewEvent {
             app: None,
             node: Some(name.into()),
-            kind: "NodeDeleted".into(),
+            kind: EventKind::NodeDeleted,
             message: "node deleted".into(),
         };
         self.event_in(&mut tx, event).await?;
@@ -699,7 +706,7 @@ impl Store for SqlStore {
                     time: r.try_get("time")?,
                     app: r.try_get("app")?,
                     node: r.try_get("node")?,
-                    kind: r.try_get("kind")?,
+                    kind: EventKind::parse(&r.try_get::<String, _>("kind")?),
                     message: r.try_get("message")?,
                 })
             })
