@@ -41,10 +41,14 @@ pub struct ControllerArgs {
     /// A node without a heartbeat for this long is NotReady, e.g. `3s`.
     #[arg(long, env = "SKIFF_NODE_GRACE", default_value_t = Dur(skiff_controller::DEFAULT_NODE_GRACE))]
     pub(crate) node_grace: Dur,
-    /// How often the reconciler re-checks everything even without a change
-    /// (how soon a lost node is noticed after its grace period).
+    /// How often apps still moving (rolling out, draining) are planned again
+    /// without a change.
     #[arg(long, env = "SKIFF_RESYNC", default_value_t = Dur(reconciler::DEFAULT_RESYNC))]
     pub(crate) resync: Dur,
+    /// How often the controller re-reads everything and plans every app, a
+    /// safety net under change-driven reconciling.
+    #[arg(long, env = "SKIFF_FULL_RESYNC", default_value_t = Dur(reconciler::DEFAULT_FULL_RESYNC))]
+    pub(crate) full_resync: Dur,
     /// Leader lease duration; a dead leader is replaced within it.
     #[arg(long, env = "SKIFF_LEASE_TTL", default_value_t = Dur(lease::DEFAULT_LEASE_TTL))]
     pub(crate) lease_ttl: Dur,
@@ -72,6 +76,7 @@ pub async fn start(
         artifact_retention: args.artifact_retention.0,
         node_grace: args.node_grace.0,
         resync: args.resync.0,
+        full_resync: args.full_resync.0,
         lease_ttl: args.lease_ttl.0,
         domain: args.domain.clone(),
         limits: args.limits.limits(),

@@ -151,7 +151,14 @@ async fn committed(t: &common::TestStore) {
             .await
             .unwrap();
     }
-    let reconciler = Reconciler::new(store.clone(), ReconcilerOptions::default());
+    let leases = skiff_controller::informer::Leases::new(skiff_controller::DEFAULT_NODE_GRACE);
+    let informer = skiff_controller::informer::Informer::new(store.clone(), leases);
+    informer.rebuild_now().await.unwrap();
+    let mut reconciler = Reconciler::new(
+        store.clone(),
+        informer.clone(),
+        ReconcilerOptions::default(),
+    );
     let start = Instant::now();
     let summary = reconciler.reconcile(false).await.unwrap();
     let elapsed = start.elapsed();
@@ -162,7 +169,8 @@ async fn committed(t: &common::TestStore) {
         elapsed,
         2_000.0,
     );
-    // A second pass has nothing to do: how long a no-op resync costs.
+    // A second pass has nothing to do: how long a no-op full pass costs.
+    informer.rebuild_now().await.unwrap();
     let start = Instant::now();
     let again = reconciler.reconcile(false).await.unwrap();
     assert_eq!(again.placed + again.removed, 0);

@@ -82,9 +82,49 @@ impl TokenHashes {
     }
 }
 
+/// Node credentials already looked up: credential hash to node name and the
+/// node row's version then. An entry holds only while the informer's
+/// picture shows the node at that version, so a re-registration (a new
+/// credential, here or on another controller) or a deletion ends it.
+#[derive(Debug, Default)]
+pub struct CredentialCache {
+    known: std::sync::Mutex<std::collections::HashMap<String, (String, u64)>>,
+}
+
+/// Entries kept at most; a full cache is cleared (and refilled on use).
+const MAX_CACHED_CREDENTIALS: usize = 100_000;
+
+impl CredentialCache {
+    /// Forgets every credential of `node` (it registered again here).
+    pub fn forget_node(&self, node: &str) {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (n, _)| n != node);
+    }
+
+    fn get(&self, hash: &str, informer: &crate::informer::Informer) -> Option<String> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let (node, version) = known.get(hash)?;
+        let picture = informer.read();
+        (picture.nodes.get(node)?.version == *version).then(|| node.clone())
+    }
+
+    fn put(&self, hash: String, node: String, informer: &crate::informer::Informer) {
+        let Some(version) = informer.read().nodes.get(&node).map(|n| n.version) else {
+            return;
+        };
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= MAX_CACHED_CREDENTIALS {
+            known.clear();
+        }
+        known.insert(hash, (node, version));
+    }
+}
+
 /// Identifies the caller from its bearer token.
 pub async fn authenticate(
-    store: &dyn Store,
+    state: &crate::api::AppState,
     tokens: &TokenHashes,
     headers: &HeaderMap,
 ) -> Result<Principal, ApiError> {
@@ -96,13 +136,20 @@ pub async fn authenticate(
     if matches(tokens.join.as_deref(), &hash) {
         return Ok(Principal::Joiner);
     }
+    if let Some(node) = state.credentials.get(&hash, &state.informer) {
+        return Ok(Principal::Node(node));
+    }
     // Looked up by hash: the lookup time reveals nothing about the secret.
-    match store
+    match state
+        .store
         .node_for_credential(&hash)
         .await
         .map_err(ApiError::store("reading node credentials"))?
     {
-        Some(node) => Ok(Principal::Node(node)),
+        Some(node) => {
+            state.credentials.put(hash, node.clone(), &state.informer);
+            Ok(Principal::Node(node))
+        }
         None => Err(ApiError::Unauthorized("unknown token".into())),
     }
 }

@@ -17,6 +17,7 @@
 //! - [`error`]: the API error type, the only place that picks statuses.
 //! - [`lease`]: leader election over a lease row.
 //! - [`collector`]: removes artifacts no kept revision names any more.
+//! - [`informer`]: the in-memory picture of apps, nodes and replicas, and node leases.
 //! - [`reconciler`]: drives observed state towards desired state.
 //! - [`scheduler`]: the pure placement of replicas onto nodes.
 
@@ -24,6 +25,7 @@ pub mod api;
 pub mod auth;
 pub mod collector;
 pub mod error;
+pub mod informer;
 pub mod lease;
 pub mod reconciler;
 pub mod role;

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{ApiConfig, AppState};
 use crate::auth::TokenFiles;
+use crate::informer::{Informer, Leases};
 use crate::reconciler::{Reconciler, ReconcilerOptions};
 use crate::store::{SqlStore, Store, StoreOptions};
 use crate::{ControllerError, DEFAULT_NODE_GRACE};
@@ -37,8 +38,11 @@ pub struct ControllerConfig {
     /// A node without a heartbeat for this long is NotReady (and, that long
     /// after this controller became leader, lost).
     pub node_grace: Duration,
-    /// How often the reconciler re-checks everything without a change.
+    /// How often apps still moving are planned again without a change.
     pub resync: Duration,
+    /// How often the whole picture is re-read and every app planned: the
+    /// safety net under change-driven reconciling.
+    pub full_resync: Duration,
     /// Leader lease duration.
     pub lease_ttl: Duration,
     /// The domain apps are reached under on the nodes.
@@ -56,6 +60,7 @@ impl std::fmt::Debug for ControllerConfig {
             .field("id", &self.id)
             .field("node_grace", &self.node_grace)
             .field("resync", &self.resync)
+            .field("full_resync", &self.full_resync)
             .field("lease_ttl", &self.lease_ttl)
             .finish_non_exhaustive()
     }
@@ -74,6 +79,7 @@ impl ControllerConfig {
             artifact_retention: crate::collector::DEFAULT_ARTIFACT_RETENTION,
             node_grace: DEFAULT_NODE_GRACE,
             resync: crate::reconciler::DEFAULT_RESYNC,
+            full_resync: crate::reconciler::DEFAULT_FULL_RESYNC,
             lease_ttl: crate::lease::DEFAULT_LEASE_TTL,
             domain: crate::api::DEFAULT_DOMAIN.to_owned(),
             limits: Limits::default(),
@@ -153,9 +159,14 @@ impl Controller {
             node_grace: config.node_grace,
             domain: config.domain.clone(),
         };
-        let state = AppState::new(store.clone(), api, leader_rx.clone());
+        let leases = Leases::new(config.node_grace);
+        let informer = Informer::new(store.clone(), leases.clone());
+        tasks.spawn(informer.clone().run(config.full_resync, shutdown.clone()));
+        tasks.spawn(leases.run(store.clone(), config.id.clone(), shutdown.clone()));
+        let state = AppState::new(store.clone(), informer.clone(), api, leader_rx.clone());
         let reconciler = Reconciler::new(
             store.clone(),
+            informer,
             ReconcilerOptions {
                 node_grace: config.node_grace,
                 resync: config.resync,

@@ -223,6 +223,11 @@ impl<'a> Call<'a> {
     }
 }
 
+/// The response header that carries a paged list's next-page token.
+pub const CONTINUE_HEADER: &str = "skiff-continue";
+/// Items asked per page when reading a whole list.
+const LIST_PAGE: u32 = 1_000;
+
 struct Reply {
     status: StatusCode,
     headers: HeaderMap,
@@ -527,10 +532,58 @@ impl Client {
         .await
     }
 
-    /// All apps.
+    /// All apps, read a page at a time.
     pub async fn apps(&self) -> Result<Vec<App>, ClientError> {
-        self.json("listing apps", Method::GET, "/v1/apps", None::<&()>)
-            .await
+        self.all_pages("listing apps", "/v1/apps").await
+    }
+
+    /// One page of apps: up to `limit` after the page `token` ends (the
+    /// first page without one), and the next page's token if more follow.
+    pub async fn apps_page(
+        &self,
+        limit: u32,
+        token: Option<&str>,
+    ) -> Result<(Vec<App>, Option<String>), ClientError> {
+        self.page("listing apps", "/v1/apps", limit, token).await
+    }
+
+    /// One page of a paged list.
+    async fn page<T: DeserializeOwned>(
+        &self,
+        call: &'static str,
+        path: &str,
+        limit: u32,
+        token: Option<&str>,
+    ) -> Result<(Vec<T>, Option<String>), ClientError> {
+        let mut path = format!("{path}?limit={limit}");
+        if let Some(token) = token {
+            path.push_str(&format!("&continue={token}"));
+        }
+        let reply = self.send(Call::new(call, Method::GET, &path)).await?;
+        let next = reply
+            .headers
+            .get(CONTINUE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok((decode(call, &reply)?, next))
+    }
+
+    /// Every page of a paged list.
+    async fn all_pages<T: DeserializeOwned>(
+        &self,
+        call: &'static str,
+        path: &str,
+    ) -> Result<Vec<T>, ClientError> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let (items, next) = self.page(call, path, LIST_PAGE, token.as_deref()).await?;
+            all.extend(items);
+            match next {
+                Some(next) => token = Some(next),
+                None => return Ok(all),
+            }
+        }
     }
 
     /// An app's replicas.
@@ -664,10 +717,18 @@ impl Client {
             .map(drop)
     }
 
-    /// All nodes.
+    /// All nodes, read a page at a time.
     pub async fn nodes(&self) -> Result<Vec<Node>, ClientError> {
-        self.json("listing nodes", Method::GET, "/v1/nodes", None::<&()>)
-            .await
+        self.all_pages("listing nodes", "/v1/nodes").await
+    }
+
+    /// One page of nodes (see [`Client::apps_page`]).
+    pub async fn nodes_page(
+        &self,
+        limit: u32,
+        token: Option<&str>,
+    ) -> Result<(Vec<Node>, Option<String>), ClientError> {
+        self.page("listing nodes", "/v1/nodes", limit, token).await
     }
 
     /// Events after `since` (of one app, or all), oldest first.

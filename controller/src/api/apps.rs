@@ -207,20 +207,28 @@ pub async fn apply(
     Ok((status, etag(applied.app.version), Json(applied.app)))
 }
 
-/// All apps.
-#[utoipa::path(get, path = "/v1/apps", responses((status = 200, body = Vec<App>)))]
+/// Apps by name, a page at a time (`limit`, `continue`; the next page's
+/// token is in the `Skiff-Continue` header).
+#[utoipa::path(get, path = "/v1/apps", params(super::paging::PageQuery),
+    responses((status = 200, body = Vec<App>), (status = 400, body = ErrorBody, description = "A bad `continue` token (field `continue`)")))]
 pub async fn list(
     State(state): State<AppState>,
     Auth(who): Auth,
-) -> Result<Json<Vec<App>>, ApiError> {
+    QueryParams(page): QueryParams<super::paging::PageQuery>,
+) -> Result<impl IntoResponse, ApiError> {
     who.require_admin()?;
-    Ok(Json(
-        state
-            .store
-            .apps()
-            .await
-            .map_err(ApiError::store("listing apps"))?,
-    ))
+    let after = page.after("apps")?;
+    let found = state
+        .store
+        .apps_page(after.as_deref(), page.limit())
+        .await
+        .map_err(ApiError::store("listing apps"))?;
+    let last = found
+        .more
+        .then(|| found.items.last().map(|a| a.name.clone()))
+        .flatten();
+    let headers = super::paging::next_page("apps", "/v1/apps", page.limit(), last.as_deref());
+    Ok((headers, Json(found.items)))
 }
 
 async fn load(state: &AppState, name: &str) -> Result<App, ApiError> {

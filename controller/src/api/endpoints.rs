@@ -9,9 +9,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
-use skiff_sdk::api::{Endpoint, Endpoints, ErrorBody, NodeState, ReplicaState};
+use skiff_sdk::api::{Endpoint, Endpoints, ErrorBody, ReplicaState};
 
-use super::{AppState, Auth, QueryParams, WATCH_RECHECK};
+use super::{AppState, Auth, QueryParams};
 use crate::error::ApiError;
 
 /// Query of the endpoints watch.
@@ -42,7 +42,7 @@ pub async fn watch(
     let ((tag, body), changed) = super::long_poll(
         &state,
         query.timeout_ms,
-        || cached(&state),
+        |version| cached(&state, version),
         |(tag, _): &(String, Bytes)| seen.as_deref() != Some(tag.as_str()),
     )
     .await?;
@@ -53,26 +53,23 @@ pub async fn watch(
     Ok((etag, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// The endpoints (tag and JSON body), computed at most once per local
-/// write and per [`WATCH_RECHECK`] (which bounds how stale writes by other
-/// controllers can be) however many nodes are watching.
-async fn cached(state: &AppState) -> Result<(String, Bytes), ApiError> {
-    let generation = *state.changes.borrow();
+/// The endpoints (tag and JSON body), computed at most once per version
+/// of the informer's picture however many nodes are watching.
+async fn cached(state: &AppState, version: u64) -> Result<(String, Bytes), ApiError> {
     if let Some(hit) = state
         .endpoints
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .as_ref()
-        .filter(|c| c.generation == generation && c.at.elapsed() < WATCH_RECHECK)
+        .filter(|c| c.version == version)
     {
         return Ok((hit.tag.clone(), hit.body.clone()));
     }
-    let endpoints = current(state).await?;
+    let endpoints = current(state);
     let body = Bytes::from(serde_json::to_vec(&endpoints).unwrap_or_default());
     let tag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..12]));
     *state.endpoints.lock().unwrap_or_else(|e| e.into_inner()) = Some(CachedEndpoints {
-        generation,
-        at: std::time::Instant::now(),
+        version,
         tag: tag.clone(),
         body: body.clone(),
     });
@@ -82,8 +79,7 @@ async fn cached(state: &AppState) -> Result<(String, Bytes), ApiError> {
 /// The last endpoints answer, shared by every watcher.
 #[derive(Debug)]
 pub struct CachedEndpoints {
-    generation: u64,
-    at: std::time::Instant,
+    version: u64,
     tag: String,
     body: Bytes,
 }
@@ -91,28 +87,22 @@ pub struct CachedEndpoints {
 /// Ready replicas on live nodes, grouped by app. Just after this controller
 /// starts it has not heard from any node yet, so for one grace period it
 /// trusts the last recorded replica states rather than publish nothing.
-async fn current(state: &AppState) -> Result<Endpoints, ApiError> {
-    let nodes = state
-        .store
-        .nodes()
-        .await
-        .map_err(ApiError::store("listing nodes"))?;
-    let replicas = state
-        .store
-        .replicas(None)
-        .await
-        .map_err(ApiError::store("listing replicas"))?;
-    let warming_up = state.started.elapsed() < state.config.node_grace;
-    let live: BTreeMap<&str, &str> = nodes
-        .iter()
-        .filter(|n| n.state == NodeState::Ready || warming_up)
+fn current(state: &AppState) -> Endpoints {
+    let picture = state.informer.read();
+    let leases = state.informer.leases();
+    let warming_up = leases.warming_up();
+    let live: BTreeMap<&str, &str> = picture
+        .nodes
+        .values()
+        .filter(|n| warming_up || leases.is_ready(&n.name))
         .map(|n| (n.name.as_str(), n.ingress.as_str()))
         .collect();
     let mut counts: BTreeMap<(&str, &str), u32> = BTreeMap::new();
     // A retiring replica leaves the endpoints first, so no node sends it
     // new requests by the time it is removed.
-    for r in replicas
-        .iter()
+    for r in picture
+        .replicas
+        .values()
         .filter(|r| r.state == ReplicaState::Ready && r.retiring_since.is_none())
     {
         if live.contains_key(r.node.as_str()) {
@@ -123,12 +113,7 @@ async fn current(state: &AppState) -> Result<Endpoints, ApiError> {
     // Every app is listed, those without a Ready replica with none, so a
     // node tells an app that is starting (503) from no app at all (404).
     let mut apps: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
-    for app in state
-        .store
-        .apps()
-        .await
-        .map_err(ApiError::store("listing apps"))?
-    {
+    for app in picture.apps.values() {
         for host in &app.spec.hosts {
             // First come, first served: the API refuses a host that another
             // app already claims, so clashes only come from older data.
@@ -136,7 +121,7 @@ async fn current(state: &AppState) -> Result<Endpoints, ApiError> {
                 .entry(skiff_sdk::api::normalize_host(host).into_owned())
                 .or_insert_with(|| app.name.clone());
         }
-        apps.insert(app.name, Vec::new());
+        apps.insert(app.name.clone(), Vec::new());
     }
     for ((app, node), replicas) in counts {
         apps.entry(app.to_owned()).or_default().push(Endpoint {
@@ -145,5 +130,5 @@ async fn current(state: &AppState) -> Result<Endpoints, ApiError> {
             replicas,
         });
     }
-    Ok(Endpoints { apps, hosts })
+    Endpoints { apps, hosts }
 }

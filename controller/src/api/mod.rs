@@ -8,6 +8,7 @@ pub use apps::check_spec;
 mod endpoints;
 mod logs;
 mod nodes;
+pub mod paging;
 mod system;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use utoipa::OpenApi;
 
 use crate::auth::{Principal, TokenHashes, authenticate};
 use crate::error::ApiError;
+use crate::informer::Informer;
 use crate::store::Store;
 
 /// Default largest artifact accepted: 64 MiB, far above any real component
@@ -39,9 +41,6 @@ pub const MAX_JSON_BYTES: usize = 1 << 20;
 pub const MAX_WATCH: Duration = Duration::from_secs(60);
 /// Default assignments long-poll wait.
 pub const DEFAULT_WATCH: Duration = Duration::from_secs(30);
-/// How often a waiting long-poll re-reads the store, to see changes made by
-/// other controllers sharing the database.
-pub const WATCH_RECHECK: Duration = Duration::from_millis(500);
 
 /// API settings.
 #[derive(Clone, Debug)]
@@ -82,8 +81,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Settings.
     pub config: Arc<ApiConfig>,
-    /// The store's writes ([`Store::changes`]), to wake long-polls.
-    pub changes: tokio::sync::watch::Receiver<u64>,
+    /// The in-memory picture watches are answered from, and node leases.
+    pub informer: Arc<Informer>,
     /// Response counters.
     pub http: Arc<HttpStats>,
     /// Whether this controller holds the leader lease.
@@ -96,17 +95,21 @@ pub struct AppState {
     tokens: Arc<tokio::sync::OnceCell<TokenHashes>>,
     /// The nodes' API keys, as they presented them (never stored).
     pub node_keys: Arc<node_proxy::NodeKeys>,
+    /// Node credentials already looked up.
+    pub(crate) credentials: Arc<crate::auth::CredentialCache>,
 }
 
 impl AppState {
     /// State over `store`.
     pub fn new(
         store: Arc<dyn Store>,
+        informer: Arc<Informer>,
         config: ApiConfig,
         leader: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         Self {
-            changes: store.changes(),
+            informer,
+            credentials: Arc::default(),
             store,
             config: Arc::new(config),
             http: Arc::default(),
@@ -119,15 +122,17 @@ impl AppState {
     }
 }
 
-/// A long-poll: reads with `read` now, then again after every local write
-/// and every [`WATCH_RECHECK`] (writes by other controllers), until `done`
-/// says the value is worth answering or `timeout_ms` (default
-/// [`DEFAULT_WATCH`], at most [`MAX_WATCH`]) has passed. Returns the last
-/// value read and whether `done` accepted it.
+/// A long-poll: reads with `read` now, then again after every change to
+/// the informer's picture (which follows every controller's writes and the
+/// nodes' leases), until `done` says the value is worth answering or
+/// `timeout_ms` (default [`DEFAULT_WATCH`], at most [`MAX_WATCH`]) has
+/// passed. Returns the last value read and whether `done` accepted it.
+/// `read` is given the picture version it reads at, so it can skip work
+/// when nothing it depends on was touched.
 pub(crate) async fn long_poll<T, Fut>(
     state: &AppState,
     timeout_ms: Option<u64>,
-    mut read: impl FnMut() -> Fut,
+    mut read: impl FnMut(u64) -> Fut,
     done: impl Fn(&T) -> bool,
 ) -> Result<(T, bool), ApiError>
 where
@@ -138,19 +143,19 @@ where
         .unwrap_or(DEFAULT_WATCH)
         .min(MAX_WATCH);
     let deadline = tokio::time::Instant::now() + wait;
-    let mut changes = state.changes.clone();
+    let mut changes = state.informer.version();
     loop {
-        let current = read().await?;
+        let version = *changes.borrow_and_update();
+        let current = read(version).await?;
         if done(&current) {
             return Ok((current, true));
         }
         if tokio::time::Instant::now() >= deadline {
             return Ok((current, false));
         }
-        let recheck = tokio::time::Instant::now() + WATCH_RECHECK;
         tokio::select! {
             _ = changes.changed() => {}
-            () = tokio::time::sleep_until(recheck.min(deadline)) => {}
+            () = tokio::time::sleep_until(deadline) => {}
         }
     }
 }
@@ -166,9 +171,7 @@ impl FromRequestParts<AppState> for Auth {
             .tokens
             .get_or_try_init(|| TokenHashes::load(state.store.as_ref()))
             .await?;
-        authenticate(state.store.as_ref(), tokens, &parts.headers)
-            .await
-            .map(Auth)
+        authenticate(state, tokens, &parts.headers).await.map(Auth)
     }
 }
 

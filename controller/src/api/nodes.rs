@@ -1,12 +1,15 @@
 //! `/v1/nodes`: registration, heartbeats, flags, and assignment watches.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use skiff_sdk::api::{
-    Assignments, ErrorBody, Heartbeat, Node, NodeRegistration, RegisterNode, validate_name,
+    Assignments, ErrorBody, Heartbeat, Node, NodeRegistration, RegisterNode, ReplicaStatus,
+    validate_name,
 };
 
 use super::{AppState, Auth, JsonBody, QueryParams, etag, if_match};
@@ -58,7 +61,13 @@ pub async fn register(
     // A name is taken over only by the node holding it (its current
     // credential) or once that node has been silent beyond the grace.
     let claim = req.credential.as_deref().map(hash_secret);
-    let silent_for_ms = i64::try_from(state.config.node_grace.as_millis()).unwrap_or(i64::MAX);
+    // A node heard from here within the grace is alive whatever the
+    // (batched) stored lease says.
+    let silent_for_ms = if state.informer.leases().is_ready(&req.name) {
+        i64::MAX
+    } else {
+        i64::try_from(state.config.node_grace.as_millis()).unwrap_or(i64::MAX)
+    };
     let (node, created) = state
         .store
         .register_node(
@@ -72,6 +81,9 @@ pub async fn register(
     if let Some(key) = &req.logs_key {
         state.node_keys.learn(&req.name, key);
     }
+    state.informer.leases().renew(&req.name);
+    // The old credential stops working now, not when the picture catches up.
+    state.credentials.forget_node(&req.name);
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -94,30 +106,65 @@ pub async fn heartbeat(
     if let Some(key) = &hb.logs_key {
         state.node_keys.learn(&name, key);
     }
-    // A changed replica state is announced by the store itself (it feeds the
-    // reconciler and the endpoints long-poll); a lease renewal is not.
-    state
-        .store
-        .heartbeat(&name, &hb)
-        .await
-        .map_err(ApiError::store("recording a heartbeat"))?;
+    if !state.informer.read().nodes.contains_key(&name)
+        && state
+            .store
+            .node(&name)
+            .await
+            .map_err(ApiError::store("reading a node"))?
+            .is_none()
+    {
+        return Err(ApiError::NotFound(format!("node {name:?} not found")));
+    }
+    // The lease is renewed in memory (persisted in batches); only replica
+    // states that differ from the picture are written.
+    state.informer.leases().renew(&name);
+    let changed: Vec<ReplicaStatus> = {
+        let picture = state.informer.read();
+        hb.replicas
+            .into_iter()
+            .filter(|r| {
+                picture.replicas.get(&r.id).is_none_or(|known| {
+                    known.node != name || known.state != r.state || known.reason != r.reason
+                })
+            })
+            .collect()
+    };
+    if !changed.is_empty() {
+        state
+            .store
+            .report_replicas(&name, &changed)
+            .await
+            .map_err(ApiError::store("recording a heartbeat"))?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// All nodes.
-#[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = Vec<Node>)))]
+/// Nodes by name, a page at a time (`limit`, `continue`; the next page's
+/// token is in the `Skiff-Continue` header), with their live leases.
+#[utoipa::path(get, path = "/v1/nodes", params(super::paging::PageQuery),
+    responses((status = 200, body = Vec<Node>), (status = 400, body = ErrorBody, description = "A bad `continue` token (field `continue`)")))]
 pub async fn list(
     State(state): State<AppState>,
     Auth(who): Auth,
-) -> Result<Json<Vec<Node>>, ApiError> {
+    QueryParams(page): QueryParams<super::paging::PageQuery>,
+) -> Result<impl IntoResponse, ApiError> {
     who.require_admin()?;
-    Ok(Json(
-        state
-            .store
-            .nodes()
-            .await
-            .map_err(ApiError::store("listing nodes"))?,
-    ))
+    let after = page.after("nodes")?;
+    let mut found = state
+        .store
+        .nodes_page(after.as_deref(), page.limit())
+        .await
+        .map_err(ApiError::store("listing nodes"))?;
+    for node in &mut found.items {
+        state.informer.leases().overlay(node);
+    }
+    let last = found
+        .more
+        .then(|| found.items.last().map(|n| n.name.clone()))
+        .flatten();
+    let headers = super::paging::next_page("nodes", "/v1/nodes", page.limit(), last.as_deref());
+    Ok((headers, Json(found.items)))
 }
 
 /// One node (the admin, or the node itself).
@@ -129,12 +176,13 @@ pub async fn show(
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require_node(&name)?;
-    let node = state
+    let mut node = state
         .store
         .node(&name)
         .await
         .map_err(ApiError::store("reading a node"))?
         .ok_or_else(|| ApiError::NotFound(format!("node {name:?} not found")))?;
+    state.informer.leases().overlay(&mut node);
     Ok((etag(node.version), Json(node)))
 }
 
@@ -205,6 +253,7 @@ pub async fn delete(
         .delete_node(&name, expected)
         .await
         .map_err(ApiError::store("deleting a node"))?;
+    state.credentials.forget_node(&name);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -228,20 +277,37 @@ pub async fn assignments(
     QueryParams(query): QueryParams<WatchQuery>,
 ) -> Result<Json<Assignments>, ApiError> {
     who.require_the_node(&name)?;
+    // The store is read again only when the picture says this node's
+    // replicas (or its row) changed since the last read.
+    let last: std::sync::Mutex<Option<(u64, Arc<Assignments>)>> = std::sync::Mutex::new(None);
     let (current, _) = super::long_poll(
         &state,
         query.timeout_ms,
-        || async {
-            state
-                .store
-                .assignments(&name)
-                .await
-                .map_err(ApiError::store("reading assignments"))
+        |version| {
+            let (state, name, last) = (&state, &name, &last);
+            async move {
+                let touched = state.informer.read().node_touched.get(name).copied();
+                if let Some((read_at, held)) =
+                    last.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+                    && touched.is_some_and(|t| t <= *read_at)
+                {
+                    return Ok(held.clone());
+                }
+                let fresh = Arc::new(
+                    state
+                        .store
+                        .assignments(name)
+                        .await
+                        .map_err(ApiError::store("reading assignments"))?,
+                );
+                *last.lock().unwrap_or_else(|e| e.into_inner()) = Some((version, fresh.clone()));
+                Ok(fresh)
+            }
         },
-        |current: &Assignments| query.after.is_none_or(|after| current.version > after),
+        |current: &Arc<Assignments>| query.after.is_none_or(|after| current.version > after),
     )
     .await?;
-    Ok(Json(current))
+    Ok(Json(Arc::unwrap_or_clone(current)))
 }
 
 /// Largest metrics answer read from a node.

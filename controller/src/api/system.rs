@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Deserialize;
-use skiff_sdk::api::{ErrorBody, Event, NodeState};
+use skiff_sdk::api::{ErrorBody, Event};
 use utoipa::OpenApi;
 
 use super::{ApiDoc, AppState, Auth, QueryParams};
@@ -36,33 +36,37 @@ pub async fn not_found() -> ApiError {
 
 /// Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let apps = state
-        .store
-        .apps()
-        .await
-        .map_err(ApiError::store("counting apps"))?;
-    let nodes = state
-        .store
-        .nodes()
-        .await
-        .map_err(ApiError::store("counting nodes"))?;
-    let ready_nodes = nodes.iter().filter(|n| n.state == NodeState::Ready).count();
-    let desired: u64 = apps
-        .iter()
-        .map(|a| u64::from(a.status.desired_replicas))
-        .sum();
-    let ready: u64 = apps
-        .iter()
-        .map(|a| u64::from(a.status.ready_replicas))
-        .sum();
+    // From the informer's picture: a scrape costs no database reads.
+    let (apps, nodes, ready_nodes, desired, ready) = {
+        let picture = state.informer.read();
+        let leases = state.informer.leases();
+        let ready_nodes = picture.nodes.keys().filter(|n| leases.is_ready(n)).count();
+        let desired: u64 = picture
+            .apps
+            .values()
+            .map(|a| u64::from(a.status.desired_replicas))
+            .sum();
+        let ready: u64 = picture
+            .apps
+            .values()
+            .map(|a| u64::from(a.status.ready_replicas))
+            .sum();
+        (
+            picture.apps.len(),
+            picture.nodes.len(),
+            ready_nodes,
+            desired,
+            ready,
+        )
+    };
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: u64| {
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
         ));
     };
-    gauge("skiff_apps", "Apps stored.", apps.len() as u64);
-    gauge("skiff_nodes", "Nodes registered.", nodes.len() as u64);
+    gauge("skiff_apps", "Apps stored.", apps as u64);
+    gauge("skiff_nodes", "Nodes registered.", nodes as u64);
     gauge(
         "skiff_nodes_ready",
         "Nodes heartbeating within the grace period.",
@@ -104,24 +108,52 @@ pub struct EventQuery {
     since: Option<u64>,
     /// At most this many (default and maximum 1,000).
     limit: Option<u32>,
+    /// The token from the previous page's `Skiff-Continue` header (instead
+    /// of `since`).
+    #[serde(rename = "continue")]
+    continue_: Option<String>,
 }
 
 /// Recent events, oldest first.
 #[utoipa::path(get, path = "/v1/events", params(EventQuery),
-    responses((status = 200, body = Vec<Event>), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = Vec<Event>), (status = 400, body = ErrorBody, description = "A bad `continue` token (field `continue`)"),
+        (status = 401, body = ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
     Auth(who): Auth,
     QueryParams(q): QueryParams<EventQuery>,
-) -> Result<Json<Vec<Event>>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     who.require_admin()?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 1000);
-    let events = state
+    let page = super::paging::PageQuery {
+        limit: Some(limit),
+        continue_: q.continue_,
+    };
+    let since = match page.after("events")? {
+        Some(after) => after.parse::<u64>().map_err(|_| ApiError::BadRequest {
+            code: "invalid_continue",
+            message: "not a continue token of this events list".into(),
+            field: Some("continue".into()),
+        })?,
+        None => q.since.unwrap_or(0),
+    };
+    // One more than asked says whether another page follows.
+    let mut events = state
         .store
-        .events(q.app.as_deref(), q.since.unwrap_or(0), limit)
+        .events(q.app.as_deref(), since, limit + 1)
         .await
         .map_err(ApiError::store("reading events"))?;
-    Ok(Json(events))
+    let more = events.len() > limit as usize;
+    events.truncate(limit as usize);
+    let last = more
+        .then(|| events.last().map(|e| e.id.to_string()))
+        .flatten();
+    let path = match &q.app {
+        Some(app) => format!("/v1/events?app={app}"),
+        None => "/v1/events".to_owned(),
+    };
+    let headers = super::paging::next_page("events", &path, limit, last.as_deref());
+    Ok((headers, Json(events)))
 }
 
 /// The OpenAPI document (any valid token).

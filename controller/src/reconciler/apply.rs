@@ -126,6 +126,7 @@ impl Reconciler {
         }
 
         let summary = Summary {
+            planned: 0,
             placed: change.add.len(),
             removed: change.remove.len() + change.retire.len(),
             conditions: conditions.len() + good.len() + rollbacks.len(),

@@ -29,7 +29,7 @@
 //! - a Failed replica is kept and reported (a component that failed to load
 //!   will fail the same way again; a new revision replaces it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,8 +37,10 @@ use skiff_sdk::api::{App, Condition, ReplicaState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::informer::Informer;
 use crate::scheduler::NodeSlot;
 use crate::store::{Store, StoreError};
+use observe::Scope;
 
 mod apply;
 mod observe;
@@ -46,9 +48,15 @@ mod plan;
 
 pub use plan::plan;
 
-/// Default periodic resync: how soon a lost node is noticed after its grace
-/// period ends, since nothing is written when a node dies.
+/// Default resync of apps still moving (rolling out, draining, waiting for
+/// replicas): time-driven steps such as a drained replica's removal or a
+/// rollout's deadline happen without any write to wake the reconciler.
 pub const DEFAULT_RESYNC: Duration = Duration::from_millis(500);
+
+/// Default full resync: the whole picture is re-read and every app planned
+/// this often, in case a change notification was ever missed. Rare, since
+/// its cost grows with the fleet.
+pub const DEFAULT_FULL_RESYNC: Duration = Duration::from_secs(30);
 
 /// Condition kind: every replica is placed on a node.
 pub const SCHEDULED: &str = "Scheduled";
@@ -243,7 +251,8 @@ pub struct ReconcilerOptions {
     /// A node NotReady this long (from leadership on) is lost. Match the
     /// store's node grace.
     pub node_grace: Duration,
-    /// Periodic resync.
+    /// How often apps that are still moving (rolling out, draining,
+    /// waiting for replicas) are planned again while nothing is written.
     pub resync: Duration,
 }
 
@@ -259,6 +268,8 @@ impl Default for ReconcilerOptions {
 /// What one reconcile pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
+    /// Apps planned.
+    pub planned: usize,
     /// Replicas created.
     pub placed: usize,
     /// Replicas removed.
@@ -270,29 +281,79 @@ pub struct Summary {
 /// The reconcile loop of one controller.
 pub struct Reconciler {
     store: Arc<dyn Store>,
+    informer: Arc<Informer>,
     options: ReconcilerOptions,
+    /// Apps not yet at rest: planned again every resync until they are.
+    unsettled: BTreeSet<String>,
 }
 
 impl Reconciler {
-    /// A reconciler over `store`, woken by the store's own writes
-    /// ([`Store::changes`]) and every `options.resync`.
-    pub fn new(store: Arc<dyn Store>, options: ReconcilerOptions) -> Self {
-        Self { store, options }
+    /// A reconciler over `store`, seeing it through `informer`.
+    pub fn new(store: Arc<dyn Store>, informer: Arc<Informer>, options: ReconcilerOptions) -> Self {
+        Self {
+            store,
+            informer,
+            options,
+            unsettled: BTreeSet::new(),
+        }
     }
 
-    /// Reads, plans and applies once. With `evict_lost` false, NotReady
+    /// Plans every app once (a full pass). With `evict_lost` false, NotReady
     /// nodes are waited for rather than given up.
-    pub async fn reconcile(&self, evict_lost: bool) -> Result<Summary, StoreError> {
-        let rows = observe::Rows::read(self.store.as_ref()).await?;
+    pub async fn reconcile(&mut self, evict_lost: bool) -> Result<Summary, StoreError> {
+        self.reconcile_scope(&Scope::Everything, evict_lost).await
+    }
+
+    /// Plans the apps that changed since the last pass (as the informer
+    /// reports them), those not yet at rest, and those with replicas on
+    /// nodes that changed; everything if the informer was rebuilt.
+    pub async fn reconcile_changed(&mut self, evict_lost: bool) -> Result<Summary, StoreError> {
+        let dirty = self.informer.take_dirty();
+        let scope = if dirty.everything {
+            Scope::Everything
+        } else {
+            let mut apps = dirty.apps;
+            apps.extend(self.unsettled.iter().cloned());
+            let picture = self.informer.read();
+            for node in &dirty.nodes {
+                apps.extend(picture.replicas_on(node).map(|r| r.app.clone()));
+            }
+            Scope::Apps(apps)
+        };
+        if scope == Scope::Apps(BTreeSet::new()) {
+            return Ok(Summary::default());
+        }
+        self.reconcile_scope(&scope, evict_lost).await
+    }
+
+    async fn reconcile_scope(
+        &mut self,
+        scope: &Scope,
+        evict_lost: bool,
+    ) -> Result<Summary, StoreError> {
+        let rows = observe::Rows::gather(&self.informer, self.store.as_ref(), scope).await?;
         let observed = observe::observe(&rows, crate::store::now_ms(), evict_lost);
         let actions = plan(&observed.desired, &observed.nodes, &observed.replicas);
-        self.apply(&observed.desired, actions).await
+        let moving = moving_apps(&observed, &actions);
+        let mut summary = self.apply(&observed.desired, actions).await?;
+        summary.planned = observed.desired.len();
+        match scope {
+            Scope::Everything => self.unsettled = moving,
+            Scope::Apps(names) => {
+                for name in names {
+                    self.unsettled.remove(name);
+                }
+                self.unsettled.extend(moving);
+            }
+        }
+        Ok(summary)
     }
 
     /// Reconciles on every change and every resync while `leader` says this
-    /// controller leads, until `shutdown`.
-    pub async fn run(self, mut leader: watch::Receiver<bool>, shutdown: CancellationToken) {
-        let mut changes = self.store.changes();
+    /// controller leads, until `shutdown`. Gaining leadership rebuilds the
+    /// informer's picture and plans everything once.
+    pub async fn run(mut self, mut leader: watch::Receiver<bool>, shutdown: CancellationToken) {
+        let mut version = self.informer.version();
         loop {
             // Wait for leadership.
             while !*leader.borrow_and_update() {
@@ -303,14 +364,43 @@ impl Reconciler {
             }
             let since = tokio::time::Instant::now();
             tracing::info!("leading: reconciling");
+            self.unsettled.clear();
+            let _ = self.informer.take_rebuilt();
+            self.informer.request_rebuild();
+            let mut evicting = false;
+            let mut rebuilt = false;
             while *leader.borrow_and_update() {
                 let evict_lost = since.elapsed() >= self.options.node_grace;
-                if let Err(error) = self.reconcile(evict_lost).await {
-                    tracing::warn!(error = %crate::error_chain(&error), "reconcile failed; retrying");
+                // Plan only once the picture was rebuilt for this term.
+                rebuilt |= self.informer.take_rebuilt();
+                if rebuilt {
+                    let result = if evict_lost && !evicting {
+                        // Lost nodes may be given up from now on.
+                        let _ = self.informer.take_dirty();
+                        self.reconcile(true).await
+                    } else {
+                        self.reconcile_changed(evict_lost).await
+                    };
+                    match result {
+                        Ok(_) => evicting = evict_lost,
+                        Err(error) => {
+                            tracing::warn!(error = %crate::error_chain(&error), "reconcile failed; retrying");
+                            self.informer.request_rebuild();
+                        }
+                    }
                 }
+                // At rest, only a change (or the eviction deadline) wakes
+                // this loop; apps still moving are planned every resync.
+                let wake = if !rebuilt || !self.unsettled.is_empty() {
+                    self.options.resync
+                } else if !evicting {
+                    self.options.node_grace.saturating_sub(since.elapsed())
+                } else {
+                    Duration::from_secs(3600)
+                };
                 tokio::select! {
-                    _ = changes.changed() => {}
-                    () = tokio::time::sleep(self.options.resync) => {}
+                    _ = version.changed() => {}
+                    () = tokio::time::sleep(wake) => {}
                     changed = leader.changed() => if changed.is_err() { return },
                     () = shutdown.cancelled() => return,
                 }
@@ -318,6 +408,49 @@ impl Reconciler {
             tracing::info!("no longer leading: reconciling stopped");
         }
     }
+}
+
+/// The apps of `observed` not at rest: an action planned for them, a
+/// revision not yet proven, or replicas that are not all Ready, current,
+/// and as many as wanted.
+fn moving_apps(observed: &observe::Observed, actions: &[Action]) -> BTreeSet<String> {
+    let mut moving: BTreeSet<String> = actions
+        .iter()
+        .map(|a| match a {
+            Action::Place { app, .. }
+            | Action::Retire { app, .. }
+            | Action::Remove { app, .. }
+            | Action::SetGoodRevision { app, .. }
+            | Action::Rollback { app, .. }
+            | Action::SetConditions { app, .. } => app.clone(),
+        })
+        .collect();
+    // Per app: replicas, whether all are Ready and not retiring, and the
+    // revisions they run.
+    let mut seen: HashMap<&str, (u32, bool, BTreeSet<u64>)> = HashMap::new();
+    for r in &observed.replicas {
+        let entry = seen
+            .entry(r.app.as_str())
+            .or_insert_with(|| (0, true, BTreeSet::new()));
+        entry.0 += 1;
+        entry.1 &= r.state == ReplicaState::Ready && r.retiring_ms.is_none();
+        entry.2.insert(r.revision);
+    }
+    for app in &observed.desired {
+        let at_rest = app.good_revision == Some(app.revision)
+            && match seen.get(app.name.as_str()) {
+                Some((count, all_ready, revisions)) => {
+                    *count == app.replicas
+                        && *all_ready
+                        && revisions.iter().all(|r| *r == app.revision)
+                }
+                None => app.replicas == 0,
+            };
+        if !at_rest {
+            moving.insert(app.name.clone());
+        }
+    }
+    moving
 }
 
 #[cfg(test)]

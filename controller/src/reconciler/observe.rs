@@ -1,59 +1,113 @@
-//! `observe`: what the store holds, read once per pass ([`Rows::read`]),
-//! turned into the plain data [`plan`](super::plan) works on
-//! ([`observe`], pure: rows and one `now` in, nothing read twice).
+//! `observe`: what one pass works on, gathered from the informer's picture
+//! ([`Rows::gather`]: the apps in scope, their replicas, every node with its
+//! live readiness and what other apps hold on it), then turned into the
+//! plain data [`plan`](super::plan) works on ([`observe`], pure: rows and
+//! one `now` in, nothing read twice).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
-use skiff_sdk::api::{App, Node, NodeState, Replica, Revision};
+use skiff_sdk::api::{App, Node, Replica, Revision};
 
 use super::{DesiredApp, ObservedNode, ObservedReplica};
+use crate::informer::Informer;
 use crate::scheduler::NodeSlot;
 use crate::store::{Store, StoreError};
 
-/// The store rows one pass needs.
+/// Which apps a pass plans.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Scope {
+    /// Every app and every replica.
+    Everything,
+    /// These apps (existing or deleted) and their replicas.
+    Apps(BTreeSet<String>),
+}
+
+/// The rows one pass needs.
 pub(super) struct Rows {
-    apps: Vec<App>,
-    nodes: Vec<Node>,
-    replicas: Vec<Replica>,
+    pub apps: Vec<Arc<App>>,
+    pub nodes: Vec<Arc<Node>>,
+    /// Nodes whose lease is live.
+    pub ready: HashSet<String>,
+    /// Memory held on each node by replicas outside the scope.
+    pub baseline: HashMap<String, u64>,
+    /// The scope's replicas, each with what it reserves.
+    pub replicas: Vec<(Arc<Replica>, u64)>,
     /// Revision histories of the apps that need one: apps still rolling
-    /// out, and apps with replicas of an older revision (whose own quota
-    /// decides what they hold).
-    histories: HashMap<String, Vec<Revision>>,
+    /// out.
+    pub histories: HashMap<String, Vec<Revision>>,
 }
 
 impl Rows {
-    /// Reads the rows of one pass.
-    pub(super) async fn read(store: &dyn Store) -> Result<Self, StoreError> {
-        let apps = store.apps().await?;
-        let nodes = store.nodes().await?;
-        let replicas = store.replicas(None).await?;
-        let current: HashMap<&str, u64> =
-            apps.iter().map(|a| (a.name.as_str(), a.revision)).collect();
-        let mut wanted: HashSet<&str> = apps
-            .iter()
-            .filter(|a| a.status.good_revision != Some(a.revision))
-            .map(|a| a.name.as_str())
-            .collect();
-        wanted.extend(
-            replicas
+    /// The rows of `scope`, from the informer (and the revision histories
+    /// of apps rolling out, from the store).
+    pub(super) async fn gather(
+        informer: &Informer,
+        store: &dyn Store,
+        scope: &Scope,
+    ) -> Result<Self, StoreError> {
+        let mut rows = {
+            let picture = informer.read();
+            let leases = informer.leases();
+            let nodes: Vec<Arc<Node>> = picture.nodes.values().cloned().collect();
+            let ready = nodes
                 .iter()
-                .filter(|r| {
-                    current
-                        .get(r.app.as_str())
-                        .is_some_and(|rev| *rev != r.revision)
+                .filter(|n| leases.is_ready(&n.name))
+                .map(|n| n.name.clone())
+                .collect();
+            let (apps, replicas): (Vec<Arc<App>>, Vec<Arc<Replica>>) = match scope {
+                Scope::Everything => (
+                    picture.apps.values().cloned().collect(),
+                    picture.replicas.values().cloned().collect(),
+                ),
+                Scope::Apps(names) => (
+                    names
+                        .iter()
+                        .filter_map(|n| picture.apps.get(n).cloned())
+                        .collect(),
+                    names
+                        .iter()
+                        .flat_map(|n| picture.replicas_of(n).cloned())
+                        .collect(),
+                ),
+            };
+            let mut baseline = match scope {
+                Scope::Everything => HashMap::new(),
+                Scope::Apps(_) => picture.allocated.clone(),
+            };
+            let replicas: Vec<(Arc<Replica>, u64)> = replicas
+                .into_iter()
+                .map(|r| {
+                    let reservation = picture.reservation(&r);
+                    if let Some(held) = baseline.get_mut(&r.node) {
+                        *held = held.saturating_sub(reservation);
+                    }
+                    (r, reservation)
                 })
-                .map(|r| r.app.as_str()),
-        );
-        let mut histories = HashMap::new();
-        for app in wanted {
-            histories.insert(app.to_owned(), store.revisions(app).await?);
+                .collect();
+            Rows {
+                apps,
+                nodes,
+                ready,
+                baseline,
+                replicas,
+                histories: HashMap::new(),
+            }
+        };
+        for app in &rows.apps {
+            if app.status.good_revision != Some(app.revision) {
+                match store.revisions(&app.name).await {
+                    Ok(revisions) => {
+                        rows.histories.insert(app.name.clone(), revisions);
+                    }
+                    // Deleted meanwhile: the next pass sees it gone.
+                    Err(StoreError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
         }
-        Ok(Self {
-            apps,
-            nodes,
-            replicas,
-            histories,
-        })
+        rows.replicas.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        Ok(rows)
     }
 }
 
@@ -67,36 +121,13 @@ pub(super) struct Observed {
 /// Plain data from `rows` at `now` (Unix ms). With `evict_lost` false,
 /// NotReady nodes are not lost yet.
 pub(super) fn observe(rows: &Rows, now: i64, evict_lost: bool) -> Observed {
-    let Rows {
-        apps,
-        nodes,
-        replicas: records,
-        histories,
-    } = rows;
-    // What each revision's replica reserves: the current spec's, or for an
-    // older revision its own.
-    let mut reservations: HashMap<(String, u64), u64> = apps
-        .iter()
-        .map(|a| {
-            (
-                (a.name.clone(), a.revision),
-                a.spec.quota.reservation_bytes(),
-            )
-        })
-        .collect();
-    for revisions in histories.values() {
-        for rev in revisions {
-            reservations
-                .entry((rev.app.clone(), rev.number))
-                .or_insert_with(|| rev.spec.quota.reservation_bytes());
-        }
-    }
-    let mut desired = Vec::with_capacity(apps.len());
-    for app in apps {
+    let mut desired = Vec::with_capacity(rows.apps.len());
+    for app in &rows.apps {
         let mut d = DesiredApp::from_app(app);
         if app.status.good_revision != Some(app.revision) {
             // Rolling out: how long for, and where a failure returns.
-            let revisions = histories
+            let revisions = rows
+                .histories
                 .get(&app.name)
                 .map(Vec::as_slice)
                 .unwrap_or_default();
@@ -122,28 +153,30 @@ pub(super) fn observe(rows: &Rows, now: i64, evict_lost: bool) -> Observed {
         }
         desired.push(d);
     }
-    let observed_nodes: Vec<ObservedNode> = nodes
+    let nodes: Vec<ObservedNode> = rows
+        .nodes
         .iter()
-        .map(|n| ObservedNode {
-            slot: NodeSlot {
-                name: n.name.clone(),
-                labels: n.labels.clone(),
-                ready: n.state == NodeState::Ready,
-                cordoned: n.cordoned,
-                capacity: n.capacity.memory_bytes,
-                allocated: 0,
-            },
-            draining: n.draining,
-            lost: evict_lost && n.state == NodeState::NotReady,
+        .map(|n| {
+            let ready = rows.ready.contains(&n.name);
+            ObservedNode {
+                slot: NodeSlot {
+                    name: n.name.clone(),
+                    labels: n.labels.clone(),
+                    ready,
+                    cordoned: n.cordoned,
+                    capacity: n.capacity.memory_bytes,
+                    allocated: rows.baseline.get(&n.name).copied().unwrap_or(0),
+                },
+                draining: n.draining,
+                lost: evict_lost && !ready,
+            }
         })
         .collect();
-    let replicas: Vec<ObservedReplica> = records
+    let replicas: Vec<ObservedReplica> = rows
+        .replicas
         .iter()
-        .map(|r| ObservedReplica {
-            reservation: reservations
-                .get(&(r.app.clone(), r.revision))
-                .copied()
-                .unwrap_or(0),
+        .map(|(r, reservation)| ObservedReplica {
+            reservation: *reservation,
             id: r.id.clone(),
             app: r.app.clone(),
             revision: r.revision,
@@ -157,7 +190,7 @@ pub(super) fn observe(rows: &Rows, now: i64, evict_lost: bool) -> Observed {
         .collect();
     Observed {
         desired,
-        nodes: observed_nodes,
+        nodes,
         replicas,
     }
 }

@@ -13,7 +13,8 @@ use super::{
 use crate::scheduler::{NodeSlot, Request, Scheduler, Unschedulable};
 
 /// The actions that take `replicas` on `nodes` to what `apps` desire;
-/// empty once they match.
+/// empty once they match. `replicas` are those of `apps` (and orphans);
+/// each node's `slot.allocated` is what other apps' replicas hold on it.
 pub fn plan(
     apps: &[DesiredApp],
     nodes: &[ObservedNode],
@@ -24,10 +25,11 @@ pub fn plan(
         nodes.iter().map(|n| (n.slot.name.as_str(), n)).collect();
     let app_names: HashSet<&str> = apps.iter().map(|a| a.name.as_str()).collect();
 
+    // `allocated` starts from what replicas outside this pass hold (zero in
+    // a full pass): a pass over some apps sees the others' reservations.
     let mut slots: Vec<NodeSlot> = nodes
         .iter()
         .map(|n| NodeSlot {
-            allocated: 0,
             cordoned: n.slot.cordoned || n.draining,
             ..n.slot.clone()
         })

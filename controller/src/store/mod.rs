@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use skiff_sdk::Digest;
 use skiff_sdk::api::{
     App, AppSpec, Assignments, Condition, Event, EventKind, Heartbeat, Node, RegisterNode, Replica,
-    Revision,
+    ReplicaStatus, Revision,
 };
 
 pub use sql::{DEFAULT_ARTIFACT_STORE_BYTES, SqlStore, StoreOptions};
@@ -183,6 +183,58 @@ pub struct LogSource {
     pub logs_key_hash: Option<String>,
 }
 
+/// What was written: the names of the apps and nodes whose rows (or
+/// replicas) changed. The informer re-reads exactly these.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// Apps whose row, revisions or replicas changed (deleted ones too).
+    pub apps: std::collections::BTreeSet<String>,
+    /// Nodes whose row changed (deleted ones too).
+    pub nodes: std::collections::BTreeSet<String>,
+    /// Names may have been missed (a lost notification connection):
+    /// re-read everything.
+    pub everything: bool,
+}
+
+impl Changed {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.apps.is_empty() && self.nodes.is_empty() && !self.everything
+    }
+
+    /// Adds `other` to this.
+    pub fn merge(&mut self, other: Changed) {
+        self.apps.extend(other.apps);
+        self.nodes.extend(other.nodes);
+        self.everything |= other.everything;
+    }
+
+    /// One app.
+    pub fn app(name: &str) -> Self {
+        Self {
+            apps: [name.to_owned()].into(),
+            ..Self::default()
+        }
+    }
+
+    /// One node.
+    pub fn node(name: &str) -> Self {
+        Self {
+            nodes: [name.to_owned()].into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// One page of a list, in name (or id) order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// More items follow the last one.
+    pub more: bool,
+}
+
 /// An event to record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewEvent {
@@ -259,6 +311,33 @@ pub trait Store: Send + Sync + 'static {
     /// controllers sharing the database are not seen; watchers re-check
     /// periodically for those.
     fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// The names written since the last call ([`Changed`]), by this store
+    /// and — on PostgreSQL, through `LISTEN`/`NOTIFY` — by every other
+    /// controller on the database. One consumer (the informer) drains it;
+    /// [`Store::changes`] says when there is something to drain.
+    fn take_changed(&self) -> Changed;
+
+    /// The apps among `names` that exist, by name.
+    async fn apps_named(&self, names: &[String]) -> Result<Vec<App>>;
+    /// Up to `limit` apps with names after `after`, by name.
+    async fn apps_page(&self, after: Option<&str>, limit: u32) -> Result<Page<App>>;
+    /// The nodes among `names` that exist, by name.
+    async fn nodes_named(&self, names: &[String]) -> Result<Vec<Node>>;
+    /// Up to `limit` nodes with names after `after`, by name.
+    async fn nodes_page(&self, after: Option<&str>, limit: u32) -> Result<Page<Node>>;
+    /// The replicas of the apps among `apps`, by id.
+    async fn replicas_of(&self, apps: &[String]) -> Result<Vec<Replica>>;
+    /// Up to `limit` replicas with ids after `after`, by id.
+    async fn replicas_page(&self, after: Option<&str>, limit: u32) -> Result<Page<Replica>>;
+    /// The specs of the given `(app, revision)`s that are still kept.
+    async fn revision_specs(&self, keys: &[(String, u64)])
+    -> Result<Vec<((String, u64), AppSpec)>>;
+    /// Persists lease renewals kept in memory (`(node, renewed_at)`), as
+    /// renewed by controller `by`; unknown nodes are skipped.
+    async fn renew_leases(&self, renewals: &[(String, i64)], by: &str) -> Result<()>;
+    /// Lease renewals after `since` persisted by controllers other than
+    /// `me`: how a leader learns of nodes that heartbeat elsewhere.
+    async fn leases_renewed_elsewhere(&self, since: i64, me: &str) -> Result<Vec<(String, i64)>>;
 
     /// Registers a node, or re-registers it under the same name with a new
     /// credential hash, keeping its replicas. Also says whether the node is
@@ -295,6 +374,11 @@ pub trait Store: Send + Sync + 'static {
     /// Renews the node's lease row in place and records the states of its
     /// replicas that changed; returns whether any did.
     async fn heartbeat(&self, name: &str, heartbeat: &Heartbeat) -> Result<bool>;
+    /// Records the reported states of `node`'s replicas that differ from
+    /// the stored ones, without touching its lease (leases are renewed in
+    /// memory and persisted in batches: [`Store::renew_leases`]); returns
+    /// whether any did.
+    async fn report_replicas(&self, node: &str, states: &[ReplicaStatus]) -> Result<bool>;
 
     /// Removes and adds replicas and records events, all or nothing; bumps
     /// the assignments version of every node concerned once. Removing a

@@ -144,10 +144,19 @@ impl TestApi {
         let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().trim().to_owned();
         let (admin, join) = (read(&files.admin), read(&files.join));
         let (_tx, rx) = tokio::sync::watch::channel(true);
-        let state = AppState::new(store.clone(), config, rx);
+        let shutdown = CancellationToken::new();
+        let leases = skiff_controller::informer::Leases::new(config.node_grace);
+        let informer = skiff_controller::informer::Informer::new(store.clone(), leases.clone());
+        informer.rebuild_now().await.unwrap();
+        tokio::spawn(
+            informer
+                .clone()
+                .run(std::time::Duration::from_secs(30), shutdown.clone()),
+        );
+        tokio::spawn(leases.run(store.clone(), "test".into(), shutdown.clone()));
+        let state = AppState::new(store.clone(), informer, config, rx);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
         tokio::spawn(skiff_controller::serve(
             listener,
             state.clone(),

@@ -23,7 +23,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 use super::rows::{json, not_found, parse, revision_identity, to_i64, to_u64};
-use super::{DEFAULT_EVENT_CAP, KEEP_REVISIONS, NewEvent, Result, StoreError, now_ms};
+use super::{Changed, DEFAULT_EVENT_CAP, KEEP_REVISIONS, NewEvent, Result, StoreError, now_ms};
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
@@ -73,6 +73,31 @@ pub struct SqlStore {
     /// Counts this store's committed writes of apps, nodes and replicas
     /// ([`Store::changes`]).
     changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Names written and not yet taken ([`Store::take_changed`]).
+    pending: Arc<Mutex<Changed>>,
+    /// This store's id in change notifications, so it skips its own.
+    writer: Arc<str>,
+    /// PostgreSQL: the task that listens for other controllers' writes.
+    _listener: Option<Arc<tokio_util::task::AbortOnDropHandle<()>>>,
+}
+
+/// The PostgreSQL channel that carries [`Changed`] names between
+/// controllers.
+const CHANGES_CHANNEL: &str = "skiff_changes";
+/// Largest notification payload sent (PostgreSQL allows 8,000 bytes).
+const MAX_NOTIFY_BYTES: usize = 7_000;
+
+/// One change notification on [`CHANGES_CHANNEL`].
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Notice {
+    /// Writer id.
+    w: String,
+    /// App names.
+    #[serde(default)]
+    a: Vec<String>,
+    /// Node names.
+    #[serde(default)]
+    n: Vec<String>,
 }
 
 /// An app list and the write generation it was read at.
@@ -172,14 +197,133 @@ impl SqlStore {
             Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
         };
         migrator.run(&pool).await.map_err(StoreError::Migrate)?;
-        Ok(Self {
+        let mut store = Self {
             pool,
             options,
             dialect,
             generation: Arc::default(),
             changes: Arc::new(tokio::sync::watch::channel(0).0),
             list_cache: Arc::default(),
-        })
+            pending: Arc::default(),
+            writer: format!("c{:016x}", rand::random::<u64>()).into(),
+            _listener: None,
+        };
+        if dialect == Dialect::Postgres {
+            let listener = sqlx::postgres::PgListener::connect(url).await?;
+            let task = tokio::spawn(store.clone().listen(listener));
+            store._listener = Some(Arc::new(tokio_util::task::AbortOnDropHandle::new(task)));
+        }
+        Ok(store)
+    }
+
+    /// Receives other controllers' change notifications until aborted. A
+    /// lost connection may have lost notifications: everything is re-read.
+    async fn listen(self, mut listener: sqlx::postgres::PgListener) {
+        let mut subscribed = false;
+        loop {
+            if !subscribed {
+                match listener.listen(CHANGES_CHANNEL).await {
+                    Ok(()) => subscribed = true,
+                    Err(error) => {
+                        tracing::warn!(error = %crate::error_chain(&error), "listening for other controllers' writes; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            match listener.try_recv().await {
+                Ok(Some(message)) => {
+                    let Ok(notice) = serde_json::from_str::<Notice>(message.payload()) else {
+                        continue;
+                    };
+                    if *notice.w == *self.writer {
+                        continue;
+                    }
+                    self.record(Changed {
+                        apps: notice.a.into_iter().collect(),
+                        nodes: notice.n.into_iter().collect(),
+                        everything: false,
+                    });
+                }
+                // Reconnected: whatever was sent meanwhile is lost.
+                Ok(None) => self.record(Changed {
+                    everything: true,
+                    ..Changed::default()
+                }),
+                Err(error) => {
+                    tracing::warn!(error = %crate::error_chain(&error), "change notifications failed; re-reading everything");
+                    self.record(Changed {
+                        everything: true,
+                        ..Changed::default()
+                    });
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Commits `tx`, which wrote `changed`. On PostgreSQL the names are
+    /// sent to the other controllers in the same transaction, so they
+    /// arrive exactly when (and only if) the write is visible.
+    async fn finish(&self, mut tx: Tx<'_>, changed: Changed) -> Result<()> {
+        if self.dialect == Dialect::Postgres {
+            for payload in self.notices(&changed) {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CHANGES_CHANNEL)
+                    .bind(payload)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        self.wrote(changed);
+        Ok(())
+    }
+
+    /// `changed` as notification payloads of at most [`MAX_NOTIFY_BYTES`].
+    fn notices(&self, changed: &Changed) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut notice = Notice {
+            w: self.writer.to_string(),
+            ..Notice::default()
+        };
+        let mut size = 64 + notice.w.len();
+        let names = changed
+            .apps
+            .iter()
+            .map(|a| (true, a))
+            .chain(changed.nodes.iter().map(|n| (false, n)));
+        for (is_app, name) in names {
+            if size + name.len() + 3 > MAX_NOTIFY_BYTES {
+                out.push(serde_json::to_string(&notice).unwrap_or_default());
+                notice.a.clear();
+                notice.n.clear();
+                size = 64 + notice.w.len();
+            }
+            size += name.len() + 3;
+            if is_app {
+                notice.a.push(name.clone());
+            } else {
+                notice.n.push(name.clone());
+            }
+        }
+        if !notice.a.is_empty() || !notice.n.is_empty() {
+            out.push(serde_json::to_string(&notice).unwrap_or_default());
+        }
+        out
+    }
+
+    /// Adds names to the pending set and wakes whoever waits for changes.
+    fn record(&self, changed: Changed) {
+        if changed.is_empty() {
+            return;
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .merge(changed);
+        self.generation.fetch_add(1, Ordering::Release);
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// `"sqlite"` or `"postgres"`.
@@ -355,9 +499,9 @@ impl SqlStore {
     /// whoever waits for a change (the long-polls, the reconciler) is woken.
     /// Called after the commit, so a reader that saw the old generation can
     /// only ever tag a result with a generation that is already past.
-    fn wrote(&self) {
+    fn wrote(&self, changed: Changed) {
         self.generation.fetch_add(1, Ordering::Release);
-        self.changes.send_modify(|n| *n += 1);
+        self.record(changed);
     }
 
     /// All apps on SQLite, from the list cache when nothing was written
@@ -434,8 +578,7 @@ impl SqlStore {
             .load_app(&mut tx, name)
             .await?
             .ok_or_else(|| not_found("app", name))?;
-        tx.commit().await?;
-        self.wrote();
+        self.finish(tx, Changed::app(name)).await?;
         Ok(app)
     }
 
@@ -449,6 +592,7 @@ impl SqlStore {
 }
 
 mod artifacts;
+mod reads;
 mod store_impl;
 
 /// An event about app `name`.

@@ -5,17 +5,16 @@ use async_trait::async_trait;
 use skiff_sdk::Digest;
 use skiff_sdk::api::{
     App, AppSpec, Assignment, Assignments, Condition, Event, EventKind, Heartbeat, Node,
-    RegisterNode, Replica, Revision,
+    RegisterNode, Replica, ReplicaStatus, Revision,
 };
 use sqlx::Row;
 
 use super::super::rows::{
-    check_version, json, not_found, parse, parse_state, revision_identity, state_str, to_i64,
-    to_u64,
+    check_version, json, not_found, parse, parse_state, revision_identity, to_i64, to_u64,
 };
 use super::super::{
-    Applied, ArtifactInfo, LogSource, NewEvent, ReplicaChange, Result, Store, StoreError,
-    TokenKind, now_ms,
+    Applied, ArtifactInfo, Changed, LogSource, NewEvent, Page, ReplicaChange, Result, Store,
+    StoreError, TokenKind, now_ms,
 };
 use super::{Dialect, SqlStore, app_event};
 
@@ -191,9 +190,11 @@ impl Store for SqlStore {
             .bind(name)
             .fetch_all(&mut *tx)
             .await?;
+        let mut changed = Changed::app(name);
         for row in nodes {
-            self.bump_assignments(&mut tx, &row.try_get::<String, _>("node")?)
-                .await?;
+            let node: String = row.try_get("node")?;
+            self.bump_assignments(&mut tx, &node).await?;
+            changed.nodes.insert(node);
         }
         sqlx::query("DELETE FROM replicas WHERE app = $1")
             .bind(name)
@@ -212,9 +213,7 @@ impl Store for SqlStore {
             app_event(name, EventKind::AppDeleted, "app deleted"),
         )
         .await?;
-        tx.commit().await?;
-        self.wrote();
-        Ok(())
+        self.finish(tx, changed).await
     }
 
     async fn revisions(&self, name: &str) -> Result<Vec<Revision>> {
@@ -297,23 +296,23 @@ impl Store for SqlStore {
     }
 
     async fn set_good_revision(&self, name: &str, revision: u64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE apps SET good_revision = $1 WHERE name = $2")
             .bind(to_i64(revision))
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        self.wrote();
-        Ok(())
+        self.finish(tx, Changed::app(name)).await
     }
 
     async fn set_app_conditions(&self, name: &str, conditions: &[Condition]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE apps SET conditions = $1 WHERE name = $2")
             .bind(json(&conditions))
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        self.wrote();
-        Ok(())
+        self.finish(tx, Changed::app(name)).await
     }
 
     async fn register_node(
@@ -391,8 +390,7 @@ impl Store for SqlStore {
             .load_node(&mut tx, &node.name)
             .await?
             .ok_or_else(|| not_found("node", &node.name))?;
-        tx.commit().await?;
-        self.wrote();
+        self.finish(tx, Changed::node(&node.name)).await?;
         Ok((stored, !existed))
     }
 
@@ -455,8 +453,7 @@ impl Store for SqlStore {
             .load_node(&mut tx, name)
             .await?
             .ok_or_else(|| not_found("node", name))?;
-        tx.commit().await?;
-        self.wrote();
+        self.finish(tx, Changed::node(name)).await?;
         Ok(node)
     }
 
@@ -467,10 +464,14 @@ impl Store for SqlStore {
             .await?
             .ok_or_else(|| not_found("node", name))?;
         check_version("node", name, Some(node.version), if_version)?;
-        sqlx::query("DELETE FROM replicas WHERE node = $1")
+        let mut changed = Changed::node(name);
+        for row in sqlx::query("DELETE FROM replicas WHERE node = $1 RETURNING app")
             .bind(name)
-            .execute(&mut *tx)
-            .await?;
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            changed.apps.insert(row.try_get("app")?);
+        }
         sqlx::query("DELETE FROM node_leases WHERE node = $1")
             .bind(name)
             .execute(&mut *tx)
@@ -486,9 +487,7 @@ impl Store for SqlStore {
             message: "node deleted".into(),
         };
         self.event_in(&mut tx, event).await?;
-        tx.commit().await?;
-        self.wrote();
-        Ok(())
+        self.finish(tx, changed).await
     }
 
     async fn heartbeat(&self, name: &str, heartbeat: &Heartbeat) -> Result<bool> {
@@ -503,28 +502,12 @@ impl Store for SqlStore {
         if renewed == 0 {
             return Err(not_found("node", name));
         }
-        let mut changed = 0;
-        for replica in &heartbeat.replicas {
-            // Only this node's replicas, and only rows whose state changed.
-            changed += sqlx::query(
-                "UPDATE replicas SET state = $1, reason = $2, updated_at = $3 \
-                 WHERE id = $4 AND node = $5 AND (state <> $1 OR COALESCE(reason, '') <> COALESCE($2, ''))",
-            )
-            .bind(state_str(replica.state))
-            .bind(replica.reason.clone())
-            .bind(now)
-            .bind(&replica.id)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
-        tx.commit().await?;
-        if changed > 0 {
-            // Ready counts in the app list changed.
-            self.wrote();
-        }
-        Ok(changed > 0)
+        let changed = self
+            .replica_states_in(&mut tx, name, &heartbeat.replicas, now)
+            .await?;
+        let any = !changed.is_empty();
+        self.finish(tx, changed).await?;
+        Ok(any)
     }
 
     async fn change_replicas(&self, change: &ReplicaChange) -> Result<()> {
@@ -532,22 +515,27 @@ impl Store for SqlStore {
         let now = now_ms();
         // Each touched node's assignments version is bumped once.
         let mut touched = std::collections::BTreeSet::new();
+        let mut changed = Changed::default();
         for id in &change.remove {
-            let row = sqlx::query("DELETE FROM replicas WHERE id = $1 RETURNING node")
+            let row = sqlx::query("DELETE FROM replicas WHERE id = $1 RETURNING node, app")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or_else(|| not_found("replica", id))?;
             touched.insert(row.try_get::<String, _>("node")?);
+            changed.apps.insert(row.try_get("app")?);
         }
         for id in &change.retire {
-            sqlx::query(
-                "UPDATE replicas SET retiring_at = $1 WHERE id = $2 AND retiring_at IS NULL",
+            if let Some(row) = sqlx::query(
+                "UPDATE replicas SET retiring_at = $1 WHERE id = $2 AND retiring_at IS NULL RETURNING app",
             )
             .bind(now)
             .bind(id)
-            .execute(&mut *tx)
-            .await?;
+            .fetch_optional(&mut *tx)
+            .await?
+            {
+                changed.apps.insert(row.try_get("app")?);
+            }
         }
         for r in &change.add {
             if !touched.contains(&r.node) && self.load_node(&mut tx, &r.node).await?.is_none() {
@@ -565,6 +553,7 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await?;
             touched.insert(r.node.clone());
+            changed.apps.insert(r.app.clone());
         }
         for node in &touched {
             self.bump_assignments(&mut tx, node).await?;
@@ -572,9 +561,8 @@ impl Store for SqlStore {
         for event in &change.events {
             self.event_in(&mut tx, event.clone()).await?;
         }
-        tx.commit().await?;
-        self.wrote();
-        Ok(())
+        changed.nodes = touched;
+        self.finish(tx, changed).await
     }
 
     async fn log_sources(&self, app: &str) -> Result<Vec<LogSource>> {
@@ -715,6 +703,53 @@ impl Store for SqlStore {
 
     fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    fn take_changed(&self) -> Changed {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    async fn apps_named(&self, names: &[String]) -> Result<Vec<App>> {
+        self.read_apps_named(names).await
+    }
+
+    async fn apps_page(&self, after: Option<&str>, limit: u32) -> Result<Page<App>> {
+        self.read_apps_page(after, limit).await
+    }
+
+    async fn nodes_named(&self, names: &[String]) -> Result<Vec<Node>> {
+        self.read_nodes_named(names).await
+    }
+
+    async fn nodes_page(&self, after: Option<&str>, limit: u32) -> Result<Page<Node>> {
+        self.read_nodes_page(after, limit).await
+    }
+
+    async fn replicas_of(&self, apps: &[String]) -> Result<Vec<Replica>> {
+        self.read_replicas_of(apps).await
+    }
+
+    async fn replicas_page(&self, after: Option<&str>, limit: u32) -> Result<Page<Replica>> {
+        self.read_replicas_page(after, limit).await
+    }
+
+    async fn revision_specs(
+        &self,
+        keys: &[(String, u64)],
+    ) -> Result<Vec<((String, u64), AppSpec)>> {
+        self.read_revision_specs(keys).await
+    }
+
+    async fn renew_leases(&self, renewals: &[(String, i64)], by: &str) -> Result<()> {
+        self.write_leases(renewals, by).await
+    }
+
+    async fn leases_renewed_elsewhere(&self, since: i64, me: &str) -> Result<Vec<(String, i64)>> {
+        self.read_leases_elsewhere(since, me).await
+    }
+
+    async fn report_replicas(&self, node: &str, states: &[ReplicaStatus]) -> Result<bool> {
+        self.write_replica_states(node, states).await
     }
 
     async fn try_acquire_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {

@@ -1,0 +1,484 @@
+//! The informer: this controller's in-memory picture of apps, nodes and
+//! replicas, kept current by the store's own change notifications, so that
+//! the reconciler and the watches work on what *changed* instead of
+//! re-reading everything.
+//!
+//! It works like a kube-rs reflector: the store names what each committed
+//! write touched ([`Store::take_changed`]: this controller's writes at once,
+//! other controllers' through PostgreSQL `NOTIFY`), and the informer
+//! re-reads exactly those apps (with their replicas) and nodes. Reads are
+//! not one transaction with each other; a write racing a re-read names its
+//! objects again, so the picture converges. The whole picture is rebuilt
+//! page by page (the store's connection is never held for long) at start,
+//! when this controller becomes leader, when notifications may have been
+//! lost, and every full resync as a safety net.
+//!
+//! Alongside it, [`Leases`] keeps node heartbeats in memory (persisted in
+//! batches) and turns them into readiness; a readiness change marks the
+//! node dirty like a write does.
+//!
+//! Consumers: the reconciler drains the [`Dirty`] set; watches wait for
+//! [`Informer::version`] and check which nodes and apps were touched since
+//! the version they hold.
+
+mod leases;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use skiff_sdk::api::{App, AppSpec, Node, NodeState, Replica};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use leases::{LEASE_FLUSH, Leases};
+
+use crate::store::{Changed, Store, StoreError};
+
+/// Rows read per page while rebuilding.
+const REBUILD_PAGE: u32 = 1_000;
+/// How often node leases are checked for readiness changes (a node that
+/// stops heartbeating becomes NotReady by time, not by a write).
+pub const LEASE_CHECK: Duration = Duration::from_millis(100);
+
+/// What changed since the reconciler last looked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// Apps whose row or replicas changed.
+    pub apps: BTreeSet<String>,
+    /// Nodes whose row changed, or whose readiness changed.
+    pub nodes: BTreeSet<String>,
+    /// The picture was rebuilt: plan everything.
+    pub everything: bool,
+}
+
+/// The in-memory picture. Readers hold the lock briefly.
+#[derive(Debug, Default)]
+pub struct Picture {
+    /// Apps by name.
+    pub apps: BTreeMap<String, Arc<App>>,
+    /// Nodes by name (state and last heartbeat as stored; see
+    /// [`Leases`] for the live ones).
+    pub nodes: BTreeMap<String, Arc<Node>>,
+    /// Replicas by id.
+    pub replicas: HashMap<String, Arc<Replica>>,
+    /// Replica ids by app.
+    pub by_app: HashMap<String, BTreeSet<String>>,
+    /// Replica ids by node.
+    pub by_node: HashMap<String, BTreeSet<String>>,
+    /// Specs of the revisions replicas run, by `(app, revision)`.
+    pub specs: HashMap<(String, u64), Arc<AppSpec>>,
+    /// Memory reserved on each node by the replicas assigned to it.
+    pub allocated: HashMap<String, u64>,
+    /// Bumped on every change to the picture.
+    pub version: u64,
+    /// The version at which each node (its row, its replicas, their specs)
+    /// last changed.
+    pub node_touched: HashMap<String, u64>,
+}
+
+impl Picture {
+    /// What a replica reserves: its revision's quota.
+    pub fn reservation(&self, replica: &Replica) -> u64 {
+        self.specs
+            .get(&(replica.app.clone(), replica.revision))
+            .map(|s| s.quota.reservation_bytes())
+            .unwrap_or(0)
+    }
+
+    /// The replicas of `app`.
+    pub fn replicas_of<'a>(&'a self, app: &str) -> impl Iterator<Item = &'a Arc<Replica>> + 'a {
+        self.by_app
+            .get(app)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.replicas.get(id))
+    }
+
+    /// The replicas on `node`.
+    pub fn replicas_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Arc<Replica>> + 'a {
+        self.by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.replicas.get(id))
+    }
+
+    fn insert_replica(&mut self, replica: Replica) {
+        let reservation = self.reservation(&replica);
+        *self.allocated.entry(replica.node.clone()).or_default() += reservation;
+        self.by_app
+            .entry(replica.app.clone())
+            .or_default()
+            .insert(replica.id.clone());
+        self.by_node
+            .entry(replica.node.clone())
+            .or_default()
+            .insert(replica.id.clone());
+        self.replicas.insert(replica.id.clone(), Arc::new(replica));
+    }
+
+    fn remove_replica(&mut self, id: &str) -> Option<Arc<Replica>> {
+        let replica = self.replicas.remove(id)?;
+        let reservation = self.reservation(&replica);
+        if let Some(n) = self.allocated.get_mut(&replica.node) {
+            *n = n.saturating_sub(reservation);
+        }
+        for (index, key) in [
+            (&mut self.by_app, &replica.app),
+            (&mut self.by_node, &replica.node),
+        ] {
+            if let Some(ids) = index.get_mut(key) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    index.remove(key);
+                }
+            }
+        }
+        Some(replica)
+    }
+
+    fn touch_node(&mut self, node: &str) {
+        self.node_touched.insert(node.to_owned(), self.version);
+    }
+}
+
+/// The informer of one controller. Cheap to share (`Arc`).
+pub struct Informer {
+    store: Arc<dyn Store>,
+    picture: RwLock<Picture>,
+    dirty: Mutex<Dirty>,
+    version: watch::Sender<u64>,
+    rebuild: Notify,
+    rebuilt: std::sync::atomic::AtomicBool,
+    leases: Arc<Leases>,
+}
+
+impl std::fmt::Debug for Informer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Informer").finish_non_exhaustive()
+    }
+}
+
+impl Informer {
+    /// An empty informer over `store`; [`Informer::run`] fills it.
+    pub fn new(store: Arc<dyn Store>, leases: Arc<Leases>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            picture: RwLock::default(),
+            dirty: Mutex::default(),
+            version: watch::channel(0).0,
+            rebuild: Notify::new(),
+            rebuilt: std::sync::atomic::AtomicBool::new(false),
+            leases,
+        })
+    }
+
+    /// The node leases.
+    pub fn leases(&self) -> &Arc<Leases> {
+        &self.leases
+    }
+
+    /// The picture, read-locked.
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Picture> {
+        self.picture.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The picture's version, changed on every change to it (including a
+    /// node's readiness).
+    pub fn version(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    /// Takes what changed since the last call.
+    pub fn take_dirty(&self) -> Dirty {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Whether the picture was rebuilt since the last call.
+    pub fn take_rebuilt(&self) -> bool {
+        self.rebuilt
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Asks for a whole rebuild (e.g. on becoming leader); returns at once.
+    pub fn request_rebuild(&self) {
+        self.rebuild.notify_one();
+    }
+
+    /// Whether `node` is Ready by its lease, now.
+    pub fn node_ready(&self, node: &str) -> bool {
+        self.leases.is_ready(node)
+    }
+
+    /// A node as the API shows it, with its live lease.
+    pub fn live_node(&self, node: &Node) -> Node {
+        let mut node = node.clone();
+        self.leases.overlay(&mut node);
+        node
+    }
+
+    /// Keeps the picture current until `shutdown`: rebuilds at once, then
+    /// applies changes as the store announces them, checks leases every
+    /// [`LEASE_CHECK`], and rebuilds every `full_resync` or on request.
+    pub async fn run(self: Arc<Self>, full_resync: Duration, shutdown: CancellationToken) {
+        let mut changes = self.store.changes();
+        let mut next_rebuild = tokio::time::Instant::now();
+        let mut lease_check = tokio::time::interval(LEASE_CHECK);
+        lease_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if tokio::time::Instant::now() >= next_rebuild {
+                match self.rebuild_now().await {
+                    Ok(()) => next_rebuild = tokio::time::Instant::now() + full_resync,
+                    Err(error) => {
+                        tracing::warn!(error = %crate::error_chain(&error), "rebuilding the informer failed; retrying");
+                        next_rebuild = tokio::time::Instant::now() + Duration::from_secs(1);
+                    }
+                }
+            }
+            let changed = self.store.take_changed();
+            if changed.everything {
+                next_rebuild = tokio::time::Instant::now();
+                continue;
+            }
+            if !changed.is_empty()
+                && let Err(error) = self.refresh(changed.clone()).await
+            {
+                tracing::warn!(error = %crate::error_chain(&error), "refreshing the informer failed; rebuilding");
+                next_rebuild = tokio::time::Instant::now();
+                continue;
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = lease_check.tick() => self.check_leases(),
+                () = self.rebuild.notified() => next_rebuild = tokio::time::Instant::now(),
+                () = tokio::time::sleep_until(next_rebuild) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Marks nodes whose readiness changed.
+    fn check_leases(&self) {
+        let flipped = self.leases.flipped();
+        if flipped.is_empty() {
+            return;
+        }
+        let mut picture = self.picture.write().unwrap_or_else(|e| e.into_inner());
+        picture.version += 1;
+        for node in &flipped {
+            picture.touch_node(node);
+        }
+        let version = picture.version;
+        drop(picture);
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .nodes
+            .extend(flipped);
+        self.version.send_replace(version);
+    }
+
+    /// Re-reads the named apps (with their replicas) and nodes.
+    pub async fn refresh(&self, changed: Changed) -> Result<(), StoreError> {
+        let app_names: Vec<String> = changed.apps.iter().cloned().collect();
+        let node_names: Vec<String> = changed.nodes.iter().cloned().collect();
+        let apps = self.store.apps_named(&app_names).await?;
+        let replicas = self.store.replicas_of(&app_names).await?;
+        let nodes = self.store.nodes_named(&node_names).await?;
+        let specs = self.missing_specs(&replicas).await?;
+
+        let mut picture = self.picture.write().unwrap_or_else(|e| e.into_inner());
+        picture.version += 1;
+        picture.specs.extend(specs);
+        let mut apps: BTreeMap<String, App> =
+            apps.into_iter().map(|a| (a.name.clone(), a)).collect();
+        for name in &changed.apps {
+            // Replace the app's replicas with what was read.
+            let old: Vec<String> = picture
+                .by_app
+                .get(name)
+                .map(|ids| ids.iter().cloned().collect())
+                .unwrap_or_default();
+            for id in old {
+                if let Some(r) = picture.remove_replica(&id) {
+                    picture.touch_node(&r.node);
+                }
+            }
+            match apps.remove(name) {
+                Some(app) => {
+                    picture.apps.insert(name.clone(), Arc::new(app));
+                }
+                None => {
+                    picture.apps.remove(name);
+                }
+            }
+        }
+        for replica in replicas {
+            picture.touch_node(&replica.node);
+            picture.insert_replica(replica);
+        }
+        let mut nodes: BTreeMap<String, Node> =
+            nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
+        for name in &changed.nodes {
+            picture.touch_node(name);
+            match nodes.remove(name) {
+                Some(node) => {
+                    self.leases.seed(&node);
+                    picture.nodes.insert(name.clone(), Arc::new(node));
+                }
+                None => {
+                    picture.nodes.remove(name);
+                    self.leases.forget(name);
+                    // Its replicas were deleted with it.
+                    let ids: Vec<String> = picture
+                        .by_node
+                        .get(name)
+                        .map(|ids| ids.iter().cloned().collect())
+                        .unwrap_or_default();
+                    for id in ids {
+                        picture.remove_replica(&id);
+                    }
+                }
+            }
+        }
+        let version = picture.version;
+        drop(picture);
+        {
+            let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+            dirty.apps.extend(changed.apps);
+            dirty.nodes.extend(changed.nodes);
+        }
+        self.version.send_replace(version);
+        Ok(())
+    }
+
+    /// The specs `replicas` run that the picture does not hold yet.
+    async fn missing_specs(
+        &self,
+        replicas: &[Replica],
+    ) -> Result<Vec<((String, u64), Arc<AppSpec>)>, StoreError> {
+        let wanted: BTreeSet<(String, u64)> = {
+            let picture = self.read();
+            replicas
+                .iter()
+                .map(|r| (r.app.clone(), r.revision))
+                .filter(|k| !picture.specs.contains_key(k))
+                .collect()
+        };
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<(String, u64)> = wanted.into_iter().collect();
+        Ok(self
+            .store
+            .revision_specs(&keys)
+            .await?
+            .into_iter()
+            .map(|(k, s)| (k, Arc::new(s)))
+            .collect())
+    }
+
+    /// Reads everything again, page by page, and swaps the new picture in.
+    pub async fn rebuild_now(&self) -> Result<(), StoreError> {
+        // Changes announced from here on are applied after the swap.
+        let pending = self.store.take_changed();
+        let mut fresh = Picture::default();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.apps_page(after.as_deref(), REBUILD_PAGE).await?;
+            after = page.items.last().map(|a| a.name.clone());
+            for app in page.items {
+                fresh.apps.insert(app.name.clone(), Arc::new(app));
+            }
+            if !page.more {
+                break;
+            }
+        }
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .nodes_page(after.as_deref(), REBUILD_PAGE)
+                .await?;
+            after = page.items.last().map(|n| n.name.clone());
+            for node in page.items {
+                self.leases.seed(&node);
+                fresh.nodes.insert(node.name.clone(), Arc::new(node));
+            }
+            if !page.more {
+                break;
+            }
+        }
+        let mut replicas = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .replicas_page(after.as_deref(), REBUILD_PAGE)
+                .await?;
+            after = page.items.last().map(|r| r.id.clone());
+            replicas.extend(page.items);
+            if !page.more {
+                break;
+            }
+        }
+        // Specs: current revisions from the apps, older ones read.
+        for app in fresh.apps.values() {
+            fresh
+                .specs
+                .insert((app.name.clone(), app.revision), Arc::new(app.spec.clone()));
+        }
+        let older: BTreeSet<(String, u64)> = replicas
+            .iter()
+            .map(|r| (r.app.clone(), r.revision))
+            .filter(|k| !fresh.specs.contains_key(k))
+            .collect();
+        if !older.is_empty() {
+            let keys: Vec<(String, u64)> = older.into_iter().collect();
+            for (key, spec) in self.store.revision_specs(&keys).await? {
+                fresh.specs.insert(key, Arc::new(spec));
+            }
+        }
+        for replica in replicas {
+            fresh.insert_replica(replica);
+        }
+        {
+            let mut picture = self.picture.write().unwrap_or_else(|e| e.into_inner());
+            fresh.version = picture.version + 1;
+            for node in fresh.nodes.keys().chain(picture.nodes.keys()) {
+                fresh.node_touched.insert(node.clone(), fresh.version);
+            }
+            let version = fresh.version;
+            *picture = fresh;
+            drop(picture);
+            self.dirty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .everything = true;
+            self.rebuilt
+                .store(true, std::sync::atomic::Ordering::Release);
+            self.version.send_replace(version);
+        }
+        self.leases.retain_known(&self.read().nodes);
+        if !pending.is_empty() && !pending.everything {
+            self.refresh(pending).await?;
+        }
+        Ok(())
+    }
+
+    /// The node as it is now: its stored row with the live lease.
+    pub fn node(&self, name: &str) -> Option<Node> {
+        let picture = self.read();
+        picture.nodes.get(name).map(|n| self.live_node(n))
+    }
+
+    /// Whether the stored node state says Ready (for tests and views).
+    pub fn state_of(&self, name: &str) -> NodeState {
+        if self.node_ready(name) {
+            NodeState::Ready
+        } else {
+            NodeState::NotReady
+        }
+    }
+}
