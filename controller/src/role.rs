@@ -162,6 +162,12 @@ impl Controller {
         let leases = Leases::new(config.node_grace);
         let informer = Informer::new(store.clone(), leases.clone());
         tasks.spawn(informer.clone().run(config.full_resync, shutdown.clone()));
+        tasks.spawn(
+            informer
+                .detector()
+                .clone()
+                .run(leases.clone(), shutdown.clone()),
+        );
         tasks.spawn(leases.run(store.clone(), config.id.clone(), shutdown.clone()));
         let state = AppState::new(store.clone(), informer.clone(), api, leader_rx.clone());
         let reconciler = Reconciler::new(

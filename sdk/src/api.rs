@@ -420,14 +420,54 @@ pub struct ReplicaStatus {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
-    /// Observed replicas.
+    /// Observed replicas: all of them (a full report, `digest` absent), or
+    /// with `digest`, only those whose state changed since the last
+    /// heartbeat the controller answered.
     #[serde(default)]
     pub replicas: Vec<ReplicaStatus>,
+    /// With a delta report: [`replica_digest`] of the node's full state
+    /// after the change, so the controller can tell when its record drifted
+    /// and ask for a full report ([`HeartbeatReply::resend_full`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     /// The node's API key again ([`RegisterNode::logs_key`]): the
     /// controller stores only its hash, so one that restarted learns the
     /// key from the next heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs_key: Option<String>,
+}
+
+/// The answer to a heartbeat (`200`; a `204` means the same as the
+/// default).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatReply {
+    /// The controller's record of this node's replicas does not match the
+    /// digest: send a full report next.
+    #[serde(default)]
+    pub resend_full: bool,
+}
+
+/// The digest of a node's replica states, as both sides compute it: sha256
+/// over `id state reason` lines sorted by id, leaving out `Pending`
+/// replicas (the controller creates them Pending before the node has heard
+/// of them). Hex, 32 characters.
+pub fn replica_digest<'a>(
+    states: impl IntoIterator<Item = (&'a str, ReplicaState, Option<&'a str>)>,
+) -> String {
+    use sha2::Digest as _;
+    let mut lines: Vec<(&str, ReplicaState, Option<&str>)> = states
+        .into_iter()
+        .filter(|(_, state, _)| *state != ReplicaState::Pending)
+        .collect();
+    lines.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut hash = sha2::Sha256::new();
+    for (id, state, reason) in lines {
+        hash.update(id.as_bytes());
+        hash.update(format!(" {state:?} ").as_bytes());
+        hash.update(reason.unwrap_or("").as_bytes());
+        hash.update(b"\n");
+    }
+    hex::encode(&hash.finalize()[..16])
 }
 
 /// One replica a node should run.

@@ -43,8 +43,9 @@ use serde::de::DeserializeOwned;
 
 use crate::Digest;
 use crate::api::{
-    App, AppSpec, Artifact, Assignments, Endpoints, ErrorBody, Event, Heartbeat, LogEntry, Node,
-    NodeRegistration, RegisterNode, Replica, Revision, RollbackRequest, ScaleRequest,
+    App, AppSpec, Artifact, Assignments, Endpoints, ErrorBody, Event, Heartbeat, HeartbeatReply,
+    LogEntry, Node, NodeRegistration, RegisterNode, Replica, Revision, RollbackRequest,
+    ScaleRequest,
 };
 
 /// Deadline of an ordinary call.
@@ -353,14 +354,21 @@ impl Client {
     }
 
     /// Renews a node's lease and reports its replicas.
-    pub async fn heartbeat(&self, node: &str, hb: &Heartbeat) -> Result<(), ClientError> {
+    pub async fn heartbeat(
+        &self,
+        node: &str,
+        hb: &Heartbeat,
+    ) -> Result<HeartbeatReply, ClientError> {
         let body = Bytes::from(serde_json::to_vec(hb).unwrap_or_default());
         let path = format!("/v1/nodes/{node}/heartbeat");
-        self.send(
-            Call::new("sending a heartbeat", Method::PUT, &path).body("application/json", body),
-        )
-        .await
-        .map(drop)
+        let call = "sending a heartbeat";
+        let reply = self
+            .send(Call::new(call, Method::PUT, &path).body("application/json", body))
+            .await?;
+        if reply.status == StatusCode::NO_CONTENT || reply.body.is_empty() {
+            return Ok(HeartbeatReply::default());
+        }
+        decode(call, &reply)
     }
 
     /// A node's assignments; with `after`, waits up to `wait` for a version

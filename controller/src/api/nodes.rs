@@ -1,5 +1,6 @@
 //! `/v1/nodes`: registration, heartbeats, flags, and assignment watches.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -8,8 +9,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use skiff_sdk::api::{
-    Assignments, ErrorBody, Heartbeat, Node, NodeRegistration, RegisterNode, ReplicaStatus,
-    validate_name,
+    Assignments, ErrorBody, Heartbeat, HeartbeatReply, Node, NodeRegistration, RegisterNode,
+    ReplicaStatus, replica_digest, validate_name,
 };
 
 use super::{AppState, Auth, JsonBody, QueryParams, etag, if_match};
@@ -82,6 +83,7 @@ pub async fn register(
         state.node_keys.learn(&req.name, key);
     }
     state.informer.leases().renew(&req.name);
+    state.informer.detector().alive(&req.name);
     // The old credential stops working now, not when the picture catches up.
     state.credentials.forget_node(&req.name);
     let status = if created {
@@ -92,15 +94,17 @@ pub async fn register(
     Ok((status, Json(NodeRegistration { node, credential })))
 }
 
-/// Renew the node's lease and report its replicas.
+/// Renew the node's lease and report its replicas (all, or with `digest`
+/// only those that changed).
 #[utoipa::path(put, path = "/v1/nodes/{name}/heartbeat", params(("name" = String, Path)), request_body = Heartbeat,
-    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 200, body = HeartbeatReply, description = "The record drifted from the digest: send a full report"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     Auth(who): Auth,
     Path(name): Path<String>,
     body: JsonBody<Heartbeat>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     who.require_the_node(&name)?;
     let hb: Heartbeat = body.decode()?;
     if let Some(key) = &hb.logs_key {
@@ -119,16 +123,32 @@ pub async fn heartbeat(
     // The lease is renewed in memory (persisted in batches); only replica
     // states that differ from the picture are written.
     state.informer.leases().renew(&name);
-    let changed: Vec<ReplicaStatus> = {
+    state.informer.detector().alive(&name);
+    let (changed, drifted) = {
         let picture = state.informer.read();
-        hb.replicas
-            .into_iter()
+        let changed: Vec<ReplicaStatus> = hb
+            .replicas
+            .iter()
             .filter(|r| {
                 picture.replicas.get(&r.id).is_none_or(|known| {
                     known.node != name || known.state != r.state || known.reason != r.reason
                 })
             })
-            .collect()
+            .cloned()
+            .collect();
+        // The record after this report, as the node's digest covers it.
+        let drifted = hb.digest.as_deref().is_some_and(|digest| {
+            let reported: HashMap<&str, &ReplicaStatus> =
+                hb.replicas.iter().map(|r| (r.id.as_str(), r)).collect();
+            let record = picture
+                .replicas_on(&name)
+                .map(|r| match reported.get(r.id.as_str()) {
+                    Some(now) => (now.id.as_str(), now.state, now.reason.as_deref()),
+                    None => (r.id.as_str(), r.state, r.reason.as_deref()),
+                });
+            replica_digest(record) != digest
+        });
+        (changed, drifted)
     };
     if !changed.is_empty() {
         state
@@ -137,7 +157,10 @@ pub async fn heartbeat(
             .await
             .map_err(ApiError::store("recording a heartbeat"))?;
     }
-    Ok(StatusCode::NO_CONTENT)
+    if drifted {
+        return Ok(Json(HeartbeatReply { resend_full: true }).into_response());
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Nodes by name, a page at a time (`limit`, `continue`; the next page's
@@ -277,6 +300,15 @@ pub async fn assignments(
     QueryParams(query): QueryParams<WatchQuery>,
 ) -> Result<Json<Assignments>, ApiError> {
     who.require_the_node(&name)?;
+    // A watch that ends without an answer (the node's connection closed)
+    // raises a suspicion that the node died.
+    let ingress = state
+        .informer
+        .read()
+        .nodes
+        .get(&name)
+        .map(|n| n.ingress.clone());
+    let guard = ingress.map(|ingress| state.informer.detector().watching(&name, &ingress));
     // The store is read again only when the picture says this node's
     // replicas (or its row) changed since the last read.
     let last: std::sync::Mutex<Option<(u64, Arc<Assignments>)>> = std::sync::Mutex::new(None);
@@ -307,6 +339,9 @@ pub async fn assignments(
         |current: &Arc<Assignments>| query.after.is_none_or(|after| current.version > after),
     )
     .await?;
+    if let Some(guard) = guard {
+        guard.finish();
+    }
     Ok(Json(Arc::unwrap_or_clone(current)))
 }
 

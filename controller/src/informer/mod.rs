@@ -21,6 +21,7 @@
 //! [`Informer::version`] and check which nodes and apps were touched since
 //! the version they hold.
 
+mod failure;
 mod leases;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -31,6 +32,7 @@ use skiff_sdk::api::{App, AppSpec, Node, NodeState, Replica};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use failure::{Detector, REWATCH_WINDOW, WatchGuard};
 pub use leases::{LEASE_FLUSH, Leases};
 
 use crate::store::{Changed, Store, StoreError};
@@ -152,6 +154,7 @@ pub struct Informer {
     rebuild: Notify,
     rebuilt: std::sync::atomic::AtomicBool,
     leases: Arc<Leases>,
+    detector: Arc<Detector>,
 }
 
 impl std::fmt::Debug for Informer {
@@ -171,12 +174,18 @@ impl Informer {
             rebuild: Notify::new(),
             rebuilt: std::sync::atomic::AtomicBool::new(false),
             leases,
+            detector: Arc::default(),
         })
     }
 
     /// The node leases.
     pub fn leases(&self) -> &Arc<Leases> {
         &self.leases
+    }
+
+    /// The failure detector (run it with [`Detector::run`]).
+    pub fn detector(&self) -> &Arc<Detector> {
+        &self.detector
     }
 
     /// The picture, read-locked.

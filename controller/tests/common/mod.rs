@@ -153,6 +153,12 @@ impl TestApi {
                 .clone()
                 .run(std::time::Duration::from_secs(30), shutdown.clone()),
         );
+        tokio::spawn(
+            informer
+                .detector()
+                .clone()
+                .run(leases.clone(), shutdown.clone()),
+        );
         tokio::spawn(leases.run(store.clone(), "test".into(), shutdown.clone()));
         let state = AppState::new(store.clone(), informer, config, rx);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use skiff_sdk::api::{Heartbeat, NodeCapacity, RegisterNode};
+use std::collections::HashMap;
+
+use skiff_sdk::api::{Heartbeat, NodeCapacity, RegisterNode, ReplicaStatus, replica_digest};
 use skiff_sdk::{Client, ClientError};
 use tokio_util::sync::CancellationToken;
 
@@ -81,17 +83,51 @@ impl Agent {
         Ok(self.client.clone().with_token(&registration.credential))
     }
 
+    /// Heartbeats: the first one after registering reports every replica;
+    /// later ones only the states that changed since the last answered one,
+    /// with a digest of the whole, until the controller asks for a full
+    /// report again.
     async fn heartbeats(&self, client: &Client) -> ClientError {
         let mut backoff = Backoff::default();
+        // What the controller acknowledged; `None`: send a full report.
+        let mut acknowledged: Option<HashMap<String, ReplicaStatus>> = None;
         loop {
-            let heartbeat = Heartbeat {
-                replicas: self.replica_states(),
-                logs_key: Some(self.router.logs_key().to_owned()),
+            let now: HashMap<String, ReplicaStatus> = self
+                .replica_states()
+                .into_iter()
+                .map(|r| (r.id.clone(), r))
+                .collect();
+            let heartbeat = match &acknowledged {
+                None => Heartbeat {
+                    replicas: now.values().cloned().collect(),
+                    logs_key: Some(self.router.logs_key().to_owned()),
+                    digest: None,
+                },
+                Some(before) => Heartbeat {
+                    replicas: now
+                        .values()
+                        .filter(|r| before.get(&r.id) != Some(*r))
+                        .cloned()
+                        .collect(),
+                    logs_key: Some(self.router.logs_key().to_owned()),
+                    digest: Some(replica_digest(
+                        now.values()
+                            .map(|r| (r.id.as_str(), r.state, r.reason.as_deref())),
+                    )),
+                },
             };
+            let mut resend = false;
             match client.heartbeat(&self.config.name, &heartbeat).await {
-                Ok(()) => backoff.succeeded("heartbeats reach the controller again"),
+                Ok(reply) => {
+                    backoff.succeeded("heartbeats reach the controller again");
+                    resend = reply.resend_full;
+                    acknowledged = (!reply.resend_full).then_some(now);
+                }
                 Err(e) if needs_registration(&e) => return e,
                 Err(e) => backoff.failed("sending a heartbeat", &e),
+            }
+            if resend {
+                continue;
             }
             tokio::select! {
                 () = tokio::time::sleep(self.config.heartbeat) => {}
