@@ -264,8 +264,17 @@ async fn crash_loop(mut cluster: Cluster, backend: &str) {
             assert!(seen.insert(replica.id.clone()), "{} twice", replica.id);
         }
     }
-    let reply = cluster.get("edge-1", "alpha", "/").await;
-    assert_eq!(reply.status, http::StatusCode::OK, "{}", reply.text());
+    // A node learns the endpoints by long-poll, after the back-off its
+    // watches built up while the controller kept dying: poll, with a limit.
+    cluster
+        .wait(
+            "alpha through edge-1",
+            Duration::from_secs(15),
+            |c| async move {
+                (c.get("edge-1", "alpha", "/").await.status == http::StatusCode::OK).then_some(())
+            },
+        )
+        .await;
 }
 
 const CONTROLLER_ARGS: [&str; 4] = ["--id", "crash-test", "--lease-ttl", "2s"];

@@ -49,6 +49,10 @@ pub enum ApiError {
         "the new spec widens the app's capabilities; review the difference and apply again with approve_capabilities=true (skiff deploy --approve-capabilities)"
     )]
     CapabilitiesNotApproved(CapabilityDiff),
+    /// 503: the controller cannot answer yet (it is still reading its
+    /// state).
+    #[error("{0}")]
+    Unavailable(String),
     /// 502: a node the request needed did not answer.
     #[error("{0}")]
     NodeUnreachable(String),
@@ -131,6 +135,7 @@ impl ApiError {
                 Some("approve_capabilities".to_owned()),
             ),
             ApiError::NodeUnreachable(_) => (StatusCode::BAD_GATEWAY, "node_unreachable", None),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
             ApiError::StoreFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "store_full", None),
             ApiError::UnsupportedMediaType(_) => (

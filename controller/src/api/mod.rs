@@ -89,8 +89,6 @@ pub struct AppState {
     pub leader: tokio::sync::watch::Receiver<bool>,
     /// When this controller started serving.
     pub started: std::time::Instant,
-    /// The last endpoints answer (see `endpoints::cached`).
-    endpoints: Arc<std::sync::Mutex<Option<endpoints::CachedEndpoints>>>,
     /// The admin and join token hashes, read on first use.
     tokens: Arc<tokio::sync::OnceCell<TokenHashes>>,
     /// The nodes' API keys, as they presented them (never stored).
@@ -116,23 +114,20 @@ impl AppState {
             node_keys: Arc::default(),
             leader,
             started: std::time::Instant::now(),
-            endpoints: Arc::default(),
             tokens: Arc::default(),
         }
     }
 }
 
-/// A long-poll: reads with `read` now, then again after every change to
-/// the informer's picture (which follows every controller's writes and the
-/// nodes' leases), until `done` says the value is worth answering or
+/// A long-poll: reads with `read` now, then again after every bump of
+/// `changes` (the informer's per-node or endpoints channel, which follow
+/// every controller's writes and the nodes' leases), until `done` says the value is worth answering or
 /// `timeout_ms` (default [`DEFAULT_WATCH`], at most [`MAX_WATCH`]) has
 /// passed. Returns the last value read and whether `done` accepted it.
-/// `read` is given the picture version it reads at, so it can skip work
-/// when nothing it depends on was touched.
 pub(crate) async fn long_poll<T, Fut>(
-    state: &AppState,
+    mut changes: tokio::sync::watch::Receiver<u64>,
     timeout_ms: Option<u64>,
-    mut read: impl FnMut(u64) -> Fut,
+    mut read: impl FnMut() -> Fut,
     done: impl Fn(&T) -> bool,
 ) -> Result<(T, bool), ApiError>
 where
@@ -143,10 +138,9 @@ where
         .unwrap_or(DEFAULT_WATCH)
         .min(MAX_WATCH);
     let deadline = tokio::time::Instant::now() + wait;
-    let mut changes = state.informer.version();
     loop {
-        let version = *changes.borrow_and_update();
-        let current = read(version).await?;
+        changes.borrow_and_update();
+        let current = read().await?;
         if done(&current) {
             return Ok((current, true));
         }

@@ -313,12 +313,15 @@ pub async fn assignments(
     // replicas (or its row) changed since the last read.
     let last: std::sync::Mutex<Option<(u64, Arc<Assignments>)>> = std::sync::Mutex::new(None);
     let (current, _) = super::long_poll(
-        &state,
+        state.informer.node_changes(&name),
         query.timeout_ms,
-        |version| {
+        || {
             let (state, name, last) = (&state, &name, &last);
             async move {
-                let touched = state.informer.read().node_touched.get(name).copied();
+                let (version, touched) = {
+                    let picture = state.informer.read();
+                    (picture.version, picture.node_touched.get(name).copied())
+                };
                 if let Some((read_at, held)) =
                     last.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
                     && touched.is_some_and(|t| t <= *read_at)

@@ -21,6 +21,7 @@
 //! [`Informer::version`] and check which nodes and apps were touched since
 //! the version they hold.
 
+mod endpoints;
 mod failure;
 mod leases;
 
@@ -77,6 +78,8 @@ pub struct Picture {
     /// The version at which each node (its row, its replicas, their specs)
     /// last changed.
     pub node_touched: HashMap<String, u64>,
+    /// Nodes touched by the change being applied (to notify afterwards).
+    touched: BTreeSet<String>,
 }
 
 impl Picture {
@@ -142,6 +145,7 @@ impl Picture {
 
     fn touch_node(&mut self, node: &str) {
         self.node_touched.insert(node.to_owned(), self.version);
+        self.touched.insert(node.to_owned());
     }
 }
 
@@ -155,7 +159,26 @@ pub struct Informer {
     rebuilt: std::sync::atomic::AtomicBool,
     leases: Arc<Leases>,
     detector: Arc<Detector>,
+    /// Per node: bumped when the node (row, replicas) changes, for its
+    /// assignments watch.
+    node_watches: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// The endpoints as last published, and a counter of changes to them.
+    endpoints: Mutex<Option<Arc<Published>>>,
+    endpoints_changed: watch::Sender<u64>,
 }
+
+/// The endpoints of every app, serialised once for every watcher.
+#[derive(Debug)]
+pub struct Published {
+    /// Entity tag (a hash of the body).
+    pub tag: String,
+    /// JSON of [`skiff_sdk::api::Endpoints`].
+    pub body: bytes::Bytes,
+}
+
+/// How long endpoint changes are gathered before they are published: a
+/// burst of writes is one recomputation and one answer per watcher.
+const PUBLISH_COALESCE: Duration = Duration::from_millis(20);
 
 impl std::fmt::Debug for Informer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -175,12 +198,99 @@ impl Informer {
             rebuilt: std::sync::atomic::AtomicBool::new(false),
             leases,
             detector: Arc::default(),
+            node_watches: Mutex::default(),
+            endpoints: Mutex::default(),
+            endpoints_changed: watch::channel(0).0,
         })
     }
 
     /// The node leases.
     pub fn leases(&self) -> &Arc<Leases> {
         &self.leases
+    }
+
+    /// A receiver bumped whenever `node`'s row or replicas change.
+    pub fn node_changes(&self, node: &str) -> watch::Receiver<u64> {
+        let mut watches = self.node_watches.lock().unwrap_or_else(|e| e.into_inner());
+        watches
+            .entry(node.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Wakes the watchers of `nodes` (of every node, with `None`).
+    fn notify_nodes(&self, nodes: Option<&BTreeSet<String>>, version: u64) {
+        let mut watches = self.node_watches.lock().unwrap_or_else(|e| e.into_inner());
+        watches.retain(|_, sender| sender.receiver_count() > 0);
+        match nodes {
+            None => watches.values().for_each(|s| {
+                s.send_replace(version);
+            }),
+            Some(nodes) => {
+                for node in nodes {
+                    if let Some(sender) = watches.get(node) {
+                        sender.send_replace(version);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The endpoints as last published (`None` before the first).
+    pub fn endpoints(&self) -> Option<Arc<Published>> {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A receiver bumped whenever the published endpoints change.
+    pub fn endpoints_changes(&self) -> watch::Receiver<u64> {
+        self.endpoints_changed.subscribe()
+    }
+
+    /// Publishes the endpoints after every change to the picture
+    /// (coalesced), waking the endpoint watchers only when they differ.
+    async fn publish_endpoints(&self, shutdown: &CancellationToken) {
+        let mut version = self.version();
+        loop {
+            // Nothing is published before the first rebuild: an empty
+            // picture is not an empty cluster.
+            if *version.borrow_and_update() == 0 {
+                tokio::select! {
+                    changed = version.changed() => if changed.is_err() { return },
+                    () = shutdown.cancelled() => return,
+                }
+                continue;
+            }
+            let endpoints = endpoints::of(&self.read(), &self.leases);
+            let body = bytes::Bytes::from(serde_json::to_vec(&endpoints).unwrap_or_default());
+            let tag = {
+                use sha2::Digest as _;
+                format!("\"{}\"", hex::encode(&sha2::Sha256::digest(&body)[..12]))
+            };
+            let changed = {
+                let mut current = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+                let changed = current.as_ref().is_none_or(|p| p.tag != tag);
+                if changed {
+                    *current = Some(Arc::new(Published { tag, body }));
+                }
+                changed
+            };
+            if changed {
+                self.endpoints_changed.send_modify(|n| *n += 1);
+            }
+            // At most one publication per PUBLISH_COALESCE: a change after a
+            // quiet spell is published at once, a burst in few steps.
+            tokio::select! {
+                () = tokio::time::sleep(PUBLISH_COALESCE) => {}
+                () = shutdown.cancelled() => return,
+            }
+            tokio::select! {
+                changed = version.changed() => if changed.is_err() { return },
+                () = shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// The failure detector (run it with [`Detector::run`]).
@@ -231,6 +341,13 @@ impl Informer {
     /// applies changes as the store announces them, checks leases every
     /// [`LEASE_CHECK`], and rebuilds every `full_resync` or on request.
     pub async fn run(self: Arc<Self>, full_resync: Duration, shutdown: CancellationToken) {
+        tokio::join!(
+            self.follow(full_resync, &shutdown),
+            self.publish_endpoints(&shutdown)
+        );
+    }
+
+    async fn follow(&self, full_resync: Duration, shutdown: &CancellationToken) {
         let mut changes = self.store.changes();
         let mut next_rebuild = tokio::time::Instant::now();
         let mut lease_check = tokio::time::interval(LEASE_CHECK);
@@ -279,7 +396,9 @@ impl Informer {
             picture.touch_node(node);
         }
         let version = picture.version;
+        let touched = std::mem::take(&mut picture.touched);
         drop(picture);
+        self.notify_nodes(Some(&touched), version);
         self.dirty
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -352,7 +471,9 @@ impl Informer {
             }
         }
         let version = picture.version;
+        let touched = std::mem::take(&mut picture.touched);
         drop(picture);
+        self.notify_nodes(Some(&touched), version);
         {
             let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
             dirty.apps.extend(changed.apps);
@@ -459,8 +580,10 @@ impl Informer {
                 fresh.node_touched.insert(node.clone(), fresh.version);
             }
             let version = fresh.version;
+            fresh.touched.clear();
             *picture = fresh;
             drop(picture);
+            self.notify_nodes(None, version);
             self.dirty
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

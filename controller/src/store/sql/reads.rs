@@ -182,10 +182,15 @@ impl SqlStore {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        // Grouped by time, so a batch is a few statements, not one per node.
+        // Grouped by time (rounded down to 100 ms, which only ever makes a
+        // lease look older), so a batch is a few statements, not one per
+        // node.
         let mut by_time: std::collections::BTreeMap<i64, Vec<&str>> = Default::default();
         for (node, at) in renewals {
-            by_time.entry(*at).or_default().push(node);
+            by_time
+                .entry(at - at.rem_euclid(100))
+                .or_default()
+                .push(node);
         }
         for (at, nodes) in by_time {
             for chunk in nodes.chunks(CHUNK) {
