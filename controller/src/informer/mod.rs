@@ -165,6 +165,8 @@ pub struct Informer {
     /// The endpoints as last published, and a counter of changes to them.
     endpoints: Mutex<Option<Arc<Published>>>,
     endpoints_changed: watch::Sender<u64>,
+    /// The picture version the endpoints were last computed at.
+    published: watch::Sender<u64>,
 }
 
 /// The endpoints of every app, serialised once for every watcher.
@@ -201,6 +203,7 @@ impl Informer {
             node_watches: Mutex::default(),
             endpoints: Mutex::default(),
             endpoints_changed: watch::channel(0).0,
+            published: watch::channel(0).0,
         })
     }
 
@@ -244,6 +247,13 @@ impl Informer {
             .clone()
     }
 
+    /// The picture version the endpoints were last computed at: bumped
+    /// after every change once nodes can learn of it, so whoever acts on
+    /// a change (the reconciler) acts after the endpoints show it.
+    pub fn published(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
+    }
+
     /// A receiver bumped whenever the published endpoints change.
     pub fn endpoints_changes(&self) -> watch::Receiver<u64> {
         self.endpoints_changed.subscribe()
@@ -256,7 +266,8 @@ impl Informer {
         loop {
             // Nothing is published before the first rebuild: an empty
             // picture is not an empty cluster.
-            if *version.borrow_and_update() == 0 {
+            let at = *version.borrow_and_update();
+            if at == 0 {
                 tokio::select! {
                     changed = version.changed() => if changed.is_err() { return },
                     () = shutdown.cancelled() => return,
@@ -280,6 +291,7 @@ impl Informer {
             if changed {
                 self.endpoints_changed.send_modify(|n| *n += 1);
             }
+            self.published.send_replace(at);
             // At most one publication per PUBLISH_COALESCE: a change after a
             // quiet spell is published at once, a burst in few steps.
             tokio::select! {

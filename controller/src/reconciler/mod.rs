@@ -353,7 +353,9 @@ impl Reconciler {
     /// controller leads, until `shutdown`. Gaining leadership rebuilds the
     /// informer's picture and plans everything once.
     pub async fn run(mut self, mut leader: watch::Receiver<bool>, shutdown: CancellationToken) {
-        let mut version = self.informer.version();
+        // Woken once the endpoints show a change, so that what a pass
+        // records (conditions, events) is never ahead of what nodes route by.
+        let mut version = self.informer.published();
         loop {
             // Wait for leadership.
             while !*leader.borrow_and_update() {
