@@ -106,7 +106,7 @@ async fn apps_revisions_versions_and_rollback() {
 
         // Rollback to the previous revision: a new revision with the old
         // spec and the current replica count.
-        let back = s.rollback_app("web", None, None).await.unwrap();
+        let back = s.rollback_app("web", None, None, None).await.unwrap();
         assert_eq!(back.revision, 3, "{b}");
         assert!(back.spec.env.is_empty(), "{b}");
         assert_eq!(back.spec.replicas, 3, "{b}");
@@ -118,7 +118,7 @@ async fn apps_revisions_versions_and_rollback() {
         );
         assert!(
             matches!(
-                s.rollback_app("web", Some(99), None).await,
+                s.rollback_app("web", Some(99), None, None).await,
                 Err(StoreError::NotFound { .. })
             ),
             "{b}"
@@ -566,7 +566,7 @@ async fn the_app_list_reflects_every_write() {
         let mut v2 = spec(d, 3);
         v2.env.insert("V".into(), "2".into());
         s.apply_app("web", &v2, None).await.unwrap();
-        s.rollback_app("web", None, None).await.unwrap();
+        s.rollback_app("web", None, None, None).await.unwrap();
         assert_eq!(check("rollback").await[0].revision, 3);
         s.register_node(&node("n1", "a"), "h1", None, GRACE)
             .await

@@ -322,7 +322,7 @@ pub async fn rollback(
     let expected = if_match(&headers)?;
     let app = state
         .store
-        .rollback_app(&name, req.revision, expected)
+        .rollback_app(&name, req.revision, expected, None)
         .await
         .map_err(|e| match (e, req.revision) {
             // Say which revision is missing in the caller's words.

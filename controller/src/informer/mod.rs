@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use skiff_sdk::api::{App, AppSpec, Node, NodeState, Replica};
+use skiff_sdk::api::{App, AppSpec, Node, NodeState, Replica, Revision};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +71,10 @@ pub struct Picture {
     pub by_node: HashMap<String, BTreeSet<String>>,
     /// Specs of the revisions replicas run, by `(app, revision)`.
     pub specs: HashMap<(String, u64), Arc<AppSpec>>,
+    /// Kept revisions of the apps still rolling out (their current
+    /// revision is not yet the good one): how long the rollout has run and
+    /// where a failure returns.
+    pub histories: HashMap<String, Arc<Vec<Revision>>>,
     /// Memory reserved on each node by the replicas assigned to it.
     pub allocated: HashMap<String, u64>,
     /// Bumped on every change to the picture.
@@ -424,6 +428,7 @@ impl Informer {
         let app_names: Vec<String> = changed.apps.iter().cloned().collect();
         let node_names: Vec<String> = changed.nodes.iter().cloned().collect();
         let apps = self.store.apps_named(&app_names).await?;
+        let histories = self.histories_of(&apps).await?;
         let replicas = self.store.replicas_of(&app_names).await?;
         let nodes = self.store.nodes_named(&node_names).await?;
         let specs = self.missing_specs(&replicas).await?;
@@ -431,6 +436,10 @@ impl Informer {
         let mut picture = self.picture.write().unwrap_or_else(|e| e.into_inner());
         picture.version += 1;
         picture.specs.extend(specs);
+        for name in &changed.apps {
+            picture.histories.remove(name);
+        }
+        picture.histories.extend(histories);
         let mut apps: BTreeMap<String, App> =
             apps.into_iter().map(|a| (a.name.clone(), a)).collect();
         for name in &changed.apps {
@@ -493,6 +502,25 @@ impl Informer {
         }
         self.version.send_replace(version);
         Ok(())
+    }
+
+    /// The revision histories of those of `apps` still rolling out.
+    async fn histories_of(
+        &self,
+        apps: &[App],
+    ) -> Result<HashMap<String, Arc<Vec<Revision>>>, StoreError> {
+        let rolling: Vec<String> = apps
+            .iter()
+            .filter(|a| a.status.good_revision != Some(a.revision))
+            .map(|a| a.name.clone())
+            .collect();
+        let mut out: HashMap<String, Vec<Revision>> = HashMap::new();
+        if !rolling.is_empty() {
+            for revision in self.store.revisions_of(&rolling).await? {
+                out.entry(revision.app.clone()).or_default().push(revision);
+            }
+        }
+        Ok(out.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
     }
 
     /// The specs `replicas` run that the picture does not hold yet.
@@ -565,6 +593,9 @@ impl Informer {
                 break;
             }
         }
+        let apps: Vec<App> = fresh.apps.values().map(|a| App::clone(a)).collect();
+        fresh.histories = self.histories_of(&apps).await?;
+        drop(apps);
         // Specs: current revisions from the apps, older ones read.
         for app in fresh.apps.values() {
             fresh

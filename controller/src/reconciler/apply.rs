@@ -8,7 +8,7 @@ use rand::Rng as _;
 use skiff_sdk::api::EventKind;
 
 use super::{Action, DesiredApp, Reconciler, RemoveReason, SCHEDULED, Summary};
-use crate::store::{NewEvent, NewReplica, ReplicaChange, StoreError};
+use crate::store::{NewEvent, NewReplica, ReplicaChange, StatusUpdate, StoreError};
 
 impl Reconciler {
     pub(super) async fn apply(
@@ -134,34 +134,47 @@ impl Reconciler {
         if change != ReplicaChange::default() {
             self.store.change_replicas(&change).await?;
         }
-        for (app, revision) in good {
-            match self.store.set_good_revision(&app, revision).await {
-                Ok(()) | Err(StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
         for (app, to, reason) in rollbacks {
             tracing::warn!(%app, to, %reason, "rollout failed: rolling back");
-            self.store
-                .record_event(NewEvent {
-                    app: Some(app.clone()),
-                    node: None,
-                    kind: EventKind::RolloutFailed,
-                    message: format!("{reason}; rolling back to revision {to}"),
-                })
-                .await?;
-            match self.store.rollback_app(&app, Some(to), None).await {
+            let cause = NewEvent {
+                app: Some(app.clone()),
+                node: None,
+                kind: EventKind::RolloutFailed,
+                message: format!("{reason}; rolling back to revision {to}"),
+            };
+            match self
+                .store
+                .rollback_app(&app, Some(to), None, Some(cause))
+                .await
+            {
                 Ok(_) | Err(StoreError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        for (app, c) in conditions {
-            match self.store.set_app_conditions(&app, &c).await {
-                // Deleted meanwhile: the next pass sees it gone.
-                Ok(()) | Err(StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
+        // Good revisions and conditions of every app: one transaction.
+        let mut statuses: BTreeMap<String, StatusUpdate> = BTreeMap::new();
+        for (app, revision) in good {
+            statuses
+                .entry(app.clone())
+                .or_insert_with(|| StatusUpdate {
+                    app,
+                    good_revision: None,
+                    conditions: None,
+                })
+                .good_revision = Some(revision);
         }
+        for (app, c) in conditions {
+            statuses
+                .entry(app.clone())
+                .or_insert_with(|| StatusUpdate {
+                    app,
+                    good_revision: None,
+                    conditions: None,
+                })
+                .conditions = Some(c);
+        }
+        let statuses: Vec<StatusUpdate> = statuses.into_values().collect();
+        self.store.record_statuses(&statuses).await?;
         if summary != Summary::default() {
             tracing::info!(
                 placed = summary.placed,

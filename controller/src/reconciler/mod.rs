@@ -331,7 +331,7 @@ impl Reconciler {
         scope: &Scope,
         evict_lost: bool,
     ) -> Result<Summary, StoreError> {
-        let rows = observe::Rows::gather(&self.informer, self.store.as_ref(), scope).await?;
+        let rows = observe::Rows::gather(&self.informer, scope);
         let observed = observe::observe(&rows, crate::store::now_ms(), evict_lost);
         let actions = plan(&observed.desired, &observed.nodes, &observed.replicas);
         let moving = moving_apps(&observed, &actions);

@@ -12,7 +12,6 @@ use skiff_sdk::api::{App, Node, Replica, Revision};
 use super::{DesiredApp, ObservedNode, ObservedReplica};
 use crate::informer::Informer;
 use crate::scheduler::NodeSlot;
-use crate::store::{Store, StoreError};
 
 /// Which apps a pass plans.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,17 +34,12 @@ pub(super) struct Rows {
     pub replicas: Vec<(Arc<Replica>, u64)>,
     /// Revision histories of the apps that need one: apps still rolling
     /// out.
-    pub histories: HashMap<String, Vec<Revision>>,
+    pub histories: HashMap<String, Arc<Vec<Revision>>>,
 }
 
 impl Rows {
-    /// The rows of `scope`, from the informer (and the revision histories
-    /// of apps rolling out, from the store).
-    pub(super) async fn gather(
-        informer: &Informer,
-        store: &dyn Store,
-        scope: &Scope,
-    ) -> Result<Self, StoreError> {
+    /// The rows of `scope`, from the informer's picture.
+    pub(super) fn gather(informer: &Informer, scope: &Scope) -> Self {
         let mut rows = {
             let picture = informer.read();
             let leases = informer.leases();
@@ -85,29 +79,26 @@ impl Rows {
                     (r, reservation)
                 })
                 .collect();
+            let histories = apps
+                .iter()
+                .filter_map(|a| {
+                    picture
+                        .histories
+                        .get(&a.name)
+                        .map(|h| (a.name.clone(), h.clone()))
+                })
+                .collect();
             Rows {
                 apps,
                 nodes,
                 ready,
                 baseline,
                 replicas,
-                histories: HashMap::new(),
+                histories,
             }
         };
-        for app in &rows.apps {
-            if app.status.good_revision != Some(app.revision) {
-                match store.revisions(&app.name).await {
-                    Ok(revisions) => {
-                        rows.histories.insert(app.name.clone(), revisions);
-                    }
-                    // Deleted meanwhile: the next pass sees it gone.
-                    Err(StoreError::NotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
         rows.replicas.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-        Ok(rows)
+        rows
     }
 }
 
@@ -129,7 +120,7 @@ pub(super) fn observe(rows: &Rows, now: i64, evict_lost: bool) -> Observed {
             let revisions = rows
                 .histories
                 .get(&app.name)
-                .map(Vec::as_slice)
+                .map(|h| h.as_slice())
                 .unwrap_or_default();
             d.rollout_age_ms = revisions
                 .iter()

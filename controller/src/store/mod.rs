@@ -226,6 +226,17 @@ impl Changed {
     }
 }
 
+/// What the reconciler records about one app's status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusUpdate {
+    /// App.
+    pub app: String,
+    /// The revision that became fully available, if one did.
+    pub good_revision: Option<u64>,
+    /// The app's conditions, if they changed.
+    pub conditions: Option<Vec<Condition>>,
+}
+
 /// One page of a list, in name (or id) order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Page<T> {
@@ -290,12 +301,15 @@ pub trait Store: Send + Sync + 'static {
     /// An app's kept revisions, oldest first.
     async fn revisions(&self, name: &str) -> Result<Vec<Revision>>;
     /// Makes the spec of revision `to` (default: the one before the current)
-    /// current again, as a new revision; keeps the replica count.
+    /// current again, as a new revision; keeps the replica count. `cause`
+    /// (why the controller rolls back by itself) is recorded first, in the
+    /// same transaction.
     async fn rollback_app(
         &self,
         name: &str,
         to: Option<u64>,
         if_version: Option<u64>,
+        cause: Option<NewEvent>,
     ) -> Result<App>;
     /// Sets the desired replica count.
     async fn scale_app(&self, name: &str, replicas: u32, if_version: Option<u64>) -> Result<App>;
@@ -303,6 +317,11 @@ pub trait Store: Send + Sync + 'static {
     async fn set_good_revision(&self, name: &str, revision: u64) -> Result<()>;
     /// Records the app's conditions (written by the reconciler).
     async fn set_app_conditions(&self, name: &str, conditions: &[Condition]) -> Result<()>;
+    /// Records good revisions and conditions of many apps in one
+    /// transaction; apps that no longer exist are skipped.
+    async fn record_statuses(&self, updates: &[StatusUpdate]) -> Result<()>;
+    /// The kept revisions of the apps among `apps`, by app then number.
+    async fn revisions_of(&self, apps: &[String]) -> Result<Vec<Revision>>;
 
     /// A counter of this store's committed writes of apps, nodes and
     /// replicas (not of tokens, artifacts, events or leases): every write

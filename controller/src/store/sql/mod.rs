@@ -60,7 +60,13 @@ impl Default for StoreOptions {
 /// The SQL implementation of [`Store`].
 #[derive(Clone)]
 pub struct SqlStore {
+    /// Writes (and reads inside write transactions).
     pool: AnyPool,
+    /// Reads outside transactions. On SQLite a pool of its own: in WAL
+    /// mode readers never wait for the one writer (nor it for them), and a
+    /// read sees every commit made before it began. On PostgreSQL the same
+    /// pool as writes.
+    reads: AnyPool,
     options: StoreOptions,
     dialect: Dialect,
     /// Bumped after every committed write that can change the app list.
@@ -80,6 +86,10 @@ pub struct SqlStore {
     /// PostgreSQL: the task that listens for other controllers' writes.
     _listener: Option<Arc<tokio_util::task::AbortOnDropHandle<()>>>,
 }
+
+/// Read connections to a SQLite database: enough for the API's reads and
+/// the informer to proceed side by side on two cores.
+const SQLITE_READERS: u32 = 4;
 
 /// The PostgreSQL channel that carries [`Changed`] names between
 /// controllers.
@@ -156,7 +166,7 @@ impl SqlStore {
     /// does not know.
     pub async fn connect(url: &str, options: StoreOptions) -> Result<Self> {
         sqlx::any::install_default_drivers();
-        let (dialect, pool) = if let Some(rest) = url.strip_prefix("sqlite:") {
+        let (dialect, pool, reads) = if let Some(rest) = url.strip_prefix("sqlite:") {
             if let Some(path) = sqlite_path(rest) {
                 restrict_to_owner(&path)?;
             }
@@ -182,13 +192,24 @@ impl SqlStore {
                 })
                 .connect(&url)
                 .await?;
-            (Dialect::Sqlite, pool)
+            let reads = AnyPoolOptions::new()
+                .max_connections(SQLITE_READERS)
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        conn.execute("PRAGMA busy_timeout=5000; PRAGMA query_only=ON;")
+                            .await?;
+                        Ok(())
+                    })
+                })
+                .connect(&url)
+                .await?;
+            (Dialect::Sqlite, pool, reads)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = AnyPoolOptions::new()
                 .max_connections(options.max_connections)
                 .connect(url)
                 .await?;
-            (Dialect::Postgres, pool)
+            (Dialect::Postgres, pool.clone(), pool)
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         };
@@ -199,6 +220,7 @@ impl SqlStore {
         migrator.run(&pool).await.map_err(StoreError::Migrate)?;
         let mut store = Self {
             pool,
+            reads,
             options,
             dialect,
             generation: Arc::default(),
@@ -334,8 +356,9 @@ impl SqlStore {
         }
     }
 
-    /// Closes the pool (waits for connections to be returned).
+    /// Closes the pools (waits for connections to be returned).
     pub async fn close(&self) {
+        self.reads.close().await;
         self.pool.close().await;
     }
 

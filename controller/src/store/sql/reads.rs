@@ -2,12 +2,12 @@
 //! what the informer and the paged lists need, each one bounded query (or a
 //! few, for long name lists) instead of a scan of everything.
 
-use skiff_sdk::api::{App, AppSpec, Node, Replica, ReplicaStatus};
+use skiff_sdk::api::{App, AppSpec, Node, Replica, ReplicaStatus, Revision};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::super::rows::{parse, parse_state, state_str, to_u64};
-use super::super::{Changed, Page, Result};
+use super::super::rows::{json, parse, parse_state, state_str, to_i64, to_u64};
+use super::super::{Changed, Page, Result, StatusUpdate};
 use super::{SqlStore, Tx};
 
 /// Names bound per `IN (...)` query: far below SQLite's and PostgreSQL's
@@ -56,7 +56,7 @@ impl SqlStore {
             for name in chunk {
                 query = query.bind(name.clone());
             }
-            out.extend(query.fetch_all(&self.pool).await?);
+            out.extend(query.fetch_all(&self.reads).await?);
         }
         Ok(out)
     }
@@ -74,7 +74,7 @@ impl SqlStore {
         let mut rows = sqlx::query(&sql)
             .bind(after.unwrap_or("").to_owned())
             .bind(i64::from(limit) + 1)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reads)
             .await?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
@@ -177,6 +177,49 @@ impl SqlStore {
         Ok(out)
     }
 
+    pub(super) async fn read_revisions_of(&self, apps: &[String]) -> Result<Vec<Revision>> {
+        let rows = self.rows_in("SELECT * FROM revisions", "app", apps).await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                Ok(Revision {
+                    app: r.try_get("app")?,
+                    number: to_u64(r.try_get("number")?),
+                    spec: parse("revision spec", &r.try_get::<String, _>("spec")?)?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| (&a.app, a.number).cmp(&(&b.app, b.number)));
+        Ok(out)
+    }
+
+    pub(super) async fn write_statuses(&self, updates: &[StatusUpdate]) -> Result<()> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut changed = Changed::default();
+        for update in updates {
+            if let Some(revision) = update.good_revision {
+                sqlx::query("UPDATE apps SET good_revision = $1 WHERE name = $2")
+                    .bind(to_i64(revision))
+                    .bind(&update.app)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if let Some(conditions) = &update.conditions {
+                sqlx::query("UPDATE apps SET conditions = $1 WHERE name = $2")
+                    .bind(json(conditions))
+                    .bind(&update.app)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            changed.apps.insert(update.app.clone());
+        }
+        self.finish(tx, changed).await
+    }
+
     pub(super) async fn write_leases(&self, renewals: &[(String, i64)], by: &str) -> Result<()> {
         if renewals.is_empty() {
             return Ok(());
@@ -221,7 +264,7 @@ impl SqlStore {
         )
         .bind(since)
         .bind(me.to_owned())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("node")?, r.try_get("renewed_at")?)))

@@ -13,8 +13,8 @@ use super::super::rows::{
     check_version, json, not_found, parse, parse_state, revision_identity, to_i64, to_u64,
 };
 use super::super::{
-    Applied, ArtifactInfo, Changed, LogSource, NewEvent, Page, ReplicaChange, Result, Store,
-    StoreError, TokenKind, now_ms,
+    Applied, ArtifactInfo, Changed, LogSource, NewEvent, Page, ReplicaChange, Result, StatusUpdate,
+    Store, StoreError, TokenKind, now_ms,
 };
 use super::{Dialect, SqlStore, app_event};
 
@@ -48,7 +48,7 @@ impl Store for SqlStore {
     async fn token_hash(&self, kind: TokenKind) -> Result<Option<String>> {
         let row = sqlx::query("SELECT hash FROM tokens WHERE kind = $1")
             .bind(kind.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reads)
             .await?;
         Ok(row.map(|r| r.try_get("hash")).transpose()?)
     }
@@ -156,7 +156,7 @@ impl Store for SqlStore {
     }
 
     async fn app(&self, name: &str) -> Result<Option<App>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.reads.begin().await?;
         let app = self.load_app(&mut tx, name).await?;
         tx.commit().await?;
         Ok(app)
@@ -170,7 +170,7 @@ impl Store for SqlStore {
             "SELECT a.*, (SELECT COUNT(*) FROM replicas r WHERE r.app = a.name AND r.revision = a.revision \
              AND r.state = 'Ready') AS ready FROM apps a ORDER BY a.name",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         rows.iter()
             .map(|r| {
@@ -217,7 +217,7 @@ impl Store for SqlStore {
     }
 
     async fn revisions(&self, name: &str) -> Result<Vec<Revision>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.reads.begin().await?;
         if self.load_app(&mut tx, name).await?.is_none() {
             return Err(not_found("app", name));
         }
@@ -243,9 +243,13 @@ impl Store for SqlStore {
         name: &str,
         to: Option<u64>,
         if_version: Option<u64>,
+        cause: Option<NewEvent>,
     ) -> Result<App> {
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
+        if let Some(cause) = cause {
+            self.event_in(&mut tx, cause).await?;
+        }
         let current = self
             .load_app(&mut tx, name)
             .await?
@@ -395,7 +399,7 @@ impl Store for SqlStore {
     }
 
     async fn node(&self, name: &str) -> Result<Option<Node>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.reads.begin().await?;
         let node = self.load_node(&mut tx, name).await?;
         tx.commit().await?;
         Ok(node)
@@ -405,7 +409,7 @@ impl Store for SqlStore {
         let rows = sqlx::query(
             "SELECT n.*, l.renewed_at AS renewed_at FROM nodes n LEFT JOIN node_leases l ON l.node = n.name ORDER BY n.name",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         rows.iter().map(|r| self.node_from_row(r)).collect()
     }
@@ -413,7 +417,7 @@ impl Store for SqlStore {
     async fn node_for_credential(&self, credential_hash: &str) -> Result<Option<String>> {
         let row = sqlx::query("SELECT name FROM nodes WHERE credential_hash = $1")
             .bind(credential_hash)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reads)
             .await?;
         Ok(row.map(|r| r.try_get("name")).transpose()?)
     }
@@ -571,7 +575,7 @@ impl Store for SqlStore {
              JOIN replicas r ON r.node = n.name WHERE r.app = $1 ORDER BY n.name",
         )
         .bind(app)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         rows.iter()
             .map(|r| {
@@ -589,7 +593,7 @@ impl Store for SqlStore {
         let row =
             sqlx::query("SELECT name, ingress, logs_key, offers_api FROM nodes WHERE name = $1")
                 .bind(node)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.reads)
                 .await?;
         row.map(|r| {
             Ok(LogSource {
@@ -603,7 +607,7 @@ impl Store for SqlStore {
     }
 
     async fn assignments(&self, node: &str) -> Result<Assignments> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.reads.begin().await?;
         let version: i64 = sqlx::query("SELECT assign_version FROM nodes WHERE name = $1")
             .bind(node)
             .fetch_optional(&mut *tx)
@@ -643,12 +647,12 @@ impl Store for SqlStore {
             Some(app) => {
                 sqlx::query("SELECT * FROM replicas WHERE app = $1 ORDER BY id")
                     .bind(app)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.reads)
                     .await?
             }
             None => {
                 sqlx::query("SELECT * FROM replicas ORDER BY id")
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.reads)
                     .await?
             }
         };
@@ -686,7 +690,7 @@ impl Store for SqlStore {
                 .bind(to_i64(since))
                 .bind(i64::from(limit)),
         };
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = query.fetch_all(&self.reads).await?;
         rows.iter()
             .map(|r| {
                 Ok(Event {
@@ -703,6 +707,14 @@ impl Store for SqlStore {
 
     fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    async fn record_statuses(&self, updates: &[StatusUpdate]) -> Result<()> {
+        self.write_statuses(updates).await
+    }
+
+    async fn revisions_of(&self, apps: &[String]) -> Result<Vec<Revision>> {
+        self.read_revisions_of(apps).await
     }
 
     fn take_changed(&self) -> Changed {
