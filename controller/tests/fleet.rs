@@ -546,3 +546,76 @@ async fn a_paged_list_returns_every_app_once_while_apps_come_and_go() {
         t.finish().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignments_watch_answers_only_what_changed() {
+    for t in stores().await {
+        let b = t.backend;
+        let api = TestApi::start(t.store.clone(), ApiConfig::default()).await;
+        let credential = with_replicas(&api).await;
+        let get = |path: String| {
+            let (api, credential) = (&api, credential.clone());
+            async move {
+                let r = api.call(Method::GET, &path, Some(&credential), None).await;
+                assert_eq!(r.status, StatusCode::OK, "{r:?}");
+                serde_json::from_slice::<skiff_sdk::api::Assignments>(&r.body).unwrap()
+            }
+        };
+        // Answers come from the informer's picture, a moment behind the
+        // store: wait for the five replicas written directly.
+        let mut held = poll(Duration::from_secs(5), "the five replicas", || async {
+            let held = get("/v1/nodes/n1/assignments".into()).await;
+            if held.replicas.len() == 5 {
+                Ok(held)
+            } else {
+                Err(held.replicas.len())
+            }
+        })
+        .await;
+        assert!(!held.delta, "{b}: {held:?}");
+
+        api.store
+            .assign_replica("web-5", "web", 1, "n1")
+            .await
+            .unwrap();
+        let next = get(format!(
+            "/v1/nodes/n1/assignments?after={}&delta=true",
+            held.version
+        ))
+        .await;
+        assert!(next.delta, "{b}");
+        assert_eq!(
+            next.replicas
+                .iter()
+                .map(|a| a.id.as_str())
+                .collect::<Vec<_>>(),
+            ["web-5"],
+            "{b}: only the new replica"
+        );
+        held.apply(next);
+
+        api.store.remove_replica("web-0").await.unwrap();
+        let next = get(format!(
+            "/v1/nodes/n1/assignments?after={}&delta=true",
+            held.version
+        ))
+        .await;
+        assert!(next.delta && next.replicas.is_empty(), "{b}: {next:?}");
+        assert_eq!(next.removed, ["web-0"], "{b}");
+        held.apply(next);
+
+        // What the deltas built is the whole set.
+        let whole = get(format!(
+            "/v1/nodes/n1/assignments?after={}",
+            held.version - 1
+        ))
+        .await;
+        assert_eq!(held.version, whole.version, "{b}");
+        assert_eq!(held.replicas, whole.replicas, "{b}");
+        // A version this controller did not answer gets the whole set.
+        let again = get("/v1/nodes/n1/assignments?after=1&delta=true".into()).await;
+        assert!(!again.delta && again.replicas == whole.replicas, "{b}");
+        drop(api);
+        t.finish().await;
+    }
+}

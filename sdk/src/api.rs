@@ -485,13 +485,42 @@ pub struct Assignment {
 }
 
 /// A node's desired replicas at a version (`GET .../assignments`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Assignments {
     /// Changes whenever the set changes; pass as `after` to wait for the next.
     pub version: u64,
-    /// The replicas.
+    /// The replicas (with `delta`, only those added or changed since the
+    /// version asked for).
     pub replicas: Vec<Assignment>,
+    /// With `delta`: the ids no longer assigned since that version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// This answer is a change to the version asked for (`?delta=true`),
+    /// not the whole set; a controller that cannot tell the difference
+    /// answers the whole set (`delta` false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
+}
+
+impl Assignments {
+    /// This set with `next` applied: `next` itself when it is a whole set,
+    /// else this one with its removals and additions.
+    pub fn apply(&mut self, next: Assignments) {
+        if !next.delta {
+            *self = next;
+            return;
+        }
+        let gone: std::collections::HashSet<&str> =
+            next.removed.iter().map(String::as_str).collect();
+        let changed: std::collections::HashSet<&str> =
+            next.replicas.iter().map(|a| a.id.as_str()).collect();
+        self.replicas
+            .retain(|a| !gone.contains(a.id.as_str()) && !changed.contains(a.id.as_str()));
+        self.replicas.extend(next.replicas);
+        self.replicas.sort_by(|a, b| a.id.cmp(&b.id));
+        self.version = next.version;
+    }
 }
 
 /// A replica as placed by the scheduler and last reported by its node

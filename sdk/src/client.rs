@@ -384,7 +384,8 @@ impl Client {
             wait.as_millis()
         );
         if let Some(after) = after {
-            path.push_str(&format!("&after={after}"));
+            // Knowing a version, the node takes only what changed since.
+            path.push_str(&format!("&after={after}&delta=true"));
         }
         let call = "watching assignments";
         let reply = self

@@ -74,6 +74,10 @@ pub struct HttpStats {
     by_class: [AtomicU64; 5],
 }
 
+/// Per node: the assignments version last answered and what it held.
+pub(crate) type SentAssignments =
+    std::collections::HashMap<String, (u64, Arc<crate::informer::Sent>)>;
+
 /// Shared state of the API handlers.
 #[derive(Clone)]
 pub struct AppState {
@@ -93,6 +97,9 @@ pub struct AppState {
     tokens: Arc<tokio::sync::OnceCell<TokenHashes>>,
     /// The nodes' API keys, as they presented them (never stored).
     pub node_keys: Arc<node_proxy::NodeKeys>,
+    /// Per node, the assignments version last answered and what it held
+    /// (the base of the next delta).
+    pub(crate) sent: Arc<std::sync::Mutex<SentAssignments>>,
     /// Node credentials already looked up.
     pub(crate) credentials: Arc<crate::auth::CredentialCache>,
 }
@@ -108,6 +115,7 @@ impl AppState {
         Self {
             informer,
             credentials: Arc::default(),
+            sent: Arc::default(),
             store,
             config: Arc::new(config),
             http: Arc::default(),

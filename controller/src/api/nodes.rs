@@ -288,6 +288,10 @@ pub struct WatchQuery {
     after: Option<u64>,
     /// Longest wait in milliseconds (default 30,000, at most 60,000).
     timeout_ms: Option<u64>,
+    /// With `after`: answer only what changed since that version
+    /// (`removed` ids and added or changed replicas, `delta: true`), when
+    /// this controller answered that version; else the whole set.
+    delta: Option<bool>,
 }
 
 /// The node's desired replicas; long-polls with `after`.
@@ -309,43 +313,39 @@ pub async fn assignments(
         .get(&name)
         .map(|n| n.ingress.clone());
     let guard = ingress.map(|ingress| state.informer.detector().watching(&name, &ingress));
-    // The store is read again only when the picture says this node's
-    // replicas (or its row) changed since the last read.
-    let last: std::sync::Mutex<Option<(u64, Arc<Assignments>)>> = std::sync::Mutex::new(None);
-    let (current, _) = super::long_poll(
+    let (known, _) = super::long_poll(
         state.informer.node_changes(&name),
         query.timeout_ms,
-        || {
-            let (state, name, last) = (&state, &name, &last);
-            async move {
-                let (version, touched) = {
-                    let picture = state.informer.read();
-                    (picture.version, picture.node_touched.get(name).copied())
-                };
-                if let Some((read_at, held)) =
-                    last.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
-                    && touched.is_some_and(|t| t <= *read_at)
-                {
-                    return Ok(held.clone());
-                }
-                let fresh = Arc::new(
-                    state
-                        .store
-                        .assignments(name)
-                        .await
-                        .map_err(ApiError::store("reading assignments"))?,
-                );
-                *last.lock().unwrap_or_else(|e| e.into_inner()) = Some((version, fresh.clone()));
-                Ok(fresh)
-            }
-        },
-        |current: &Arc<Assignments>| query.after.is_none_or(|after| current.version > after),
+        || async { Ok(state.informer.assign_version(&name)) },
+        |version: &Option<u64>| version.is_none_or(|v| query.after.is_none_or(|after| v > after)),
     )
     .await?;
+    // From the picture: only what changed since the version the node holds
+    // when it asks for a delta and this controller answered that version.
+    let answer = known.and_then(|_| {
+        let mut sent = state.sent.lock().unwrap_or_else(|e| e.into_inner());
+        let base = match (query.delta, query.after, sent.get(&name)) {
+            (Some(true), Some(after), Some((version, held))) if *version == after => {
+                Some(held.clone())
+            }
+            _ => None,
+        };
+        let (answer, now) = state.informer.assignments(&name, base.as_deref())?;
+        sent.insert(name.clone(), (answer.version, Arc::new(now)));
+        Some(answer)
+    });
+    let answer = match answer {
+        Some(answer) => answer,
+        None => state
+            .store
+            .assignments(&name)
+            .await
+            .map_err(ApiError::store("reading assignments"))?,
+    };
     if let Some(guard) = guard {
         guard.finish();
     }
-    Ok(Json(Arc::unwrap_or_clone(current)))
+    Ok(Json(answer))
 }
 
 /// Largest metrics answer read from a node.

@@ -21,6 +21,7 @@
 //! [`Informer::version`] and check which nodes and apps were touched since
 //! the version they hold.
 
+mod assign;
 mod endpoints;
 mod failure;
 mod leases;
@@ -33,6 +34,7 @@ use skiff_sdk::api::{App, AppSpec, Node, NodeState, Replica, Revision};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use assign::Sent;
 pub use failure::{Detector, REWATCH_WINDOW, WatchGuard};
 pub use leases::{LEASE_FLUSH, Leases};
 
@@ -75,6 +77,9 @@ pub struct Picture {
     /// revision is not yet the good one): how long the rollout has run and
     /// where a failure returns.
     pub histories: HashMap<String, Arc<Vec<Revision>>>,
+    /// Each node's assignments version (as stored: it moves with every
+    /// change to the node's replicas, on whichever controller).
+    pub assign_versions: HashMap<String, u64>,
     /// Memory reserved on each node by the replicas assigned to it.
     pub allocated: HashMap<String, u64>,
     /// Bumped on every change to the picture.
@@ -427,15 +432,20 @@ impl Informer {
     pub async fn refresh(&self, changed: Changed) -> Result<(), StoreError> {
         let app_names: Vec<String> = changed.apps.iter().cloned().collect();
         let node_names: Vec<String> = changed.nodes.iter().cloned().collect();
+        // Node rows (and their assignments versions) first: a version read
+        // before the replicas is never ahead of them, so a node that holds
+        // a version holds at least its replicas.
+        let nodes = self.store.nodes_named(&node_names).await?;
+        let versions = self.store.assign_versions(Some(&node_names)).await?;
         let apps = self.store.apps_named(&app_names).await?;
         let histories = self.histories_of(&apps).await?;
         let replicas = self.store.replicas_of(&app_names).await?;
-        let nodes = self.store.nodes_named(&node_names).await?;
         let specs = self.missing_specs(&replicas).await?;
 
         let mut picture = self.picture.write().unwrap_or_else(|e| e.into_inner());
         picture.version += 1;
         picture.specs.extend(specs);
+        picture.assign_versions.extend(versions);
         for name in &changed.apps {
             picture.histories.remove(name);
         }
@@ -478,6 +488,7 @@ impl Informer {
                 }
                 None => {
                     picture.nodes.remove(name);
+                    picture.assign_versions.remove(name);
                     self.leases.forget(name);
                     // Its replicas were deleted with it.
                     let ids: Vec<String> = picture
@@ -565,6 +576,12 @@ impl Informer {
                 break;
             }
         }
+        fresh.assign_versions = self
+            .store
+            .assign_versions(None)
+            .await?
+            .into_iter()
+            .collect();
         let mut after: Option<String> = None;
         loop {
             let page = self

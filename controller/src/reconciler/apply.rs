@@ -104,7 +104,7 @@ impl Reconciler {
             change.events.push(NewEvent {
                 app: Some(app),
                 node,
-                kind: kind.into(),
+                kind,
                 message,
             });
         }

@@ -342,6 +342,9 @@ pub trait Store: Send + Sync + 'static {
     async fn apps_page(&self, after: Option<&str>, limit: u32) -> Result<Page<App>>;
     /// The nodes among `names` that exist, by name.
     async fn nodes_named(&self, names: &[String]) -> Result<Vec<Node>>;
+    /// The assignments versions of the nodes among `names` (all nodes with
+    /// `None`).
+    async fn assign_versions(&self, names: Option<&[String]>) -> Result<Vec<(String, u64)>>;
     /// Up to `limit` nodes with names after `after`, by name.
     async fn nodes_page(&self, after: Option<&str>, limit: u32) -> Result<Page<Node>>;
     /// The replicas of the apps among `apps`, by id.

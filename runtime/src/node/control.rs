@@ -4,11 +4,13 @@
 //! never waits on any of it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
-use skiff_sdk::api::{Heartbeat, NodeCapacity, RegisterNode, ReplicaStatus, replica_digest};
+use skiff_sdk::api::{
+    Assignments, Heartbeat, NodeCapacity, RegisterNode, ReplicaStatus, replica_digest,
+};
 use skiff_sdk::{Client, ClientError};
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +19,8 @@ use skiff_sdk::error_chain;
 
 /// Longest wait of one long-poll (the controller caps it at 60 s).
 const LONG_POLL_WAIT: Duration = Duration::from_secs(30);
+/// Assignments are written to disk at most this often.
+const STORE_EVERY: Duration = Duration::from_secs(1);
 /// First and longest back-off after a failed call to the controller.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -136,23 +140,40 @@ impl Agent {
         }
     }
 
+    /// Long-polls the assignments: the whole set first, then only what
+    /// changed since the version held. The set is stored on disk at most
+    /// once per [`STORE_EVERY`] (a burst of changes to thousands of
+    /// replicas is one write), and within it after the last change.
     async fn poll_assignments(&self, client: &Client) -> ClientError {
         let mut backoff = Backoff::default();
-        let mut after = None;
+        let mut current: Option<Assignments> = None;
+        let mut stored = Instant::now() - STORE_EVERY;
+        let mut unstored = false;
         loop {
-            match client
-                .assignments(&self.config.name, after, LONG_POLL_WAIT)
-                .await
-            {
-                Ok(assignments) => {
+            if unstored && stored.elapsed() >= STORE_EVERY {
+                if let Some(assignments) = &current
+                    && let Err(error) = self.state.write(ASSIGNMENTS_FILE, assignments)
+                {
+                    tracing::warn!(%error, "could not store the assignments");
+                }
+                (stored, unstored) = (Instant::now(), false);
+            }
+            let after = current.as_ref().map(|a| a.version);
+            let wait = if unstored {
+                STORE_EVERY
+            } else {
+                LONG_POLL_WAIT
+            };
+            match client.assignments(&self.config.name, after, wait).await {
+                Ok(next) => {
                     backoff.succeeded("polling assignments again");
-                    if after == Some(assignments.version) {
+                    if after == Some(next.version) && !next.delta {
                         continue;
                     }
-                    after = Some(assignments.version);
-                    if let Err(error) = self.state.write(ASSIGNMENTS_FILE, &assignments) {
-                        tracing::warn!(%error, "could not store the assignments");
-                    }
+                    let mut assignments = current.take().unwrap_or_default();
+                    assignments.apply(next);
+                    unstored = true;
+                    current = Some(assignments.clone());
                     self.assignments.send_replace(Some(assignments));
                 }
                 Err(e) if needs_registration(&e) => return e,

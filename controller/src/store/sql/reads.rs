@@ -114,6 +114,20 @@ impl SqlStore {
         Ok(nodes)
     }
 
+    pub(super) async fn read_assign_versions(
+        &self,
+        names: Option<&[String]>,
+    ) -> Result<Vec<(String, u64)>> {
+        let select = "SELECT name, assign_version FROM nodes";
+        let rows = match names {
+            Some(names) => self.rows_in(select, "name", names).await?,
+            None => sqlx::query(select).fetch_all(&self.reads).await?,
+        };
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, to_u64(r.try_get("assign_version")?))))
+            .collect()
+    }
+
     pub(super) async fn read_nodes_page(
         &self,
         after: Option<&str>,

@@ -143,7 +143,7 @@ impl Store for SqlStore {
             NewEvent {
                 app: Some(name.into()),
                 node: None,
-                kind: kind.into(),
+                kind,
                 message,
             },
         )
@@ -386,7 +386,7 @@ impl Store for SqlStore {
         let event = NewEvent {
             app: None,
             node: Some(node.name.clone()),
-            kind: kind.into(),
+            kind,
             message,
         };
         self.event_in(&mut tx, event).await?;
@@ -639,6 +639,7 @@ impl Store for SqlStore {
         Ok(Assignments {
             version: to_u64(version),
             replicas,
+            ..Assignments::default()
         })
     }
 
@@ -731,6 +732,10 @@ impl Store for SqlStore {
 
     async fn nodes_named(&self, names: &[String]) -> Result<Vec<Node>> {
         self.read_nodes_named(names).await
+    }
+
+    async fn assign_versions(&self, names: Option<&[String]>) -> Result<Vec<(String, u64)>> {
+        self.read_assign_versions(names).await
     }
 
     async fn nodes_page(&self, after: Option<&str>, limit: u32) -> Result<Page<Node>> {
