@@ -629,7 +629,11 @@ async fn kills(backend: &str, db: Option<&str>, kills: usize) {
     cluster
         .wait_ready("hello", 3, Duration::from_secs(60))
         .await;
+    // A controller evicts lost nodes only once it has led for a grace
+    // (a new leader gives every node its full grace).
+    tokio::time::sleep(skiff_controller::DEFAULT_NODE_GRACE).await;
     let mut times = Vec::new();
+    let mut failures = Vec::new();
     let mut failed = 0;
     let mut served = 0;
     for k in 0..kills {
@@ -669,6 +673,7 @@ async fn kills(backend: &str, db: Option<&str>, kills: usize) {
         }
         let seen = load.stop().await;
         failed += seen.failed.lock().unwrap().len();
+        failures.extend(seen.failed.lock().unwrap().iter().take(3).cloned());
         served += seen.ok.load(Ordering::Relaxed);
         cluster.start_node(&victim);
         let name = victim.clone();
@@ -693,6 +698,9 @@ async fn kills(backend: &str, db: Option<&str>, kills: usize) {
         ms(max),
         verdict(p50 <= Duration::from_secs(1) && max <= Duration::from_millis(1500) && failed == 0)
     );
+    for failure in failures.iter().take(5) {
+        println!("{backend:<9}   failed: {failure}");
+    }
 }
 
 #[tokio::main]

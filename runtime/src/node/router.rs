@@ -277,8 +277,11 @@ impl NodeRouter {
                     return response
                         .map(|b| b.map_err(wasmtime_wasi_http::Error::Hyper).boxed_unsync());
                 }
-                Err(error) if error.is_connect() && retryable && attempt == 0 => {
-                    tracing::debug!(%app, peer = %peer.node, %error, "peer unreachable; retrying on another");
+                // Unreachable, or gone mid-answer (killed, or a pooled
+                // connection it had closed): a request without a body
+                // that is safe to repeat goes to another peer.
+                Err(error) if retryable && attempt == 0 && peers.len() > 1 => {
+                    tracing::debug!(%app, peer = %peer.node, %error, "peer failed; retrying on another");
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(error) => {
