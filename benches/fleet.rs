@@ -364,6 +364,9 @@ async fn heartbeats(backend: &str, db: Option<&str>, sizes: &[usize]) {
         second = Some(c2);
     }
     let stop = Arc::new(AtomicBool::new(false));
+    // Every agent records into one place while a window is measured.
+    let beats = Arc::new(Beats::default());
+    let recording = Arc::new(AtomicBool::new(false));
     let mut registered = 0;
     for &size in sizes {
         let start = Instant::now();
@@ -383,8 +386,6 @@ async fn heartbeats(backend: &str, db: Option<&str>, sizes: &[usize]) {
                 }
             });
         }
-        let beats = Arc::new(Beats::default());
-        let recording = Arc::new(AtomicBool::new(false));
         let mut agents = Vec::new();
         while let Some(agent) = joins.join_next().await {
             agents.push(Arc::new(agent.unwrap()));
@@ -417,7 +418,7 @@ async fn heartbeats(backend: &str, db: Option<&str>, sizes: &[usize]) {
             if controllers.len() > 1 { "s" } else { "" },
             ms(pct(&lat, 0.5)),
             ms(p99),
-            beats.failed.load(Ordering::Relaxed),
+            beats.failed.swap(0, Ordering::Relaxed),
             (cpu1 - cpu0) as f64 / secs,
             rss / 1024,
             fresh,

@@ -58,6 +58,9 @@ pub struct Probation {
     /// one atomic load.
     judging: AtomicBool,
     window: Mutex<Window>,
+    /// Requests recorded while judging: a judge that sees it unchanged
+    /// skips the verdict (an app without traffic costs nothing to watch).
+    activity: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +90,7 @@ impl Probation {
         if !self.judging.load(Ordering::Acquire) {
             return;
         }
+        self.activity.fetch_add(1, Ordering::Relaxed);
         let mut window = self.lock();
         window.seen = window.seen.saturating_add(1);
         if window.counted >= WINDOW {
@@ -108,6 +112,11 @@ impl Probation {
         entry.2 += u32::from(broken);
         window.counted += 1;
         window.broken += u32::from(broken);
+    }
+
+    /// A counter that moves with every request recorded.
+    pub fn activity(&self) -> u32 {
+        self.activity.load(Ordering::Relaxed)
     }
 
     /// The verdict so far.

@@ -336,11 +336,25 @@ pub async fn assignments(
     });
     let answer = match answer {
         Some(answer) => answer,
-        None => state
-            .store
-            .assignments(&name)
-            .await
-            .map_err(ApiError::store("reading assignments"))?,
+        None => {
+            let answer = state
+                .store
+                .assignments(&name)
+                .await
+                .map_err(ApiError::store("reading assignments"))?;
+            // The base of the next delta, as for an answer from the picture.
+            let held: crate::informer::Sent = answer
+                .replicas
+                .iter()
+                .map(|a| (a.id.clone(), (a.app.clone(), a.revision, a.spec.replicas)))
+                .collect();
+            state
+                .sent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.clone(), (answer.version, Arc::new(held)));
+            answer
+        }
     };
     if let Some(guard) = guard {
         guard.finish();

@@ -36,7 +36,12 @@ pub async fn not_found() -> ApiError {
 
 /// Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    // From the informer's picture: a scrape costs no database reads.
+    // From the informer's picture: a scrape costs no database reads. It
+    // shows this controller's own writes once the picture has them.
+    state
+        .informer
+        .caught_up(std::time::Duration::from_secs(1))
+        .await;
     let (apps, nodes, ready_nodes, desired, ready) = {
         let picture = state.informer.read();
         let leases = state.informer.leases();

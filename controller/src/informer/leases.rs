@@ -146,22 +146,22 @@ impl Leases {
         let mut inner = self.lock();
         if warmed {
             inner.ready.clear();
-            let all: Vec<String> = inner.renewed.keys().cloned().collect();
-            inner.ready = all
-                .iter()
-                .filter(|n| self.ready_in(&inner, n, now))
-                .cloned()
-                .collect();
-            return all;
         }
-        let ready: HashSet<String> = inner
+        // Only the nodes whose readiness differs from last time are
+        // collected: a pass over 10,000 leases allocates nothing else.
+        let flipped: Vec<String> = inner
             .renewed
             .keys()
-            .filter(|n| self.ready_in(&inner, n, now))
+            .filter(|n| warmed || self.ready_in(&inner, n, now) != inner.ready.contains(*n))
             .cloned()
             .collect();
-        let flipped: Vec<String> = ready.symmetric_difference(&inner.ready).cloned().collect();
-        inner.ready = ready;
+        for node in &flipped {
+            if self.ready_in(&inner, node, now) {
+                inner.ready.insert(node.clone());
+            } else {
+                inner.ready.remove(node);
+            }
+        }
         flipped
     }
 

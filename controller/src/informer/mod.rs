@@ -176,6 +176,9 @@ pub struct Informer {
     endpoints_changed: watch::Sender<u64>,
     /// The picture version the endpoints were last computed at.
     published: watch::Sender<u64>,
+    /// The store's write counter ([`Store::changes`]) the picture has
+    /// caught up with.
+    applied: watch::Sender<u64>,
 }
 
 /// The endpoints of every app, serialised once for every watcher.
@@ -213,6 +216,7 @@ impl Informer {
             endpoints: Mutex::default(),
             endpoints_changed: watch::channel(0).0,
             published: watch::channel(0).0,
+            applied: watch::channel(0).0,
         })
     }
 
@@ -261,6 +265,17 @@ impl Informer {
     /// a change (the reconciler) acts after the endpoints show it.
     pub fn published(&self) -> watch::Receiver<u64> {
         self.published.subscribe()
+    }
+
+    /// Waits (at most `limit`) until the picture holds every write this
+    /// controller has seen committed so far: read-your-writes for a reader
+    /// of the picture. Returns whether it did.
+    pub async fn caught_up(&self, limit: Duration) -> bool {
+        let target = *self.store.changes().borrow();
+        let mut applied = self.applied.subscribe();
+        tokio::time::timeout(limit, applied.wait_for(|v| *v >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// A receiver bumped whenever the published endpoints change.
@@ -383,6 +398,8 @@ impl Informer {
                     }
                 }
             }
+            // Every write counted up to here is in what is taken now.
+            let generation = *changes.borrow_and_update();
             let changed = self.store.take_changed();
             if changed.everything {
                 next_rebuild = tokio::time::Instant::now();
@@ -395,6 +412,7 @@ impl Informer {
                 next_rebuild = tokio::time::Instant::now();
                 continue;
             }
+            self.applied.send_replace(generation);
             tokio::select! {
                 _ = changes.changed() => {}
                 _ = lease_check.tick() => self.check_leases(),

@@ -19,6 +19,8 @@ pub(super) struct Judged {
     health: Option<(skiff_sdk::api::HealthCheck, tokio::time::Instant, u32)>,
     /// Whether its first requests are being judged ([`crate::verdict`]).
     judging: bool,
+    /// The app's counters, and their activity when last looked at.
+    stats: Option<(Arc<crate::registry::AppStats>, u32)>,
 }
 /// How often the judge loop looks.
 const JUDGE_TICK: Duration = Duration::from_millis(100);
@@ -68,15 +70,20 @@ impl Agent {
                     );
                 }
             }
-            let judging: Vec<(String, u64)> = lock(&self.judged)
-                .iter()
+            // Only apps that served requests since the last look.
+            let judging: Vec<(String, u64, Arc<crate::registry::AppStats>)> = lock(&self.judged)
+                .iter_mut()
                 .filter(|(_, w)| w.judging)
-                .map(|(app, w)| (app.clone(), w.revision))
+                .filter_map(|(app, w)| {
+                    let (stats, seen) = w.stats.as_mut()?;
+                    let now = stats.probation().activity();
+                    (now != *seen).then(|| {
+                        *seen = now;
+                        (app.clone(), w.revision, stats.clone())
+                    })
+                })
                 .collect();
-            for (app, revision) in judging {
-                let Some(stats) = runtime.app_stats(&app) else {
-                    continue;
-                };
+            for (app, revision, stats) in judging {
                 let verdict = stats.probation().verdict();
                 if verdict == Verdict::Judging {
                     continue;
@@ -122,13 +129,11 @@ impl Agent {
         if judged.get(app).is_some_and(|w| w.revision == a.revision) {
             return;
         }
-        let judging = match runtime.app_stats(app) {
-            Some(stats) => {
-                stats.probation().start();
-                true
-            }
-            None => false,
-        };
+        let stats = runtime.app_stats(app);
+        if let Some(stats) = &stats {
+            stats.probation().start();
+        }
+        let judging = stats.is_some();
         judged.insert(
             app.to_owned(),
             Judged {
@@ -138,6 +143,7 @@ impl Agent {
                     (h, next, 0)
                 }),
                 judging,
+                stats: stats.map(|s| (s, u32::MAX)),
             },
         );
     }
