@@ -23,7 +23,9 @@
 //!
 //! Run: `cargo bench --bench fleet` (PostgreSQL from
 //! `SKIFF_TEST_POSTGRES_URL`; knobs: `SKIFF_BENCH_NODES` (10000),
-//! `SKIFF_BENCH_APPS` (10000), `SKIFF_BENCH_KILLS` (10)). Needs
+//! `SKIFF_BENCH_APPS` (10000), `SKIFF_BENCH_KILLS` (10),
+//! `SKIFF_BENCH_BACKENDS` (`sqlite,postgres`), `SKIFF_BENCH_ONLY`
+//! (`heartbeats,apps,kills`)). Needs
 //! `ulimit -n` of at least 4,096.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is the report
 
@@ -715,8 +717,10 @@ async fn main() {
         .collect();
     let pg = postgres_database().await;
     let only = std::env::var("SKIFF_BENCH_ONLY").unwrap_or_default();
+    let wanted = std::env::var("SKIFF_BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
     let backends: Vec<(&str, Option<&str>)> = std::iter::once(("sqlite", None))
         .chain(pg.as_deref().map(|url| ("postgres", Some(url))))
+        .filter(|(name, _)| wanted.contains(name))
         .collect();
     for (backend, db) in &backends {
         if only.is_empty() || only.contains("heartbeats") {

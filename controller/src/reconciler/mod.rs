@@ -335,7 +335,18 @@ impl Reconciler {
         let observed = observe::observe(&rows, crate::store::now_ms(), evict_lost);
         let actions = plan(&observed.desired, &observed.nodes, &observed.replicas);
         let moving = moving_apps(&observed, &actions);
-        let mut summary = self.apply(&observed.desired, actions).await?;
+        let mut summary = match self.apply(&observed.desired, actions).await {
+            Ok(summary) => summary,
+            Err(error) => {
+                // Planned again on the next pass, not only at the next full
+                // one.
+                self.unsettled
+                    .extend(observed.desired.iter().map(|d| d.name.clone()));
+                self.unsettled
+                    .extend(observed.replicas.iter().map(|r| r.app.clone()));
+                return Err(error);
+            }
+        };
         summary.planned = observed.desired.len();
         match scope {
             Scope::Everything => self.unsettled = moving,
@@ -385,9 +396,11 @@ impl Reconciler {
                     };
                     match result {
                         Ok(_) => evicting = evict_lost,
+                        // A plan from a picture a moment behind the store
+                        // (a replica already gone) fails as a whole; the
+                        // next pass plans from the caught-up picture.
                         Err(error) => {
                             tracing::warn!(error = %crate::error_chain(&error), "reconcile failed; retrying");
-                            self.informer.request_rebuild();
                         }
                     }
                 }

@@ -374,7 +374,19 @@ impl SqlStore {
             .await?;
         let id: i64 = row.try_get("id")?;
         let floor = id - to_i64(self.options.event_cap);
-        if floor > 0 {
+        // On PostgreSQL concurrent writers would delete overlapping ranges
+        // and deadlock: one transaction at a time trims (the others leave
+        // it to the next writer, so the cap is overshot by a few rows at
+        // most). SQLite has one writer.
+        let trim = floor > 0
+            && match self.dialect {
+                Dialect::Sqlite => true,
+                Dialect::Postgres => sqlx::query("SELECT pg_try_advisory_xact_lock(7131) AS got")
+                    .fetch_one(&mut **tx)
+                    .await?
+                    .try_get::<bool, _>("got")?,
+            };
+        if trim {
             // An indexed range delete of (usually) one row keeps the cap.
             sqlx::query("DELETE FROM events WHERE id <= $1")
                 .bind(floor)
