@@ -320,42 +320,36 @@ pub async fn assignments(
         |version: &Option<u64>| version.is_none_or(|v| query.after.is_none_or(|after| v > after)),
     )
     .await?;
-    // From the picture: only what changed since the version the node holds
-    // when it asks for a delta and this controller answered that version.
-    let answer = known.and_then(|_| {
-        let mut sent = state.sent.lock().unwrap_or_else(|e| e.into_inner());
-        let base = match (query.delta, query.after, sent.get(&name)) {
+    // Only what changed since the version the node holds, when it asks for
+    // a delta and this controller answered that version (whose contents it
+    // remembers); from the picture, or from the store when the picture
+    // cannot say.
+    let base = {
+        let sent = state.sent.lock().unwrap_or_else(|e| e.into_inner());
+        match (query.delta, query.after, sent.get(&name)) {
             (Some(true), Some(after), Some((version, held))) if *version == after => {
                 Some(held.clone())
             }
             _ => None,
-        };
-        let (answer, now) = state.informer.assignments(&name, base.as_deref())?;
-        sent.insert(name.clone(), (answer.version, Arc::new(now)));
-        Some(answer)
-    });
-    let answer = match answer {
-        Some(answer) => answer,
+        }
+    };
+    let from_picture = known.and_then(|_| state.informer.assignments(&name, base.as_deref()));
+    let (answer, now) = match from_picture {
+        Some(found) => found,
         None => {
-            let answer = state
+            let whole = state
                 .store
                 .assignments(&name)
                 .await
                 .map_err(ApiError::store("reading assignments"))?;
-            // The base of the next delta, as for an answer from the picture.
-            let held: crate::informer::Sent = answer
-                .replicas
-                .iter()
-                .map(|a| (a.id.clone(), (a.app.clone(), a.revision, a.spec.replicas)))
-                .collect();
-            state
-                .sent
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(name.clone(), (answer.version, Arc::new(held)));
-            answer
+            crate::informer::delta(whole, base.as_deref())
         }
     };
+    state
+        .sent
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name.clone(), (answer.version, Arc::new(now)));
     if let Some(guard) = guard {
         guard.finish();
     }

@@ -67,3 +67,35 @@ impl Informer {
         ))
     }
 }
+
+/// `whole` (a whole set, read from the store) relative to `base` when
+/// given, and what the node holds after it.
+pub fn delta(whole: Assignments, base: Option<&Sent>) -> (Assignments, Sent) {
+    let now: Sent = whole
+        .replicas
+        .iter()
+        .map(|a| (a.id.clone(), (a.app.clone(), a.revision, a.spec.replicas)))
+        .collect();
+    let Some(base) = base else {
+        return (whole, now);
+    };
+    let removed = base
+        .keys()
+        .filter(|id| !now.contains_key(*id))
+        .cloned()
+        .collect();
+    let replicas = whole
+        .replicas
+        .into_iter()
+        .filter(|a| base.get(&a.id) != now.get(&a.id))
+        .collect();
+    (
+        Assignments {
+            version: whole.version,
+            replicas,
+            removed,
+            delta: true,
+        },
+        now,
+    )
+}

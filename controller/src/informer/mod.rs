@@ -34,7 +34,7 @@ use skiff_sdk::api::{App, AppSpec, Node, NodeState, Replica, Revision};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use assign::Sent;
+pub use assign::{Sent, delta};
 pub use failure::{Detector, REWATCH_WINDOW, WatchGuard};
 pub use leases::{LEASE_FLUSH, Leases};
 

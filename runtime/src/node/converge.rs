@@ -55,7 +55,14 @@ impl Agent {
                 tracing::info!(%app, "app no longer assigned here: removed");
             }
         }
-        lock(&self.replicas).retain(|id, _| assignments.replicas.iter().any(|a| &a.id == id));
+        // By set, not by scanning: a node may hold 10,000 assignments.
+        let assigned: std::collections::HashSet<&str> =
+            assignments.replicas.iter().map(|a| a.id.as_str()).collect();
+        let before = lock(&self.replicas).len();
+        lock(&self.replicas).retain(|id, _| assigned.contains(id.as_str()));
+        if lock(&self.replicas).len() != before {
+            self.replicas_changed();
+        }
         lock(&self.loaded).retain(|digest, _| {
             assignments
                 .replicas

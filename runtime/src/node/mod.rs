@@ -259,6 +259,9 @@ pub struct Agent {
     session: Mutex<Option<Client>>,
     /// Replica states as reported.
     replicas: Mutex<BTreeMap<String, ReplicaStatus>>,
+    /// Bumped whenever `replicas` changes, so an unchanged set is not
+    /// compared (or hashed) again at every heartbeat.
+    replicas_version: std::sync::atomic::AtomicU64,
     /// Wakes the heartbeat loop early when a replica state changed.
     report: Notify,
     assignments: watch::Sender<Option<Assignments>>,
@@ -300,6 +303,7 @@ impl Agent {
             router,
             session: Mutex::new(None),
             replicas: Mutex::new(BTreeMap::new()),
+            replicas_version: std::sync::atomic::AtomicU64::new(0),
             report: Notify::new(),
             assignments: watch::channel(last).0,
             loaded: Mutex::new(HashMap::new()),
@@ -340,6 +344,18 @@ impl Agent {
         lock(&self.replicas).get(id).map(|r| r.state)
     }
 
+    /// Notes a change to the replica states.
+    pub(super) fn replicas_changed(&self) {
+        self.replicas_version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The version of the replica states (see `replicas_version`).
+    pub(super) fn replicas_version(&self) -> u64 {
+        self.replicas_version
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub(super) fn set_state(&self, id: &str, state: ReplicaState, reason: Option<String>) {
         let status = ReplicaStatus {
             id: id.to_owned(),
@@ -348,6 +364,7 @@ impl Agent {
         };
         let changed = lock(&self.replicas).insert(id.to_owned(), status.clone()) != Some(status);
         if changed {
+            self.replicas_changed();
             tracing::info!(replica = %id, ?state, "replica state");
             self.report.notify_one();
         }
