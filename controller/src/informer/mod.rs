@@ -298,6 +298,7 @@ impl Informer {
                 }
                 continue;
             }
+            let started = std::time::Instant::now();
             let endpoints = endpoints::of(&self.read(), &self.leases);
             let body = bytes::Bytes::from(serde_json::to_vec(&endpoints).unwrap_or_default());
             let tag = {
@@ -316,10 +317,13 @@ impl Informer {
                 self.endpoints_changed.send_modify(|n| *n += 1);
             }
             self.published.send_replace(at);
-            // At most one publication per PUBLISH_COALESCE: a change after a
-            // quiet spell is published at once, a burst in few steps.
+            // At most one publication per PUBLISH_COALESCE, and never more
+            // than a fifth of a core on it (the document grows with the
+            // apps): a change after a quiet spell is published at once, a
+            // burst in few steps.
+            let pause = PUBLISH_COALESCE.max(started.elapsed() * 4);
             tokio::select! {
-                () = tokio::time::sleep(PUBLISH_COALESCE) => {}
+                () = tokio::time::sleep(pause) => {}
                 () = shutdown.cancelled() => return,
             }
             tokio::select! {

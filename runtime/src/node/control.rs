@@ -19,6 +19,9 @@ use skiff_sdk::error_chain;
 
 /// Longest wait of one long-poll (the controller caps it at 60 s).
 const LONG_POLL_WAIT: Duration = Duration::from_secs(30);
+/// How long a state change waits for others to report with it.
+const REPORT_GATHER: Duration = Duration::from_millis(20);
+
 /// A node's replica states by id.
 type States = Arc<HashMap<String, ReplicaStatus>>;
 
@@ -155,7 +158,9 @@ impl Agent {
             }
             tokio::select! {
                 () = tokio::time::sleep(self.config.heartbeat) => {}
-                () = self.report.notified() => {}
+                // A change is reported at once, with whatever else changes
+                // within REPORT_GATHER: a burst of starts is one heartbeat.
+                () = self.report.notified() => tokio::time::sleep(REPORT_GATHER).await,
             }
         }
     }
