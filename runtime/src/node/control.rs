@@ -25,7 +25,11 @@ const REPORT_GATHER: Duration = Duration::from_millis(20);
 /// A node's replica states by id.
 type States = Arc<HashMap<String, ReplicaStatus>>;
 
-/// Assignments are written to disk at most this often.
+/// Assignment sets up to this size are written to disk on every change
+/// (a write of well under a millisecond); larger ones at most every
+/// [`STORE_EVERY`].
+const STORE_AT_ONCE: usize = 1_000;
+/// Large assignment sets are written to disk at most this often.
 const STORE_EVERY: Duration = Duration::from_secs(1);
 /// First and longest back-off after a failed call to the controller.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -166,9 +170,10 @@ impl Agent {
     }
 
     /// Long-polls the assignments: the whole set first, then only what
-    /// changed since the version held. The set is stored on disk at most
-    /// once per [`STORE_EVERY`] (a burst of changes to thousands of
-    /// replicas is one write), and within it after the last change.
+    /// changed since the version held. The set is stored on disk before it
+    /// is acted on, or, when it holds more than [`STORE_AT_ONCE`] replicas,
+    /// at most once per [`STORE_EVERY`] (a burst of changes to thousands of
+    /// replicas is one write) and within it after the last change.
     async fn poll_assignments(&self, client: &Client) -> ClientError {
         let mut backoff = Backoff::default();
         let mut current: Option<Assignments> = None;
@@ -197,7 +202,17 @@ impl Agent {
                     }
                     let mut assignments = current.take().unwrap_or_default();
                     assignments.apply(next);
-                    unstored = true;
+                    // A small set is stored before it is acted on, so a
+                    // node that restarts while the controller is away
+                    // resumes it; a large one at most once per STORE_EVERY.
+                    if assignments.replicas.len() <= STORE_AT_ONCE {
+                        if let Err(error) = self.state.write(ASSIGNMENTS_FILE, &assignments) {
+                            tracing::warn!(%error, "could not store the assignments");
+                        }
+                        (stored, unstored) = (Instant::now(), false);
+                    } else {
+                        unstored = true;
+                    }
                     current = Some(assignments.clone());
                     self.assignments.send_replace(Some(assignments));
                 }
