@@ -218,8 +218,14 @@ async fn replicas_spread_scale_and_come_back_after_a_node_is_killed() {
             .any(|e| e.kind == skiff_sdk::api::EventKind::Unschedulable),
         "{events:?}"
     );
-    // Requests for it get a clear 503 from any node.
-    let reply = cluster.get("n1", "big", "/").await;
+    // Requests for it get a clear 503 from any node, once the node has the
+    // endpoints that list the app (a long-poll away): poll, with a limit.
+    let reply = cluster
+        .wait("n1 to know the app", CONVERGE, |c| async move {
+            let reply = c.get("n1", "big", "/").await;
+            (reply.status != StatusCode::NOT_FOUND).then_some(reply)
+        })
+        .await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.reason(), Some("no-ready-replica"));
 
