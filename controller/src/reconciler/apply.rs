@@ -153,25 +153,18 @@ impl Reconciler {
         }
         // Good revisions and conditions of every app: one transaction.
         let mut statuses: BTreeMap<String, StatusUpdate> = BTreeMap::new();
+        fn status(statuses: &mut BTreeMap<String, StatusUpdate>, app: String) -> &mut StatusUpdate {
+            statuses.entry(app.clone()).or_insert_with(|| StatusUpdate {
+                app,
+                good_revision: None,
+                conditions: None,
+            })
+        }
         for (app, revision) in good {
-            statuses
-                .entry(app.clone())
-                .or_insert_with(|| StatusUpdate {
-                    app,
-                    good_revision: None,
-                    conditions: None,
-                })
-                .good_revision = Some(revision);
+            status(&mut statuses, app).good_revision = Some(revision);
         }
         for (app, c) in conditions {
-            statuses
-                .entry(app.clone())
-                .or_insert_with(|| StatusUpdate {
-                    app,
-                    good_revision: None,
-                    conditions: None,
-                })
-                .conditions = Some(c);
+            status(&mut statuses, app).conditions = Some(c);
         }
         let statuses: Vec<StatusUpdate> = statuses.into_values().collect();
         self.store.record_statuses(&statuses).await?;

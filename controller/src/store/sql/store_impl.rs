@@ -10,7 +10,7 @@ use skiff_sdk::api::{
 use sqlx::Row;
 
 use super::super::rows::{
-    check_version, json, not_found, parse, parse_state, revision_identity, to_i64, to_u64,
+    check_version, json, not_found, parse, revision_identity, to_i64, to_u64,
 };
 use super::super::{
     Applied, ArtifactInfo, Changed, LogSource, NewEvent, Page, ReplicaChange, Result, StatusUpdate,
@@ -657,19 +657,7 @@ impl Store for SqlStore {
                     .await?
             }
         };
-        rows.iter()
-            .map(|r| {
-                Ok(Replica {
-                    id: r.try_get("id")?,
-                    app: r.try_get("app")?,
-                    revision: to_u64(r.try_get("revision")?),
-                    node: r.try_get("node")?,
-                    state: parse_state(&r.try_get::<String, _>("state")?),
-                    reason: r.try_get("reason")?,
-                    retiring_since: r.try_get("retiring_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(super::reads::replica_from_row).collect()
     }
 
     async fn record_event(&self, event: NewEvent) -> Result<()> {
