@@ -180,6 +180,33 @@ pub async fn app(connect: &Connect, name: &str) -> anyhow::Result<()> {
         q.fuel,
         q.timeout_ms
     )?;
+    if let Some(o) = &app.observed {
+        outln!(
+            "Memory:     reserves {} per replica; instances use {} on average, {} at most",
+            format_bytes(o.reserved_bytes),
+            format_bytes(o.memory_avg),
+            format_bytes(o.memory_peak)
+        )?;
+        outln!(
+            "Demand:     {} in flight, {} requests/s ({} node(s) reporting)",
+            o.in_flight,
+            o.requests_per_second,
+            o.nodes
+        )?;
+    }
+    if let Some(s) = &app.spec.scale {
+        let target = match s.metric() {
+            skiff_sdk::scale::Metric::Concurrency(t) => format!("{t} in flight"),
+            skiff_sdk::scale::Metric::Rps(t) => format!("{t} requests/s"),
+        };
+        outln!(
+            "Scale:      {}..{} replicas, target {target} per replica, idle {} s{}",
+            s.min,
+            s.max,
+            s.idle_ms / 1000,
+            if s.min == 0 { " (then sleeps)" } else { "" }
+        )?;
+    }
     let none = || "none".to_owned();
     let outbound = &app.spec.allowed_outbound_hosts;
     outln!(

@@ -182,6 +182,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         fuel: args.fuel,
         timeout_ms: u64::try_from(args.timeout.as_millis()).unwrap_or(u64::MAX),
         concurrency: args.concurrency,
+        reserve_bytes: None,
     };
     quota.validate()?;
     let bytes = std::fs::read(&args.component)

@@ -192,7 +192,7 @@ async fn replicas_spread_scale_and_come_back_after_a_node_is_killed() {
     let spec: AppSpec = serde_json::from_value(serde_json::json!({
         "artifact": artifact,
         "replicas": 1,
-        "quota": { "memory_bytes": 512 << 20, "concurrency": 4 },
+        "quota": { "memory_bytes": 512 << 20, "concurrency": 4, "reserve_bytes": 2u64 << 30 },
         "placement": { "node_selector": { "disk": "ssd" } },
     }))
     .unwrap();

@@ -98,6 +98,7 @@ impl Abused {
             fuel: 200_000_000,
             timeout_ms: 2_000,
             concurrency: 10,
+            reserve_bytes: None,
         };
         node.deploy("hello", "hello", Quota::default()).await;
         node.deploy("abuse", "abuse", tight).await;

@@ -65,6 +65,7 @@ fn pure() {
                     reservation: RESERVATION,
                     selector: &selector,
                     spread: true,
+                    prefer: None,
                 })
                 .unwrap();
         }
@@ -92,6 +93,7 @@ fn pure() {
             rollout_age_ms: None,
             progress_deadline_ms: 60_000,
             conditions: Vec::new(),
+            prefer: None,
         })
         .collect();
     let nodes: Vec<ObservedNode> = slots()

@@ -19,10 +19,12 @@
 //! - [`collector`]: removes artifacts no kept revision names any more.
 //! - [`informer`]: the in-memory picture of apps, nodes and replicas, and node leases.
 //! - [`reconciler`]: drives observed state towards desired state.
+//! - [`autoscaler`]: replica counts that follow the demand nodes report (`[scale]`).
 //! - [`scheduler`]: the pure placement of replicas onto nodes.
 
 pub mod api;
 pub mod auth;
+pub mod autoscaler;
 pub mod collector;
 pub mod error;
 pub mod informer;

@@ -170,6 +170,12 @@ impl Controller {
         );
         tasks.spawn(leases.run(store.clone(), config.id.clone(), shutdown.clone()));
         let state = AppState::new(store.clone(), informer.clone(), api, leader_rx.clone());
+        tasks.spawn(crate::autoscaler::run(
+            store.clone(),
+            informer.clone(),
+            leader_rx.clone(),
+            shutdown.clone(),
+        ));
         let reconciler = Reconciler::new(
             store.clone(),
             informer,

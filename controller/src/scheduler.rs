@@ -9,7 +9,9 @@
 //! **Score** (lower wins, ties broken by node name so placement is
 //! deterministic): with spreading on (the default), fewest replicas of the
 //! app on the node, then fewest in the node's `zone` label; then the least
-//! allocated node after placement, as a fraction of its capacity.
+//! allocated node after placement, as a fraction of its capacity. A
+//! preferred node (where requests for a waking app wait) wins whenever it
+//! passes the filter.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -51,6 +53,9 @@ pub struct Request<'a> {
     pub selector: &'a BTreeMap<String, String>,
     /// Spread the app's replicas across nodes and zones.
     pub spread: bool,
+    /// A node to choose whenever it fits (the node that holds requests for
+    /// a waking app), before any score.
+    pub prefer: Option<&'a str>,
 }
 
 /// Why no node fits, counted by the first filter each node failed.
@@ -136,6 +141,9 @@ pub fn place(
         if free < request.reservation {
             why.insufficient_memory += 1;
             continue;
+        }
+        if request.prefer == Some(node.name.as_str()) {
+            return Ok(i);
         }
         let (node_spread, zone_spread) = if request.spread {
             (
@@ -270,7 +278,25 @@ mod tests {
             reservation,
             selector,
             spread: true,
+            prefer: None,
         }
+    }
+
+    #[test]
+    fn a_preferred_node_wins_when_it_fits() {
+        let none = BTreeMap::new();
+        let mut s = Scheduler::new(vec![node("a", &[], 1000), node("b", &[], 1000)]);
+        s.count("web", "b");
+        let r = Request {
+            prefer: Some("b"),
+            ..request(&none, 100)
+        };
+        assert_eq!(s.place(&r).unwrap(), "b", "preferred despite spreading");
+        let too_big = Request {
+            prefer: Some("b"),
+            ..request(&none, 950)
+        };
+        assert_eq!(s.place(&too_big).unwrap(), "a", "not when it does not fit");
     }
 
     #[test]

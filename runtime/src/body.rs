@@ -133,7 +133,13 @@ where
 /// from `outcome`, body `{"error":{"code","message","app"}}`.
 pub fn error_response(outcome: Outcome, app: Option<&str>) -> Response<HyperOutgoingBody> {
     let mut response = json_error(outcome.status(), outcome.reason(), outcome.message(), app);
-    if matches!(outcome, Outcome::Overloaded | Outcome::NoReplica) {
+    if matches!(
+        outcome,
+        Outcome::Overloaded
+            | Outcome::NoReplica
+            | Outcome::MemoryPressure
+            | Outcome::ActivationTimeout
+    ) {
         response
             .headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));

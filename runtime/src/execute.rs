@@ -88,6 +88,9 @@ impl Runtime {
             app.stats.record(outcome);
             error_response(outcome, Some(&app.name))
         };
+        // Demand from the moment the request arrives, queued included:
+        // what the autoscaler follows.
+        let demand = crate::budget::InFlight::begin(app.stats.clone());
 
         let declared_len = req
             .headers()
@@ -117,7 +120,11 @@ impl Runtime {
         };
 
         let quota = app.spec.quota;
-        let Ok(mut store) = self.new_store(&app) else {
+        let expected = app.stats.usage.expected_bytes(quota.memory_bytes);
+        if !self.budget.admit(expected, self.config.queue_timeout).await {
+            return outcome_response(Outcome::MemoryPressure);
+        }
+        let Ok(mut store) = self.new_store(&app, expected) else {
             // Only possible if the engine was built without fuel: a bug.
             return outcome_response(Outcome::Unavailable);
         };
@@ -172,6 +179,7 @@ impl Runtime {
         let stopped_by_task = stopped.clone();
         let task = self.tasks.spawn(async move {
             let _permit = permit;
+            let _demand = demand;
             let timeout = quota.timeout();
             let result = tokio::time::timeout(timeout, async {
                 let proxy = pre.instantiate_async(&mut store).await?;
@@ -179,6 +187,7 @@ impl Runtime {
             })
             .await;
             let memory_denied = store.data().limiter.denied();
+            task_app.stats.usage.instance_used(store.data().limiter.used());
             // Set before the instance (and the sender of its response body)
             // is dropped, so the body sees it when it ends.
             stopped_by_task.store(!matches!(result, Ok(Ok(()))), Ordering::Release);
@@ -227,10 +236,12 @@ impl Runtime {
         }
     }
 
-    /// A store for one request of `app`, with every quota applied.
-    pub(crate) fn new_store(&self, app: &App) -> wasmtime::Result<Store<HostState>> {
+    /// A store for one request of `app`, with every quota applied; its
+    /// memory counts in the node's budget, from which `admitted` bytes were
+    /// taken for it already.
+    pub(crate) fn new_store(&self, app: &App, admitted: u64) -> wasmtime::Result<Store<HostState>> {
         let quota = app.spec.quota;
-        let limiter = Limiter::new(quota.memory_bytes);
+        let limiter = Limiter::with_budget(quota.memory_bytes, self.budget.clone(), admitted);
         let mut store = Store::new(
             &self.engine,
             HostState::new(

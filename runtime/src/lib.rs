@@ -18,6 +18,7 @@
 //! - `error`: [`RuntimeError`], why an app cannot be deployed or loaded.
 //! - [`cache`]: compile-once component cache keyed by digest and engine.
 //! - [`quota`]: the memory limiter and the classification of failures.
+//! - [`budget`]: the node's memory budget (admission, `node-memory-pressure`) and per-app use.
 //! - [`host`]: per-request host state; what a guest is granted (little).
 //! - [`logs`]: guest stdout/stderr into per-app ring buffers and tracing.
 //! - [`body`]: streaming request-size limit and JSON error responses.
@@ -30,6 +31,7 @@
 //!   and its router (serve locally or forward to a peer).
 
 pub mod body;
+pub mod budget;
 pub mod cache;
 pub mod engine;
 mod error;

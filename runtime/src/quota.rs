@@ -4,8 +4,12 @@
 //! the [`Limiter`]'s own record, fuel exhaustion and deadlines from the
 //! [`wasmtime::Trap`] code, and the wall-clock limit from the host's timer.
 
+use std::sync::Arc;
+
 use http::StatusCode;
 use wasmtime::{ResourceLimiter, Trap};
+
+use crate::budget::MemoryBudget;
 
 /// Tables larger than this many elements are refused. Real components use a
 /// few thousand at most; the cap stops a guest from growing host memory
@@ -14,10 +18,18 @@ pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 /// Caps linear memory (and table) growth of one instance and remembers that
 /// it refused, so that the failure it causes can be attributed to the quota.
+/// With a node budget, it also counts the instance's memory there: what the
+/// instance was admitted with, and any growth beyond it (never refused by
+/// the budget, only by the quota), given back when the instance is dropped.
 #[derive(Debug)]
 pub struct Limiter {
     max_memory: usize,
     denied: bool,
+    budget: Option<Arc<MemoryBudget>>,
+    /// Bytes taken from the budget.
+    charged: u64,
+    /// Linear memory of all the instance's memories.
+    used: u64,
 }
 
 impl Limiter {
@@ -26,6 +38,19 @@ impl Limiter {
         Self {
             max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
             denied: false,
+            budget: None,
+            charged: 0,
+            used: 0,
+        }
+    }
+
+    /// A limiter that also counts in `budget`, from which `admitted` bytes
+    /// were already taken for this instance.
+    pub fn with_budget(max_memory: u64, budget: Arc<MemoryBudget>, admitted: u64) -> Self {
+        Self {
+            budget: Some(budget),
+            charged: admitted,
+            ..Self::new(max_memory)
         }
     }
 
@@ -33,12 +58,25 @@ impl Limiter {
     pub fn denied(&self) -> bool {
         self.denied
     }
+
+    /// Linear memory the instance has, all its memories together.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.give(self.charged);
+        }
+    }
 }
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -47,6 +85,15 @@ impl ResourceLimiter for Limiter {
             // resulting trap is reported as a memory-quota failure.
             self.denied = true;
             return Ok(false);
+        }
+        self.used = self
+            .used
+            .saturating_add(desired.saturating_sub(current) as u64);
+        if self.used > self.charged {
+            if let Some(budget) = &self.budget {
+                budget.take(self.used - self.charged);
+            }
+            self.charged = self.used;
         }
         Ok(true)
     }
@@ -85,6 +132,13 @@ pub enum Outcome {
     Overloaded,
     /// The request body exceeded the node's limit: 413 `body-too-large`.
     BodyTooLarge,
+    /// The node's memory budget had no room for another instance for the
+    /// whole wait: 503 `node-memory-pressure` with `Retry-After`.
+    MemoryPressure,
+    /// The app was asleep and did not wake within its activation timeout
+    /// (or too many requests already wait for it): 503
+    /// `activation-timeout` with `Retry-After`.
+    ActivationTimeout,
     /// No app answers to this host: 404 `app-not-found`.
     NotFound,
     /// The app's component could not be loaded: 503 `app-unavailable`.
@@ -99,7 +153,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in the order used for counters and metrics.
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 14] = [
         Outcome::Ok,
         Outcome::Fuel,
         Outcome::Memory,
@@ -108,6 +162,8 @@ impl Outcome {
         Outcome::GuestError,
         Outcome::Overloaded,
         Outcome::BodyTooLarge,
+        Outcome::MemoryPressure,
+        Outcome::ActivationTimeout,
         Outcome::NotFound,
         Outcome::Unavailable,
         Outcome::NoReplica,
@@ -125,6 +181,8 @@ impl Outcome {
             Outcome::GuestError => "guest-error",
             Outcome::Overloaded => "concurrency-limit",
             Outcome::BodyTooLarge => "body-too-large",
+            Outcome::MemoryPressure => "node-memory-pressure",
+            Outcome::ActivationTimeout => "activation-timeout",
             Outcome::NotFound => "app-not-found",
             Outcome::Unavailable => "app-unavailable",
             Outcome::NoReplica => "no-ready-replica",
@@ -139,6 +197,8 @@ impl Outcome {
             Outcome::Fuel
             | Outcome::Memory
             | Outcome::Overloaded
+            | Outcome::MemoryPressure
+            | Outcome::ActivationTimeout
             | Outcome::Unavailable
             | Outcome::NoReplica => StatusCode::SERVICE_UNAVAILABLE,
             Outcome::UpstreamFailed => StatusCode::BAD_GATEWAY,
@@ -160,6 +220,10 @@ impl Outcome {
             Outcome::GuestError => "the app returned an error instead of a response",
             Outcome::Overloaded => "the app is at its concurrency limit; retry later",
             Outcome::BodyTooLarge => "the request body is larger than this node accepts",
+            Outcome::MemoryPressure => {
+                "this node has no memory for another instance right now; retry later"
+            }
+            Outcome::ActivationTimeout => "the app is waking up and was not ready in time; retry",
             Outcome::NotFound => "no app is deployed for this host",
             Outcome::Unavailable => "the app could not be started on this node",
             Outcome::NoReplica => "no node has a ready replica of this app right now",

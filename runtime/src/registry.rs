@@ -52,6 +52,9 @@ pub struct RuntimeConfig {
     pub queue_timeout: Duration,
     /// Lines of guest output kept per app.
     pub log_lines: usize,
+    /// Linear memory all instances may use together, in bytes (a node's
+    /// declared `--memory`); 0: no budget.
+    pub memory_budget: u64,
 }
 
 impl RuntimeConfig {
@@ -65,6 +68,7 @@ impl RuntimeConfig {
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             log_lines: DEFAULT_LOG_LINES,
+            memory_budget: 0,
         }
     }
 }
@@ -92,6 +96,8 @@ pub struct AppStats {
     pub(crate) denied: Arc<AtomicU64>,
     /// The first-requests verdict window, while a node judges the app.
     pub(crate) probation: crate::verdict::Probation,
+    /// What the app uses here (in flight, memory), for usage reports.
+    pub(crate) usage: crate::budget::Usage,
 }
 
 impl AppStats {
@@ -114,6 +120,11 @@ impl AppStats {
     /// The app's first-requests verdict window.
     pub fn probation(&self) -> &crate::verdict::Probation {
         &self.probation
+    }
+
+    /// What the app uses on this node.
+    pub fn usage(&self) -> &crate::budget::Usage {
+        &self.usage
     }
 
     pub(crate) fn record(&self, outcome: Outcome) {
@@ -164,6 +175,8 @@ pub struct Runtime {
     allocator: Allocator,
     pub(crate) unrouted: AtomicU64,
     pub(crate) tasks: TaskTracker,
+    /// Linear memory of all instances (see [`crate::budget`]).
+    pub(crate) budget: Arc<crate::budget::MemoryBudget>,
     _ticker: EpochTicker,
 }
 
@@ -181,6 +194,7 @@ impl Runtime {
         let cache = ComponentCache::open(engine.clone(), &config.cache_dir)?;
         let ticker = EpochTicker::start(engine.clone(), config.engine.epoch_tick)
             .map_err(RuntimeError::Ticker)?;
+        let budget = Arc::new(crate::budget::MemoryBudget::new(config.memory_budget));
         Ok(Arc::new(Self {
             engine,
             linker,
@@ -192,6 +206,7 @@ impl Runtime {
             allocator,
             unrouted: AtomicU64::new(0),
             tasks: TaskTracker::new(),
+            budget,
             _ticker: ticker,
         }))
     }
@@ -443,9 +458,40 @@ impl Runtime {
             source,
         };
         let started = std::time::Instant::now();
-        let mut store = self.new_store(&app).map_err(link_err)?;
+        let mut store = self.new_store(&app, 0).map_err(link_err)?;
         pre.instantiate_async(&mut store).await.map_err(link_err)?;
-        Ok(started.elapsed())
+        let elapsed = started.elapsed();
+        // What a fresh instance takes is the first estimate of what the
+        // app's requests need from the node's memory budget.
+        app.stats.usage.instance_used(store.data().limiter.used());
+        Ok(elapsed)
+    }
+
+    /// The use of every app that had requests since the last call (and,
+    /// once, of those that just stopped): what a heartbeat reports.
+    pub fn usage_report(&self) -> Vec<skiff_sdk::scale::AppUsage> {
+        let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
+        apps.values()
+            // Health-check candidates (`app@revision`) are not the app.
+            .filter(|app| !app.name.contains('@'))
+            .filter_map(|app| {
+                let report = app.stats.usage.report(app.stats.total())?;
+                Some(skiff_sdk::scale::AppUsage {
+                    app: app.name.to_string(),
+                    in_flight: report.in_flight,
+                    concurrency_milli: report.concurrency_milli,
+                    requests: report.requests,
+                    interval_ms: u64::try_from(report.interval.as_millis()).unwrap_or(u64::MAX),
+                    memory_peak: report.memory_peak,
+                    memory_avg: report.memory_avg,
+                })
+            })
+            .collect()
+    }
+
+    /// The node's memory budget.
+    pub fn budget(&self) -> &crate::budget::MemoryBudget {
+        &self.budget
     }
 
     /// Instances of an app running right now.

@@ -205,6 +205,10 @@ pub struct AppSpec {
     /// Optional health check.
     #[serde(default)]
     pub health: Option<HealthCheck>,
+    /// Replicas follow demand between `scale.min` and `scale.max` (then
+    /// `replicas` is the count the autoscaler last set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<crate::scale::ScaleSpec>,
 }
 
 /// One condition of an app, Kubernetes style.
@@ -238,7 +242,7 @@ pub struct AppStatus {
 }
 
 /// An app as stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct App {
     /// The app's name (a DNS label).
@@ -258,6 +262,10 @@ pub struct App {
     /// In the answer to an apply only: how the capabilities changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capability_changes: Option<CapabilityDiff>,
+    /// In `GET /v1/apps/{name}`: what the app really uses, as its nodes
+    /// last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<crate::scale::Observed>,
 }
 
 /// An immutable, numbered snapshot of an app's spec (replica count aside).
@@ -435,6 +443,9 @@ pub struct Heartbeat {
     /// key from the next heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs_key: Option<String>,
+    /// Use of the apps that had requests since the last report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usage: Vec<crate::scale::AppUsage>,
 }
 
 /// The answer to a heartbeat (`200`; a `204` means the same as the
@@ -570,6 +581,10 @@ pub struct Endpoints {
     /// Extra hosts (an app's `hosts`, lowercase) to the app they reach.
     #[serde(default)]
     pub hosts: BTreeMap<String, String>,
+    /// Apps that may sleep (`scale.min = 0`) to their activation timeout
+    /// (ms): a request for one without a ready replica is held, not refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub activatable: BTreeMap<String, u64>,
 }
 
 /// Something that happened, for `GET /v1/events`.

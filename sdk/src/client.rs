@@ -371,6 +371,20 @@ impl Client {
         decode(call, &reply)
     }
 
+    /// Asks for a replica of a sleeping app that `node` holds requests for.
+    pub async fn activate(
+        &self,
+        node: &str,
+        activate: &crate::scale::Activate,
+    ) -> Result<(), ClientError> {
+        let body = Bytes::from(serde_json::to_vec(activate).unwrap_or_default());
+        let path = format!("/v1/nodes/{node}/activate");
+        let call = Call::new("activating an app", Method::POST, &path);
+        self.send(call.body("application/json", body))
+            .await
+            .map(drop)
+    }
+
     /// A node's assignments; with `after`, waits up to `wait` for a version
     /// greater than it.
     pub async fn assignments(

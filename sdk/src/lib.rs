@@ -17,6 +17,7 @@
 //! - [`manifest`]: `skiff.toml`, parsed with file:line:key errors.
 //! - [`quantity`]: byte sizes (`64Mi`), durations (`5s`) and counts (`10k`).
 //! - [`quota`]: the per-app [`Quota`] (memory, fuel, timeout, concurrency).
+//! - [`scale`]: `[scale]` (autoscaling, sleep and wake), usage reports, activation.
 //! - [`serve`]: the hardened accept loop of the controller and the nodes.
 //! - [`spec`]: the rules of an app spec ([`api::AppSpec::validate`]), for the API and the manifest.
 #![deny(missing_docs)]
@@ -30,6 +31,7 @@ pub mod digest;
 pub mod manifest;
 pub mod quantity;
 pub mod quota;
+pub mod scale;
 pub mod serve;
 pub mod spec;
 

@@ -19,6 +19,16 @@
 //! fuel = "1G"                    # CPU per request: a count, k/M/G suffixes
 //! timeout = "5s"                 # per request: ms, s, m, h
 //! concurrency = 16               # instances at once per replica
+//! reserve = "8Mi"                # reserved per replica for scheduling (default: memory, at most 16Mi)
+//!
+//! [scale]                        # optional: replicas follow demand (then `replicas` is the initial count)
+//! min = 0                        # 0: sleeps when idle, woken by its next request
+//! max = 20
+//! target_concurrency = 10        # in-flight requests per replica (or target_rps = 100)
+//! window = "60s"                 # stable window; bursts use a tenth of it
+//! scale_down_delay = "30s"
+//! idle = "5m"                    # without requests this long, go to zero (min = 0)
+//! activation_timeout = "10s"     # how long a request is held while the app wakes
 //!
 //! [placement]
 //! node_selector = { zone = "a" }
@@ -59,6 +69,7 @@ use crate::api::{
     AppSpec, HealthCheck, IntOrPercent, Placement, UpdateStrategy, default_failure_threshold,
     default_health_interval_ms, validate_name,
 };
+use crate::scale::ScaleSpec;
 use crate::{Digest, Quota, quantity};
 
 /// The manifest version this parser reads.
@@ -85,6 +96,9 @@ pub struct Manifest {
     /// Quota.
     #[serde(default)]
     pub resources: Resources,
+    /// Autoscaling.
+    #[serde(default)]
+    pub scale: Option<ScaleSection>,
     /// Where replicas may run.
     #[serde(default)]
     pub placement: Placement,
@@ -154,6 +168,55 @@ pub struct Resources {
     /// Instances at once per replica.
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// Memory reserved per replica for scheduling.
+    #[serde(default, deserialize_with = "bytes")]
+    pub reserve: Option<u64>,
+}
+
+/// `[scale]`: durations as people write them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleSection {
+    /// Fewest replicas.
+    #[serde(default)]
+    pub min: Option<u32>,
+    /// Most replicas.
+    #[serde(default)]
+    pub max: Option<u32>,
+    /// In-flight requests per replica.
+    #[serde(default)]
+    pub target_concurrency: Option<u32>,
+    /// Requests per second per replica.
+    #[serde(default)]
+    pub target_rps: Option<u32>,
+    /// Stable window (milliseconds).
+    #[serde(default, deserialize_with = "millis")]
+    pub window: Option<u64>,
+    /// Scale-down delay (milliseconds).
+    #[serde(default, deserialize_with = "millis")]
+    pub scale_down_delay: Option<u64>,
+    /// Idle time before sleeping (milliseconds).
+    #[serde(default, deserialize_with = "millis")]
+    pub idle: Option<u64>,
+    /// Longest hold of a request while waking (milliseconds).
+    #[serde(default, deserialize_with = "millis")]
+    pub activation_timeout: Option<u64>,
+}
+
+impl ScaleSection {
+    fn to_spec(self) -> ScaleSpec {
+        let d = ScaleSpec::default();
+        ScaleSpec {
+            min: self.min.unwrap_or(d.min),
+            max: self.max.unwrap_or(d.max),
+            target_concurrency: self.target_concurrency,
+            target_rps: self.target_rps,
+            window_ms: self.window.unwrap_or(d.window_ms),
+            scale_down_delay_ms: self.scale_down_delay.unwrap_or(d.scale_down_delay_ms),
+            idle_ms: self.idle.unwrap_or(d.idle_ms),
+            activation_timeout_ms: self.activation_timeout.unwrap_or(d.activation_timeout_ms),
+        }
+    }
 }
 
 /// `[update]`.
@@ -362,6 +425,11 @@ impl Manifest {
         };
         if let Some(quota) = field.strip_prefix("quota.") {
             (format!("resources.{}", resource_key(quota)), None)
+        } else if let Some(scale) = field.strip_prefix("scale.") {
+            (
+                format!("scale.{}", scale.strip_suffix("_ms").unwrap_or(scale)),
+                None,
+            )
         } else if let Some(rest) = field.strip_prefix("allowed_outbound_hosts") {
             (
                 format!("capabilities.allowed_outbound_hosts{rest}"),
@@ -382,6 +450,7 @@ impl Manifest {
             fuel: self.resources.fuel.unwrap_or(d.fuel),
             timeout_ms: self.resources.timeout.unwrap_or(d.timeout_ms),
             concurrency: self.resources.concurrency.unwrap_or(d.concurrency),
+            reserve_bytes: self.resources.reserve,
         }
     }
 
@@ -389,9 +458,11 @@ impl Manifest {
     /// static files uploaded as `files` (guest path to digest).
     pub fn to_spec(&self, artifact: Digest, files: BTreeMap<String, Digest>) -> AppSpec {
         let strategy = UpdateStrategy::default();
+        let scale = self.scale.map(ScaleSection::to_spec);
         AppSpec {
             artifact,
-            replicas: self.replicas,
+            replicas: scale.map_or(self.replicas, |s| s.clamp(self.replicas)),
+            scale,
             quota: self.quota(),
             hosts: self.http.hosts.clone(),
             env: self.env.clone(),
@@ -426,6 +497,7 @@ fn resource_key(field: &str) -> &str {
     match field {
         "memory_bytes" => "memory",
         "timeout_ms" => "timeout",
+        "reserve_bytes" => "reserve",
         other => other,
     }
 }

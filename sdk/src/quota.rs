@@ -16,6 +16,13 @@ pub const DEFAULT_FUEL: u64 = 1_000_000_000;
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 /// Default number of instances of one app serving at once on one replica.
 pub const DEFAULT_CONCURRENCY: u32 = 100;
+/// Default memory a replica reserves for scheduling, when the quota's
+/// `memory_bytes` is larger: 16 MiB holds a hello-sized handler (~1 MiB
+/// per instance) serving a dozen requests at once. It is what a replica is
+/// expected to use, not its worst case (`memory_bytes × concurrency`,
+/// 12.5 GiB with the defaults): each node guards the worst case itself at
+/// run time with its memory budget.
+pub const DEFAULT_RESERVE_BYTES: u64 = 16 << 20;
 
 /// Most linear memory one instance can address: a 32-bit Wasm memory holds
 /// at most 4 GiB, so a larger limit would promise what no guest can use.
@@ -32,8 +39,9 @@ pub const MAX_CONCURRENCY: u32 = 10_000;
 /// Resource limits for one app. Every request runs in a fresh instance that
 /// gets at most `memory_bytes` of linear memory, `fuel` units of CPU and
 /// `timeout_ms` of wall-clock time; at most `concurrency` instances run at
-/// once per replica. A node reserves `memory_bytes × concurrency` for a
-/// replica.
+/// once per replica. The scheduler reserves [`Quota::reservation_bytes`]
+/// for a replica: `reserve_bytes` when given, else the smaller of
+/// `memory_bytes` and [`DEFAULT_RESERVE_BYTES`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Quota {
@@ -50,6 +58,12 @@ pub struct Quota {
     /// Maximum instances of this app running at once on one replica.
     #[schema(minimum = 1, maximum = 10000)]
     pub concurrency: u32,
+    /// Memory one replica reserves on its node for scheduling (what it is
+    /// expected to use). Absent: the smaller of `memory_bytes` and
+    /// [`DEFAULT_RESERVE_BYTES`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 42949672960000.0)]
+    pub reserve_bytes: Option<u64>,
 }
 
 impl Default for Quota {
@@ -59,6 +73,7 @@ impl Default for Quota {
             fuel: DEFAULT_FUEL,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             concurrency: DEFAULT_CONCURRENCY,
+            reserve_bytes: None,
         }
     }
 }
@@ -69,8 +84,17 @@ impl Quota {
         Duration::from_millis(self.timeout_ms)
     }
 
-    /// Memory a node reserves for one replica of an app with this quota.
+    /// Memory a node reserves for one replica of an app with this quota:
+    /// `reserve_bytes`, or the smaller of `memory_bytes` and
+    /// [`DEFAULT_RESERVE_BYTES`].
     pub fn reservation_bytes(&self) -> u64 {
+        self.reserve_bytes
+            .unwrap_or(self.memory_bytes.min(DEFAULT_RESERVE_BYTES))
+    }
+
+    /// The most all instances of one replica can use at once:
+    /// `memory_bytes × concurrency`.
+    pub fn worst_case_bytes(&self) -> u64 {
         self.memory_bytes
             .saturating_mul(u64::from(self.concurrency))
     }
@@ -105,6 +129,15 @@ impl Quota {
         if self.concurrency > MAX_CONCURRENCY {
             return bad("concurrency", "must be at most 10000");
         }
+        if self
+            .reserve_bytes
+            .is_some_and(|r| r > self.worst_case_bytes())
+        {
+            return bad(
+                "reserve_bytes",
+                "must be at most memory × concurrency, all one replica can ever use",
+            );
+        }
         Ok(())
     }
 }
@@ -122,6 +155,22 @@ pub struct QuotaError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reservation_is_modest_unless_declared() {
+        assert_eq!(Quota::default().reservation_bytes(), DEFAULT_RESERVE_BYTES);
+        let small = Quota {
+            memory_bytes: 1 << 20,
+            ..Quota::default()
+        };
+        assert_eq!(small.reservation_bytes(), 1 << 20);
+        let declared = Quota {
+            reserve_bytes: Some(64 << 10),
+            ..Quota::default()
+        };
+        assert_eq!(declared.reservation_bytes(), 64 << 10);
+        assert_eq!(Quota::default().worst_case_bytes(), 100 * (128 << 20));
+    }
 
     #[test]
     fn defaults_validate_and_zero_fields_are_named() {
@@ -173,8 +222,16 @@ mod tests {
             fuel: MAX_FUEL,
             timeout_ms: MAX_TIMEOUT_MS,
             concurrency: MAX_CONCURRENCY,
+            reserve_bytes: Some(MAX_MEMORY_BYTES * u64::from(MAX_CONCURRENCY)),
         };
         assert_eq!(edge.validate(), Ok(()));
+        let over = Quota {
+            memory_bytes: 1 << 20,
+            concurrency: 2,
+            reserve_bytes: Some((2 << 20) + 1),
+            ..Quota::default()
+        };
+        assert_eq!(over.validate().unwrap_err().field, "reserve_bytes");
         let json = serde_json::json!({"memory_bytes": 1048576, "bogus": 1});
         assert!(serde_json::from_value::<Quota>(json).is_err());
     }

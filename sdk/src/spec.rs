@@ -40,6 +40,11 @@ impl AppSpec {
         if let Err(e) = self.quota.validate() {
             return broken(format!("quota.{}", e.field), e.reason);
         }
+        if let Some(scale) = &self.scale
+            && let Err((field, message)) = scale.validate()
+        {
+            return broken(format!("scale.{field}"), message);
+        }
         for (i, host) in self.hosts.iter().enumerate() {
             let host = normalize_host(host);
             let ok = !host.is_empty()

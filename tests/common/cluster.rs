@@ -15,7 +15,7 @@ use skiff_sdk::api::{App, AppSpec, Replica, ReplicaState};
 
 use super::{Reply, SkiffProcess, example, send};
 
-/// A small quota so replicas fit a 1Gi test node: 16Mi × 4 = 64Mi each.
+/// A small quota: 16Mi × 4 instances per replica, reserving 16Mi.
 pub fn small_quota() -> Quota {
     Quota {
         memory_bytes: 16 << 20,

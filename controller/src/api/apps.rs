@@ -167,6 +167,11 @@ pub async fn apply(
         .app(&name)
         .await
         .map_err(ApiError::store("reading an app"))?;
+    if let Some(scale) = &spec.scale {
+        // The autoscaler owns the count: applying a new revision keeps it
+        // (within the new bounds); `replicas` only starts a new app.
+        spec.replicas = scale.clamp(current.as_ref().map_or(spec.replicas, |a| a.spec.replicas));
+    }
     let diff = CapabilityDiff::between(current.as_ref().map(|a| &a.spec), &spec);
     if diff.widens() {
         if !query.approve_capabilities {
@@ -249,7 +254,9 @@ pub async fn show(
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require_admin()?;
-    let app = load(&state, &name).await?;
+    let mut app = load(&state, &name).await?;
+    let reserved = app.spec.quota.reservation_bytes();
+    app.observed = Some(state.informer.demand().observed(&name, reserved));
     Ok((etag(app.version), Json(app)))
 }
 

@@ -357,7 +357,7 @@ async fn count_responses(
     paths(
         artifacts::upload, artifacts::download, artifacts::delete,
         apps::apply, apps::list, apps::show, apps::delete, apps::revisions, apps::replicas, logs::logs, apps::rollback, apps::scale,
-        nodes::register, nodes::heartbeat, nodes::list, nodes::show, nodes::cordon, nodes::uncordon,
+        nodes::register, nodes::heartbeat, nodes::activate, nodes::list, nodes::show, nodes::cordon, nodes::uncordon,
         nodes::drain, nodes::delete, nodes::assignments, nodes::metrics, endpoints::watch,
         system::events,
     ),
@@ -475,6 +475,7 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes", post(nodes::register).get(nodes::list))
         .route("/nodes/{name}", get(nodes::show).delete(nodes::delete))
         .route("/nodes/{name}/heartbeat", put(nodes::heartbeat))
+        .route("/nodes/{name}/activate", post(nodes::activate))
         .route("/nodes/{name}/cordon", post(nodes::cordon))
         .route("/nodes/{name}/uncordon", post(nodes::uncordon))
         .route("/nodes/{name}/drain", post(nodes::drain))

@@ -12,10 +12,12 @@ use skiff_sdk::api::{
     Assignments, ErrorBody, Heartbeat, HeartbeatReply, Node, NodeRegistration, RegisterNode,
     ReplicaStatus, replica_digest, validate_name,
 };
+use skiff_sdk::scale::Activate;
 
 use super::{AppState, Auth, JsonBody, QueryParams, etag, if_match};
 use crate::auth::{hash_secret, new_secret};
 use crate::error::ApiError;
+use crate::store::StoreError;
 
 /// Join (or rejoin) the cluster; answers the node's credential.
 #[utoipa::path(post, path = "/v1/nodes", request_body = RegisterNode,
@@ -94,6 +96,70 @@ pub async fn register(
     Ok((status, Json(NodeRegistration { node, credential })))
 }
 
+/// A node holds requests for a sleeping app and asks for a replica: the
+/// app is scaled to `max(1, scale.min)` at once, and the reconciler places
+/// the replica on the asking node when it fits. Idempotent: an app that is
+/// awake already is left as it is.
+#[utoipa::path(post, path = "/v1/nodes/{name}/activate", params(("name" = String, Path)),
+    request_body = Activate,
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn activate(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+    body: JsonBody<Activate>,
+) -> Result<StatusCode, ApiError> {
+    who.require_the_node(&name)?;
+    let ask: Activate = body.decode()?;
+    let demand = state.informer.demand();
+    // A conflict means the app changed under us: look again.
+    for _ in 0..3 {
+        let known = state.informer.read().apps.get(&ask.app).cloned();
+        let app = match known {
+            Some(app) => (*app).clone(),
+            None => state
+                .store
+                .app(&ask.app)
+                .await
+                .map_err(ApiError::store("reading an app"))?
+                .ok_or_else(|| ApiError::NotFound(format!("app {:?} not found", ask.app)))?,
+        };
+        let Some(scale) = app.spec.scale.filter(|s| s.min == 0) else {
+            return Err(ApiError::invalid(
+                "not_activatable",
+                "app",
+                format!(
+                    "app {:?} does not sleep (it has no [scale] with min = 0)",
+                    app.name
+                ),
+            ));
+        };
+        demand.woke(&app.name, &name);
+        if app.spec.replicas > 0 {
+            return Ok(StatusCode::NO_CONTENT);
+        }
+        let to = scale.clamp(1);
+        let how = if ask.local {
+            "serves it from its own copy"
+        } else {
+            "holds requests for it"
+        };
+        let why = format!("Scaled up 0 → {to}: woken by node {name}, which {how}");
+        match state
+            .store
+            .autoscale_app(&app.name, to, Some(app.version), &why)
+            .await
+        {
+            Ok(_) => return Ok(StatusCode::NO_CONTENT),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(ApiError::store("waking an app")(e)),
+        }
+    }
+    Err(ApiError::Unavailable(
+        "the app kept changing while waking it; retry".to_owned(),
+    ))
+}
+
 /// Renew the node's lease and report its replicas (all, or with `digest`
 /// only those that changed).
 #[utoipa::path(put, path = "/v1/nodes/{name}/heartbeat", params(("name" = String, Path)), request_body = Heartbeat,
@@ -124,6 +190,7 @@ pub async fn heartbeat(
     // states that differ from the picture are written.
     state.informer.leases().renew(&name);
     state.informer.detector().alive(&name);
+    state.informer.demand().report(&name, &hb.usage);
     let (changed, drifted) = {
         let picture = state.informer.read();
         let changed: Vec<ReplicaStatus> = hb

@@ -31,6 +31,7 @@ pub(super) fn of(picture: &Picture, leases: &Leases) -> Endpoints {
         }
     }
     let mut hosts = BTreeMap::new();
+    let mut activatable = BTreeMap::new();
     // Every app is listed, those without a Ready replica with none, so a
     // node tells an app that is starting (503) from no app at all (404).
     let mut apps: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
@@ -43,6 +44,9 @@ pub(super) fn of(picture: &Picture, leases: &Leases) -> Endpoints {
                 .or_insert_with(|| app.name.clone());
         }
         apps.insert(app.name.clone(), Vec::new());
+        if let Some(scale) = app.spec.scale.filter(|s| s.min == 0) {
+            activatable.insert(app.name.clone(), scale.activation_timeout_ms);
+        }
     }
     for ((app, node), replicas) in counts {
         apps.entry(app.to_owned()).or_default().push(Endpoint {
@@ -51,5 +55,9 @@ pub(super) fn of(picture: &Picture, leases: &Leases) -> Endpoints {
             replicas,
         });
     }
-    Endpoints { apps, hosts }
+    Endpoints {
+        apps,
+        hosts,
+        activatable,
+    }
 }

@@ -15,13 +15,16 @@
 //!
 //! Alongside it, [`Leases`] keeps node heartbeats in memory (persisted in
 //! batches) and turns them into readiness; a readiness change marks the
-//! node dirty like a write does.
+//! node dirty like a write does. [`Demand`] keeps what nodes report of
+//! real use (for the autoscaler and the API) and which node asked to wake a
+//! sleeping app.
 //!
 //! Consumers: the reconciler drains the [`Dirty`] set; watches wait for
 //! [`Informer::version`] and check which nodes and apps were touched since
 //! the version they hold.
 
 mod assign;
+mod demand;
 mod endpoints;
 mod failure;
 mod leases;
@@ -35,6 +38,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use assign::{Sent, delta};
+pub use demand::{Demand, REPORT_STALE_MS, Totals};
 pub use failure::{Detector, REWATCH_WINDOW, WatchGuard};
 pub use leases::{LEASE_FLUSH, Leases};
 
@@ -168,6 +172,7 @@ pub struct Informer {
     rebuilt: std::sync::atomic::AtomicBool,
     leases: Arc<Leases>,
     detector: Arc<Detector>,
+    demand: Arc<Demand>,
     /// Per node: bumped when the node (row, replicas) changes, for its
     /// assignments watch.
     node_watches: Mutex<HashMap<String, watch::Sender<u64>>>,
@@ -212,6 +217,7 @@ impl Informer {
             rebuilt: std::sync::atomic::AtomicBool::new(false),
             leases,
             detector: Arc::default(),
+            demand: Arc::default(),
             node_watches: Mutex::default(),
             endpoints: Mutex::default(),
             endpoints_changed: watch::channel(0).0,
@@ -336,6 +342,11 @@ impl Informer {
     /// The failure detector (run it with [`Detector::run`]).
     pub fn detector(&self) -> &Arc<Detector> {
         &self.detector
+    }
+
+    /// What apps use, as nodes report it, and wake-ups.
+    pub fn demand(&self) -> &Arc<Demand> {
+        &self.demand
     }
 
     /// The picture, read-locked.

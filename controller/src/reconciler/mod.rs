@@ -95,6 +95,9 @@ pub struct DesiredApp {
     pub progress_deadline_ms: u64,
     /// Conditions as last recorded.
     pub conditions: Vec<Condition>,
+    /// A node to place new replicas on when it fits: the node holding
+    /// requests for the app while it wakes.
+    pub prefer: Option<String>,
 }
 
 impl DesiredApp {
@@ -122,6 +125,7 @@ impl DesiredApp {
             selector: app.spec.placement.node_selector.clone(),
             spread: app.spec.placement.spread.unwrap_or(true),
             conditions: app.status.conditions.clone(),
+            prefer: None,
         }
     }
 }

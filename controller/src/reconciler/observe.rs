@@ -35,6 +35,8 @@ pub(super) struct Rows {
     /// Revision histories of the apps that need one: apps still rolling
     /// out.
     pub histories: HashMap<String, Arc<Vec<Revision>>>,
+    /// Apps waking up, to the node that holds their requests.
+    pub prefer: HashMap<String, String>,
 }
 
 impl Rows {
@@ -95,6 +97,7 @@ impl Rows {
                 baseline,
                 replicas,
                 histories,
+                prefer: informer.demand().preferred(crate::store::now_ms()),
             }
         };
         rows.replicas.sort_by(|a, b| a.0.id.cmp(&b.0.id));
@@ -115,6 +118,7 @@ pub(super) fn observe(rows: &Rows, now: i64, evict_lost: bool) -> Observed {
     let mut desired = Vec::with_capacity(rows.apps.len());
     for app in &rows.apps {
         let mut d = DesiredApp::from_app(app);
+        d.prefer = rows.prefer.get(&app.name).cloned();
         if app.status.good_revision != Some(app.revision) {
             // Rolling out: how long for, and where a failure returns.
             let revisions = rows

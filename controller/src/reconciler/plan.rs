@@ -209,6 +209,7 @@ fn plan_app(
             reservation: app.reservation,
             selector: &app.selector,
             spread: app.spread,
+            prefer: app.prefer.as_deref(),
         };
         match scheduler.place(&request) {
             Ok(node) => actions.push(Action::Place {

@@ -20,6 +20,7 @@ fn app(name: &str, replicas: u32) -> DesiredApp {
         rollout_age_ms: None,
         progress_deadline_ms: 60_000,
         conditions: Vec::new(),
+        prefer: None,
     }
 }
 

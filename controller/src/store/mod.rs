@@ -122,7 +122,7 @@ impl TokenKind {
 }
 
 /// What applying a spec did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Applied {
     /// The app after the apply.
     pub app: App,
@@ -313,6 +313,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<App>;
     /// Sets the desired replica count.
     async fn scale_app(&self, name: &str, replicas: u32, if_version: Option<u64>) -> Result<App>;
+    /// Sets the replica count as the autoscaler decided, recording `why`
+    /// as the `AppScaled` event.
+    async fn autoscale_app(
+        &self,
+        name: &str,
+        replicas: u32,
+        if_version: Option<u64>,
+        why: &str,
+    ) -> Result<App>;
     /// Records the last revision that was fully available (reconciler).
     async fn set_good_revision(&self, name: &str, revision: u64) -> Result<()>;
     /// Records the app's conditions (written by the reconciler).

@@ -133,6 +133,7 @@ impl Agent {
                     replicas: now.values().cloned().collect(),
                     logs_key: Some(self.router.logs_key().to_owned()),
                     digest: None,
+                    usage: self.router.runtime().usage_report(),
                 },
                 Some((at, before)) => Heartbeat {
                     replicas: if *at == version {
@@ -145,6 +146,7 @@ impl Agent {
                     },
                     logs_key: Some(self.router.logs_key().to_owned()),
                     digest: Some(digest),
+                    usage: self.router.runtime().usage_report(),
                 },
             };
             let mut resend = false;

@@ -41,6 +41,14 @@ impl Agent {
     /// Brings the runtime in line with `assignments`; returns whether some
     /// replica still waits for its artifact.
     pub(super) async fn converge(&self, assignments: &Assignments) -> bool {
+        let assignments = &*self.effective(assignments);
+        let pending = self.converge_on(assignments).await;
+        // Held requests look again at what serves now.
+        self.router.routes_changed();
+        pending
+    }
+
+    async fn converge_on(&self, assignments: &Assignments) -> bool {
         let runtime = self.router.runtime().clone();
         let mut by_app: BTreeMap<&str, Vec<&Assignment>> = BTreeMap::new();
         for a in &assignments.replicas {
@@ -63,12 +71,8 @@ impl Agent {
         if lock(&self.replicas).len() != before {
             self.replicas_changed();
         }
-        lock(&self.loaded).retain(|digest, _| {
-            assignments
-                .replicas
-                .iter()
-                .any(|a| &a.spec.artifact == digest)
-        });
+        let kept = self.kept_components(assignments);
+        lock(&self.loaded).retain(|digest, _| kept.contains(digest));
 
         let mut pending = false;
         for (app, replicas) in by_app {

@@ -104,14 +104,12 @@ impl Agent {
     pub(super) async fn prune(&self, runtime: Arc<Runtime>, assignments: &Assignments) {
         let state = self.state.clone();
         let budget = self.config.cache_bytes;
-        let wanted: HashSet<Digest> = assignments
-            .replicas
-            .iter()
-            .map(|a| a.spec.artifact)
-            .collect();
+        let wanted: HashSet<Digest> = self.kept_components(assignments);
+        let dormant = self.dormant_assignments();
         let mounts: HashSet<PathBuf> = assignments
             .replicas
             .iter()
+            .chain(&dormant)
             .filter(|a| !a.spec.files.is_empty())
             .map(|a| state.mount_dir(&a.spec.files))
             .collect();

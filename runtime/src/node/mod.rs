@@ -21,8 +21,10 @@
 //!
 //! And: [`disk`] (the state directory: assignments, endpoints, static file
 //! trees), `fetch` (components and files by digest; freeing the disk no
-//! assignment needs), [`router`] (serve locally or forward to a peer),
-//! `api` (the node's own API at `Host: _skiff`: logs and metrics).
+//! assignment needs), [`router`] (serve locally or forward to a peer, hold
+//! requests for a sleeping app), `wake` (wake a sleeping app: locally from
+//! its copy here, and through the controller), `api` (the node's own API
+//! at `Host: _skiff`: logs and metrics).
 
 mod api;
 mod control;
@@ -31,6 +33,7 @@ pub mod disk;
 mod fetch;
 mod health;
 pub mod router;
+mod wake;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -213,6 +216,8 @@ impl Node {
         runtime_config.domain = config.domain.clone();
         runtime_config.max_request_body = config.max_body;
         runtime_config.engine.pooling = config.pooling;
+        // Instances draw from the memory the node declares (see `budget`).
+        runtime_config.memory_budget = config.memory_bytes;
         let runtime = crate::Runtime::new(runtime_config).map_err(NodeError::Runtime)?;
         let router = NodeRouter::new(runtime.clone(), &config.name, &config.domain);
         let addr = listener.local_addr().map_err(NodeError::Listener)?;
@@ -272,6 +277,12 @@ pub struct Agent {
     judged: Mutex<HashMap<String, Judged>>,
     /// The assignments version the disk was last pruned for.
     pruned: Mutex<Option<u64>>,
+    /// The last assignment here of each app that may sleep (`scale.min =
+    /// 0`): what a held request wakes locally.
+    dormant: Mutex<HashMap<String, skiff_sdk::api::Assignment>>,
+    /// Apps served from their copy here while the controller has not
+    /// placed a replica (see `wake`).
+    local: Mutex<HashMap<String, wake::LocalActivation>>,
 }
 
 impl Agent {
@@ -309,12 +320,19 @@ impl Agent {
             loaded: Mutex::new(HashMap::new()),
             judged: Mutex::new(HashMap::new()),
             pruned: Mutex::new(None),
+            dormant: Mutex::new(HashMap::new()),
+            local: Mutex::new(HashMap::new()),
         }))
     }
 
-    /// Replica states as this node reports them.
+    /// Replica states as this node reports them (local activations are
+    /// not the controller's replicas).
     pub fn replica_states(&self) -> Vec<ReplicaStatus> {
-        lock(&self.replicas).values().cloned().collect()
+        lock(&self.replicas)
+            .values()
+            .filter(|r| !r.id.starts_with(wake::LOCAL_PREFIX))
+            .cloned()
+            .collect()
     }
 
     /// Starts the replicas of the assignments stored on disk (before the
@@ -336,7 +354,8 @@ impl Agent {
         tokio::join!(
             self.converge_loop(&shutdown),
             self.control_loop(&shutdown),
-            self.judge_loop(&shutdown)
+            self.judge_loop(&shutdown),
+            self.wake_loop(&shutdown)
         );
     }
 

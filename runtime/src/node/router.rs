@@ -36,6 +36,12 @@ pub const NODE_API_HOST: &str = "_skiff";
 /// Time allowed to connect to a peer node: peers are near, and a dead one
 /// must fail fast so the retry can go elsewhere.
 const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most requests held for one sleeping app on one node; more are answered
+/// `activation-timeout` at once rather than pile up.
+pub const MAX_HELD_PER_APP: usize = 10_000;
+/// While requests are held, the node asks again for the app's activation
+/// this often (the first ask may have been lost with the controller).
+const WAKE_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where [`NodeRouter::route`] sends a request.
 enum Route {
@@ -82,6 +88,16 @@ pub struct NodeRouter {
     turn: AtomicUsize,
     pub(super) stats: ForwardStats,
     pub(super) logs_key: String,
+    /// Apps that may sleep, to their activation timeout (ms).
+    activatable: RwLock<HashMap<String, u64>>,
+    /// Bumped whenever where an app is served may have changed (new
+    /// endpoints, or the runtime's apps): held requests look again.
+    routes: tokio::sync::watch::Sender<u64>,
+    /// Apps with held requests to wake, for the agent.
+    wake: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    pub(super) wake_requested: tokio::sync::Notify,
+    /// Requests held per app.
+    held: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 impl NodeRouter {
@@ -112,6 +128,11 @@ impl NodeRouter {
                 rand::rng().fill_bytes(&mut bytes);
                 hex::encode(bytes)
             },
+            activatable: RwLock::new(HashMap::new()),
+            routes: tokio::sync::watch::channel(0).0,
+            wake: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            wake_requested: tokio::sync::Notify::new(),
+            held: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -135,6 +156,12 @@ impl NodeRouter {
             .map(|(h, a)| (normalize_host(h).into_owned(), a.clone()))
             .collect();
         self.endpoints_known.store(true, Ordering::Release);
+        *self.activatable.write().unwrap_or_else(|e| e.into_inner()) = endpoints
+            .activatable
+            .iter()
+            .map(|(a, t)| (a.clone(), *t))
+            .collect();
+        let _bump = RoutesChanged(self);
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
         let known: HashMap<(String, String), Arc<Peer>> = table
             .values()
@@ -215,6 +242,75 @@ impl NodeRouter {
         Some(ordered)
     }
 
+    /// Notes that where apps are served may have changed (the agent calls
+    /// it after changing the runtime's apps): held requests look again.
+    pub fn routes_changed(&self) {
+        self.routes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Apps whose held requests ask for a wake-up, taken.
+    pub(super) fn take_wakes(&self) -> Vec<String> {
+        std::mem::take(&mut *self.wake.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_iter()
+            .collect()
+    }
+
+    fn request_wake(&self, app: &str) {
+        self.wake
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(app.to_owned());
+        self.wake_requested.notify_one();
+    }
+
+    /// Whether `app` has a Ready replica anywhere but here.
+    pub(super) fn has_peers(&self, app: &str) -> bool {
+        self.table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(app)
+            .is_some_and(|p| !p.is_empty())
+    }
+
+    /// Holds a request for a sleeping app until a replica serves it here
+    /// or on a peer, asking the agent to wake the app; `activation-timeout`
+    /// after the app's activation timeout, or at once when too many wait.
+    async fn hold(
+        &self,
+        app: &str,
+        timeout_ms: u64,
+        req: Request<Incoming>,
+    ) -> Response<HyperOutgoingBody> {
+        let Some(_held) = Held::new(self, app) else {
+            return error_response(Outcome::ActivationTimeout, Some(app));
+        };
+        let mut routes = self.routes.subscribe();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
+        let mut ask_at = tokio::time::Instant::now();
+        loop {
+            routes.borrow_and_update();
+            if let Some(local) = self.runtime.find(app) {
+                let mut response = self.runtime.handle(Target::App(local), req).await;
+                response
+                    .headers_mut()
+                    .insert(SERVED_BY, self.name_header.clone());
+                return response;
+            }
+            if self.has_peers(app) {
+                return Box::pin(self.forward(app, req)).await;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return error_response(Outcome::ActivationTimeout, Some(app));
+            }
+            if now >= ask_at {
+                self.request_wake(app);
+                ask_at = now + WAKE_AGAIN;
+            }
+            let _ = tokio::time::timeout_at(deadline.min(ask_at), routes.changed()).await;
+        }
+    }
+
     async fn forward(&self, app: &str, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
         let Some(peers) = self.candidates(app) else {
             // No app of that name anywhere: the runtime answers 404 and
@@ -222,6 +318,15 @@ impl NodeRouter {
             return self.runtime.handle(Target::ByHost, req).await;
         };
         if peers.is_empty() {
+            let asleep = self
+                .activatable
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(app)
+                .copied();
+            if let Some(timeout_ms) = asleep {
+                return self.hold(app, timeout_ms, req).await;
+            }
             self.stats.no_replica.fetch_add(1, Ordering::Relaxed);
             return error_response(Outcome::NoReplica, Some(app));
         }
@@ -322,6 +427,48 @@ impl Handler for NodeRouter {
 
     async fn drain(&self) {
         self.runtime.drain().await;
+    }
+}
+
+/// Bumps the routes version when dropped (after the table is replaced).
+struct RoutesChanged<'a>(&'a NodeRouter);
+
+impl Drop for RoutesChanged<'_> {
+    fn drop(&mut self) {
+        self.0.routes_changed();
+    }
+}
+
+/// One held request, counted for its app while it waits.
+struct Held<'a> {
+    router: &'a NodeRouter,
+    app: String,
+}
+
+impl<'a> Held<'a> {
+    fn new(router: &'a NodeRouter, app: &str) -> Option<Self> {
+        let mut held = router.held.lock().unwrap_or_else(|e| e.into_inner());
+        let count = held.entry(app.to_owned()).or_default();
+        if *count >= MAX_HELD_PER_APP {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            router,
+            app: app.to_owned(),
+        })
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut held = self.router.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = held.get_mut(&self.app) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.app);
+            }
+        }
     }
 }
 

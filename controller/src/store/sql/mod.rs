@@ -22,7 +22,7 @@ use skiff_sdk::api::{
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
-use super::rows::{json, not_found, parse, revision_identity, to_i64, to_u64};
+use super::rows::{check_version, json, not_found, parse, revision_identity, to_i64, to_u64};
 use super::{Changed, DEFAULT_EVENT_CAP, KEEP_REVISIONS, NewEvent, Result, StoreError, now_ms};
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
@@ -415,6 +415,7 @@ impl SqlStore {
             },
             created_at: row.try_get("created_at")?,
             capability_changes: None,
+            observed: None,
             updated_at: row.try_get("updated_at")?,
         })
     }
@@ -602,9 +603,47 @@ impl SqlStore {
                 },
                 created_at: r.created_at,
                 capability_changes: None,
+                observed: None,
                 updated_at: r.updated_at,
             })
             .collect())
+    }
+
+    /// Sets an app's replica count, with an `AppScaled` event saying `why`
+    /// (or from what to what).
+    async fn scale_with(
+        &self,
+        name: &str,
+        replicas: u32,
+        if_version: Option<u64>,
+        why: Option<&str>,
+    ) -> Result<App> {
+        let mut tx = self.pool.begin().await?;
+        let current = self
+            .load_app(&mut tx, name)
+            .await?
+            .ok_or_else(|| not_found("app", name))?;
+        check_version("app", name, Some(current.version), if_version)?;
+        if current.spec.replicas != replicas {
+            let spec = AppSpec {
+                replicas,
+                ..current.spec.clone()
+            };
+            self.update_app(&mut tx, &current, &spec, current.revision, now_ms())
+                .await?;
+            let message = why.map_or_else(
+                || {
+                    format!(
+                        "scaled from {} to {replicas} replicas",
+                        current.spec.replicas
+                    )
+                },
+                str::to_owned,
+            );
+            self.event_in(&mut tx, app_event(name, EventKind::AppScaled, message))
+                .await?;
+        }
+        self.commit_app(tx, name).await
     }
 
     /// Reads the app back as the transaction left it, then commits.

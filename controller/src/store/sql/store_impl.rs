@@ -276,27 +276,17 @@ impl Store for SqlStore {
     }
 
     async fn scale_app(&self, name: &str, replicas: u32, if_version: Option<u64>) -> Result<App> {
-        let mut tx = self.pool.begin().await?;
-        let current = self
-            .load_app(&mut tx, name)
-            .await?
-            .ok_or_else(|| not_found("app", name))?;
-        check_version("app", name, Some(current.version), if_version)?;
-        if current.spec.replicas != replicas {
-            let spec = AppSpec {
-                replicas,
-                ..current.spec.clone()
-            };
-            self.update_app(&mut tx, &current, &spec, current.revision, now_ms())
-                .await?;
-            let message = format!(
-                "scaled from {} to {replicas} replicas",
-                current.spec.replicas
-            );
-            self.event_in(&mut tx, app_event(name, EventKind::AppScaled, message))
-                .await?;
-        }
-        self.commit_app(tx, name).await
+        self.scale_with(name, replicas, if_version, None).await
+    }
+
+    async fn autoscale_app(
+        &self,
+        name: &str,
+        replicas: u32,
+        if_version: Option<u64>,
+        why: &str,
+    ) -> Result<App> {
+        self.scale_with(name, replicas, if_version, Some(why)).await
     }
 
     async fn set_good_revision(&self, name: &str, revision: u64) -> Result<()> {

@@ -1,0 +1,175 @@
+//! Waking sleeping apps. A request for an app with no ready replica that
+//! may sleep (`scale.min = 0`) is held by the router, which asks the agent
+//! to wake the app. The agent then
+//!
+//! - activates it **locally** at once when it still has the app's last
+//!   assignment here (the app slept on this node; its component stays
+//!   loaded while it sleeps), so the held requests are served in
+//!   milliseconds whether or not the controller answers; and
+//! - asks the controller for a replica (`POST /v1/nodes/{name}/activate`),
+//!   saying whether it serves the app locally already: the controller then
+//!   prefers to place the replica here. A local activation the controller
+//!   has not acknowledged is reported again every [`TELL_AGAIN`] (the
+//!   controller may be away: edge autonomy).
+//!
+//! A local activation ends once the controller's assignments give this
+//! node a replica of the app (which then serves), or a peer serves it.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_sdk::Digest;
+use skiff_sdk::api::{Assignment, Assignments};
+use skiff_sdk::scale::Activate;
+use tokio_util::sync::CancellationToken;
+
+use super::{Agent, lock};
+
+/// Ids of locally activated replicas start with this (never a controller's
+/// replica id); they are not reported with heartbeats.
+pub(super) const LOCAL_PREFIX: &str = "~local/";
+/// How often a local activation the controller has not acknowledged is
+/// reported again.
+const TELL_AGAIN: Duration = Duration::from_secs(1);
+
+/// An app this node serves from its own copy while asleep elsewhere.
+#[derive(Debug)]
+pub(super) struct LocalActivation {
+    assignment: Assignment,
+    acknowledged: bool,
+}
+
+impl Agent {
+    /// Wakes the apps the router holds requests for, and reports local
+    /// activations until the controller has heard of them.
+    pub(super) async fn wake_loop(self: &Arc<Self>, shutdown: &CancellationToken) {
+        let mut again = tokio::time::interval(TELL_AGAIN);
+        again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.router.wake_requested.notified() => {}
+                _ = again.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            let wakes = self.router.take_wakes();
+            // Locally first, all of them: serving must not wait for the
+            // controller's answers.
+            let asks: Vec<(String, bool)> = wakes
+                .into_iter()
+                .map(|app| {
+                    let local = self.activate_locally(&app);
+                    (app, local)
+                })
+                .collect();
+            let unacknowledged: Vec<(String, bool)> = lock(&self.local)
+                .iter()
+                .filter(|(app, l)| !l.acknowledged && !asks.iter().any(|(a, _)| a == *app))
+                .map(|(app, _)| (app.clone(), true))
+                .collect();
+            for (app, local) in asks.into_iter().chain(unacknowledged) {
+                self.tell(&app, local).await;
+            }
+        }
+    }
+
+    /// Starts serving `app` from its last assignment here, if there is one;
+    /// returns whether the app is (now) served locally.
+    fn activate_locally(&self, app: &str) -> bool {
+        if lock(&self.local).contains_key(app) {
+            return true;
+        }
+        let Some(mut assignment) = lock(&self.dormant).get(app).cloned() else {
+            return false;
+        };
+        assignment.id = format!("{LOCAL_PREFIX}{app}");
+        tracing::info!(%app, "waking a sleeping app from its copy on this node");
+        lock(&self.local).insert(
+            app.to_owned(),
+            LocalActivation {
+                assignment,
+                acknowledged: false,
+            },
+        );
+        // Converge now, with the local activation in.
+        self.assignments.send_modify(|_| {});
+        true
+    }
+
+    async fn tell(&self, app: &str, local: bool) {
+        let session = lock(&self.session).clone();
+        let Some(client) = session else {
+            return;
+        };
+        let ask = Activate {
+            app: app.to_owned(),
+            local,
+        };
+        match client.activate(&self.config.name, &ask).await {
+            Ok(()) => {
+                if let Some(l) = lock(&self.local).get_mut(app) {
+                    l.acknowledged = true;
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%app, error = %skiff_sdk::error_chain(&error), "asking for an activation failed")
+            }
+        }
+    }
+
+    /// The assignments to converge on: the controller's, plus the local
+    /// activations still needed. Remembers the apps that may sleep, so
+    /// that a request after they slept can wake them here.
+    pub(super) fn effective<'a>(&self, assignments: &'a Assignments) -> Cow<'a, Assignments> {
+        {
+            let mut dormant = lock(&self.dormant);
+            for a in &assignments.replicas {
+                let sleeps = a.spec.scale.is_some_and(|s| s.min == 0);
+                if sleeps && dormant.get(&a.app).is_none_or(|d| d.revision < a.revision) {
+                    dormant.insert(a.app.clone(), a.clone());
+                }
+            }
+        }
+        let mut local = lock(&self.local);
+        if local.is_empty() {
+            return Cow::Borrowed(assignments);
+        }
+        let assigned: HashSet<&str> = assignments
+            .replicas
+            .iter()
+            .map(|a| a.app.as_str())
+            .collect();
+        local.retain(|app, _| {
+            let keep = !assigned.contains(app.as_str()) && !self.router.has_peers(app);
+            if !keep {
+                tracing::info!(%app, "local activation handed over to the controller's replica");
+            }
+            keep
+        });
+        if local.is_empty() {
+            return Cow::Borrowed(assignments);
+        }
+        let mut all = assignments.clone();
+        all.replicas
+            .extend(local.values().map(|l| l.assignment.clone()));
+        Cow::Owned(all)
+    }
+
+    /// Components to keep loaded: the assigned ones and those of apps
+    /// asleep here (so waking costs no compile or load).
+    pub(super) fn kept_components(&self, assignments: &Assignments) -> HashSet<Digest> {
+        assignments
+            .replicas
+            .iter()
+            .map(|a| a.spec.artifact)
+            .chain(lock(&self.dormant).values().map(|a| a.spec.artifact))
+            .collect()
+    }
+
+    /// The assignments of apps asleep here, for pruning: their components
+    /// and files stay on disk.
+    pub(super) fn dormant_assignments(&self) -> Vec<Assignment> {
+        lock(&self.dormant).values().cloned().collect()
+    }
+}
