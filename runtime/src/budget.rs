@@ -232,10 +232,9 @@ impl Usage {
         let span = busy
             .reported_at
             .map_or(0, |at| now.saturating_duration_since(at).as_nanos());
-        let concurrency_milli = if span == 0 {
-            u64::from(in_flight) * 1000
-        } else {
-            u64::try_from(busy.area * 1000 / span).unwrap_or(u64::MAX)
+        let concurrency_milli = match (busy.area * 1000).checked_div(span) {
+            Some(milli) => u64::try_from(milli).unwrap_or(u64::MAX),
+            None => u64::from(in_flight) * 1000,
         };
         let finished = requests.saturating_sub(busy.reported_requests);
         busy.area = 0;

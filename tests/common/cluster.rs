@@ -36,6 +36,8 @@ pub struct Cluster {
     pub nodes: BTreeMap<String, Option<SkiffProcess>>,
     node_addrs: BTreeMap<String, SocketAddr>,
     node_labels: BTreeMap<String, String>,
+    /// `--memory` per node (default 1Gi).
+    node_memory: BTreeMap<String, String>,
 }
 
 impl Cluster {
@@ -65,6 +67,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             node_addrs: BTreeMap::new(),
             node_labels: BTreeMap::new(),
+            node_memory: BTreeMap::new(),
         };
         for (name, labels) in nodes {
             cluster
@@ -98,6 +101,11 @@ impl Cluster {
         self.node_labels.insert(node.to_owned(), labels.to_owned());
     }
 
+    /// The memory a node started from now on declares (`64Mi`, ...).
+    pub fn set_memory(&mut self, node: &str, memory: &str) {
+        self.node_memory.insert(node.to_owned(), memory.to_owned());
+    }
+
     /// Starts (or restarts, on its previous port and state) a node.
     pub fn start_node(&mut self, name: &str) {
         let listen = self
@@ -117,7 +125,7 @@ impl Cluster {
             "--labels",
             &self.node_labels[name],
             "--memory",
-            "1Gi",
+            self.node_memory.get(name).map_or("1Gi", String::as_str),
             "--listen",
             &listen,
             "--data-dir",
@@ -201,6 +209,18 @@ impl Cluster {
 
     /// Waits until `app` has exactly `n` replicas, all Ready, and returns
     /// them.
+    /// Waits until `node` is registered and Ready.
+    pub async fn wait_ready_node(&self, node: &str, limit: Duration) {
+        self.wait(&format!("node {node} Ready"), limit, |c| async move {
+            let nodes = c.admin.nodes().await.ok()?;
+            nodes
+                .iter()
+                .any(|n| n.name == node && n.state == skiff_sdk::api::NodeState::Ready)
+                .then_some(())
+        })
+        .await
+    }
+
     pub async fn wait_ready(&self, app: &str, n: usize, limit: Duration) -> Vec<Replica> {
         self.wait(
             &format!("{n} ready replicas of {app}"),

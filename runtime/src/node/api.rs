@@ -130,6 +130,19 @@ impl NodeRouter {
             "Instances running now, by app.",
             &per_app(&|app, _| self.runtime.in_flight(app).unwrap_or(0) as u64),
         );
+        let budget = self.runtime.budget();
+        family(
+            "skiff_node_memory_budget_bytes",
+            "gauge",
+            "Linear memory all instances may use together (the node's declared memory).",
+            &[(String::new(), budget.capacity())],
+        );
+        family(
+            "skiff_node_memory_used_bytes",
+            "gauge",
+            "Linear memory of the instances running now.",
+            &[(String::new(), budget.used())],
+        );
         let load = |c: &AtomicU64| vec![(String::new(), c.load(Ordering::Relaxed))];
         family(
             "skiff_node_forwarded_total",
