@@ -31,14 +31,15 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/mod.rs"]
+mod support;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::SkiffProcess;
+use support::{knob, ms, pct, proc_stats, start_controller, start_node, token, verdict};
 use common::cluster::{Cluster, Load, kill9, postgres_database, small_quota};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -46,48 +47,10 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use skiff_sdk::api::{AppSpec, ReplicaState, replica_digest};
 
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
-fn verdict(ok: bool) -> &'static str {
-    if ok { "meets" } else { "MISSES" }
-}
 
-/// CPU time (user + system, in clock ticks of 10 ms) and RSS (KiB) of a
-/// process.
-fn proc_stats(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    (ticks, rss)
-}
 
 /// HTTP/2 connections to one controller, used in turn.
 struct H2 {
@@ -154,37 +117,7 @@ impl H2 {
     }
 }
 
-fn start_controller(dir: &std::path::Path, db: Option<&str>, id: &str) -> SkiffProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_skiff"));
-    command.args([
-        "controller",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--id",
-        id,
-        "--max-connections",
-        "20000",
-        "--max-connections-per-client",
-        "20000",
-    ]);
-    if let Some(url) = db {
-        command.args(["--database-url", url]);
-    }
-    command.env(
-        "SKIFF_LOG",
-        std::env::var("SKIFF_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-    );
-    SkiffProcess::spawn(command)
-}
 
-fn token(process: &SkiffProcess, which: &str) -> String {
-    std::fs::read_to_string(process.ready[which].as_str().unwrap())
-        .unwrap()
-        .trim()
-        .to_owned()
-}
 
 /// One simulated node: its name, credential and the controller it uses.
 struct Agent {
@@ -443,29 +376,6 @@ async fn heartbeats(backend: &str, db: Option<&str>, sizes: &[usize]) {
     }
 }
 
-fn start_node(controller: &SkiffProcess, dir: &std::path::Path, memory: &str) -> SkiffProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_skiff"));
-    command.args([
-        "node",
-        "--controller",
-        &format!("http://{}", controller.addr()),
-        "--token-file",
-        controller.ready["join_token_file"].as_str().unwrap(),
-        "--name",
-        "edge",
-        "--memory",
-        memory,
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.to_str().unwrap(),
-    ]);
-    command.env(
-        "SKIFF_LOG",
-        std::env::var("SKIFF_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-    );
-    SkiffProcess::spawn(command)
-}
 
 async fn replicas_ready(controller: std::net::SocketAddr) -> u64 {
     let text = common::get_from("127.0.0.1", controller, "controller", "/metrics")

@@ -13,6 +13,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -20,6 +22,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{SkiffProcess, example_path};
+use support::Run;
+
+fn wrk(addr: SocketAddr, threads: u32, connections: u32, seconds: u32) -> Run {
+    support::wrk(addr, threads, connections, seconds, &["-H", "Host: hello.localhost"])
+}
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
@@ -84,67 +91,6 @@ impl Drop for WasmtimeServe {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Run {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
-fn to_ms(value: &str) -> Option<f64> {
-    let split = value.find(|c: char| c.is_ascii_alphabetic())?;
-    let (n, unit) = value.split_at(split);
-    let n: f64 = n.parse().ok()?;
-    Some(match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        _ => return None,
-    })
-}
-
-fn wrk(addr: SocketAddr, threads: u32, connections: u32, seconds: u32) -> Run {
-    let out = Command::new("wrk")
-        .args([
-            &format!("-t{threads}"),
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-            "-H",
-            "Host: hello.localhost",
-            &format!("http://{addr}/"),
-        ])
-        .output()
-        .expect("running wrk (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut run = Run::default();
-    for line in text.lines().map(str::trim) {
-        let mut words = line.split_whitespace();
-        match (words.next(), words.next()) {
-            (Some("Requests/sec:"), Some(v)) => run.rps = v.parse().unwrap_or(0.0),
-            (Some("50%"), Some(v)) => run.p50_ms = to_ms(v).unwrap_or(f64::NAN),
-            (Some("99%"), Some(v)) => run.p99_ms = to_ms(v).unwrap_or(f64::NAN),
-            (Some("Non-2xx"), _) => {
-                run.errors += line
-                    .rsplit(' ')
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0)
-            }
-            (Some("Socket"), Some("errors:")) => {
-                run.errors += line
-                    .split(|c: char| !c.is_ascii_digit())
-                    .filter_map(|n| n.parse::<u64>().ok())
-                    .sum::<u64>()
-            }
-            _ => {}
-        }
-    }
-    assert!(run.rps > 0.0, "could not read wrk's output:\n{text}");
-    run
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -150,7 +150,14 @@ pub async fn activate(
             .autoscale_app(&app.name, to, Some(app.version), &why)
             .await
         {
-            Ok(_) => return Ok(StatusCode::NO_CONTENT),
+            Ok(_) => {
+                // Requests wait on the replica unless the node serves the
+                // app already.
+                if !ask.local {
+                    state.informer.hurry();
+                }
+                return Ok(StatusCode::NO_CONTENT);
+            }
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => return Err(ApiError::store("waking an app")(e)),
         }

@@ -181,6 +181,9 @@ pub struct Informer {
     endpoints_changed: watch::Sender<u64>,
     /// The picture version the endpoints were last computed at.
     published: watch::Sender<u64>,
+    /// Someone waits on the next publication (a request held while its app
+    /// wakes): publish without the usual pause.
+    hurry: Notify,
     /// The store's write counter ([`Store::changes`]) the picture has
     /// caught up with.
     applied: watch::Sender<u64>,
@@ -221,6 +224,7 @@ impl Informer {
             node_watches: Mutex::default(),
             endpoints: Mutex::default(),
             endpoints_changed: watch::channel(0).0,
+            hurry: Notify::new(),
             published: watch::channel(0).0,
             applied: watch::channel(0).0,
         })
@@ -284,6 +288,12 @@ impl Informer {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Publishes the next change without the usual pause: a request is
+    /// held until the reconciler (which waits for publications) acts.
+    pub fn hurry(&self) {
+        self.hurry.notify_one();
+    }
+
     /// A receiver bumped whenever the published endpoints change.
     pub fn endpoints_changes(&self) -> watch::Receiver<u64> {
         self.endpoints_changed.subscribe()
@@ -327,9 +337,16 @@ impl Informer {
             // than a fifth of a core on it (the document grows with the
             // apps): a change after a quiet spell is published at once, a
             // burst in few steps.
-            let pause = PUBLISH_COALESCE.max(started.elapsed() * 4);
+            // In a hurry (a request waits on a wake-up), at most half a
+            // core.
+            let took = started.elapsed();
+            let pause = PUBLISH_COALESCE.max(took * 4);
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
+                () = async {
+                    self.hurry.notified().await;
+                    tokio::time::sleep(took).await;
+                } => {}
                 () = shutdown.cancelled() => return,
             }
             tokio::select! {

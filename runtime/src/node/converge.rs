@@ -43,6 +43,7 @@ impl Agent {
     pub(super) async fn converge(&self, assignments: &Assignments) -> bool {
         let assignments = &*self.effective(assignments);
         let pending = self.converge_on(assignments).await;
+        self.remember_dormant(assignments);
         // Held requests look again at what serves now.
         self.router.routes_changed();
         pending
@@ -183,7 +184,7 @@ impl Agent {
             .map_err(|e| error_chain(&e))
     }
 
-    fn app_spec(&self, app: &str, a: &Assignment, replicas: usize) -> Deployment {
+    pub(super) fn app_spec(&self, app: &str, a: &Assignment, replicas: usize) -> Deployment {
         let files = (!a.spec.files.is_empty()).then(|| self.state.mount_dir(&a.spec.files));
         app_spec(app, a, replicas, files)
     }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skiff_sdk::Digest;
-use skiff_sdk::api::{Assignment, Assignments};
+use skiff_sdk::api::{Assignment, Assignments, ReplicaState};
 use skiff_sdk::scale::Activate;
 use tokio_util::sync::CancellationToken;
 
@@ -85,6 +85,19 @@ impl Agent {
         };
         assignment.id = format!("{LOCAL_PREFIX}{app}");
         tracing::info!(%app, "waking a sleeping app from its copy on this node");
+        // Served at once: this revision already proved itself here (it was
+        // Ready) and its component is still loaded. The next converge
+        // takes it over like any replica.
+        let deployed = self
+            .router
+            .runtime()
+            .deploy(self.app_spec(app, &assignment, 1));
+        if let Err(error) = deployed {
+            tracing::warn!(%app, error = %skiff_sdk::error_chain(&error), "waking locally failed");
+            return false;
+        }
+        self.set_state(&assignment.id, ReplicaState::Ready, None);
+        self.router.routes_changed();
         lock(&self.local).insert(
             app.to_owned(),
             LocalActivation {
@@ -92,7 +105,6 @@ impl Agent {
                 acknowledged: false,
             },
         );
-        // Converge now, with the local activation in.
         self.assignments.send_modify(|_| {});
         true
     }
@@ -118,19 +130,25 @@ impl Agent {
         }
     }
 
-    /// The assignments to converge on: the controller's, plus the local
-    /// activations still needed. Remembers the apps that may sleep, so
-    /// that a request after they slept can wake them here.
-    pub(super) fn effective<'a>(&self, assignments: &'a Assignments) -> Cow<'a, Assignments> {
-        {
-            let mut dormant = lock(&self.dormant);
-            for a in &assignments.replicas {
-                let sleeps = a.spec.scale.is_some_and(|s| s.min == 0);
-                if sleeps && dormant.get(&a.app).is_none_or(|d| d.revision < a.revision) {
-                    dormant.insert(a.app.clone(), a.clone());
-                }
+    /// Remembers the replicas of apps that may sleep once they proved
+    /// themselves here (Ready), so that a request after they slept can wake
+    /// them here.
+    pub(super) fn remember_dormant(&self, assignments: &Assignments) {
+        let mut dormant = lock(&self.dormant);
+        for a in &assignments.replicas {
+            let sleeps = a.spec.scale.is_some_and(|s| s.min == 0);
+            if sleeps
+                && dormant.get(&a.app).is_none_or(|d| d.revision < a.revision)
+                && self.state_of(&a.id) == Some(ReplicaState::Ready)
+            {
+                dormant.insert(a.app.clone(), a.clone());
             }
         }
+    }
+
+    /// The assignments to converge on: the controller's, plus the local
+    /// activations still needed.
+    pub(super) fn effective<'a>(&self, assignments: &'a Assignments) -> Cow<'a, Assignments> {
         let mut local = lock(&self.local);
         if local.is_empty() {
             return Cow::Borrowed(assignments);
