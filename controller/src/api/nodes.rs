@@ -154,7 +154,7 @@ pub async fn activate(
                 // Requests wait on the replica unless the node serves the
                 // app already.
                 if !ask.local {
-                    state.informer.hurry();
+                    state.informer.hurry(&app.name);
                 }
                 return Ok(StatusCode::NO_CONTENT);
             }

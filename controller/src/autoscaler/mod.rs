@@ -48,15 +48,27 @@ pub async fn run(
             states.clear();
             continue;
         }
-        let scaled: Vec<Arc<App>> = informer
-            .read()
-            .apps
-            .values()
-            .filter(|a| a.spec.scale.is_some())
-            .cloned()
-            .collect();
-        states.retain(|name, _| scaled.iter().any(|a| &a.name == name));
         let now = now_ms();
+        // Apps asleep with no demand and no wake-up have nothing to decide
+        // (10,000 sleeping apps cost a tick next to nothing).
+        let scaled: Vec<Arc<App>> = {
+            let demand = informer.demand();
+            informer
+                .read()
+                .apps
+                .values()
+                .filter(|a| a.spec.scale.is_some())
+                .filter(|a| {
+                    a.spec.replicas > 0
+                        || demand.totals(&a.name, now).nodes > 0
+                        || demand.woken_at(&a.name).is_some()
+                })
+                .cloned()
+                .collect()
+        };
+        let names: std::collections::HashSet<&str> =
+            scaled.iter().map(|a| a.name.as_str()).collect();
+        states.retain(|name, _| names.contains(name.as_str()));
         for app in scaled {
             let Some(spec) = app.spec.scale else { continue };
             let totals = informer.demand().totals(&app.name, now);

@@ -184,6 +184,10 @@ pub struct Informer {
     /// Someone waits on the next publication (a request held while its app
     /// wakes): publish without the usual pause.
     hurry: Notify,
+    /// Apps whose next refresh a request waits on (a wake-up), and the
+    /// signal that one was refreshed: the reconciler plans it at once.
+    urgent: Mutex<std::collections::HashSet<String>>,
+    urgent_ready: Notify,
     /// The store's write counter ([`Store::changes`]) the picture has
     /// caught up with.
     applied: watch::Sender<u64>,
@@ -225,6 +229,8 @@ impl Informer {
             endpoints: Mutex::default(),
             endpoints_changed: watch::channel(0).0,
             hurry: Notify::new(),
+            urgent: Mutex::default(),
+            urgent_ready: Notify::new(),
             published: watch::channel(0).0,
             applied: watch::channel(0).0,
         })
@@ -288,10 +294,21 @@ impl Informer {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Publishes the next change without the usual pause: a request is
-    /// held until the reconciler (which waits for publications) acts.
-    pub fn hurry(&self) {
+    /// A request is held until `app` gets a replica: the reconciler plans
+    /// the app as soon as the picture has its change (not at the next
+    /// publication of the endpoints), and that publication skips the usual
+    /// pause.
+    pub fn hurry(&self, app: &str) {
+        self.urgent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(app.to_owned());
         self.hurry.notify_one();
+    }
+
+    /// Resolves when an app [`Informer::hurry`] named is in the picture.
+    pub async fn urgent(&self) {
+        self.urgent_ready.notified().await;
     }
 
     /// A receiver bumped whenever the published endpoints change.
@@ -556,12 +573,21 @@ impl Informer {
         let touched = std::mem::take(&mut picture.touched);
         drop(picture);
         self.notify_nodes(Some(&touched), version);
+        let urgent = {
+            let mut urgent = self.urgent.lock().unwrap_or_else(|e| e.into_inner());
+            let before = urgent.len();
+            urgent.retain(|app| !changed.apps.contains(app));
+            urgent.len() != before
+        };
         {
             let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
             dirty.apps.extend(changed.apps);
             dirty.nodes.extend(changed.nodes);
         }
         self.version.send_replace(version);
+        if urgent {
+            self.urgent_ready.notify_one();
+        }
         Ok(())
     }
 

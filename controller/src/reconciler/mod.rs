@@ -419,6 +419,8 @@ impl Reconciler {
                 };
                 tokio::select! {
                     _ = version.changed() => {}
+                    // A request waits on an app's wake-up: plan it now.
+                    () = self.informer.urgent() => {}
                     () = tokio::time::sleep(wake) => {}
                     changed = leader.changed() => if changed.is_err() { return },
                     () = shutdown.cancelled() => return,
