@@ -39,18 +39,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use support::{knob, ms, pct, proc_stats, start_controller, start_node, token, verdict};
 use common::cluster::{Cluster, Load, kill9, postgres_database, small_quota};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use skiff_sdk::api::{AppSpec, ReplicaState, replica_digest};
-
-
-
-
-
+use support::{knob, ms, pct, proc_stats, start_controller, start_node, token, verdict};
 
 /// HTTP/2 connections to one controller, used in turn.
 struct H2 {
@@ -116,8 +111,6 @@ impl H2 {
         }
     }
 }
-
-
 
 /// One simulated node: its name, credential and the controller it uses.
 struct Agent {
@@ -375,7 +368,6 @@ async fn heartbeats(backend: &str, db: Option<&str>, sizes: &[usize]) {
         kill9(c2);
     }
 }
-
 
 async fn replicas_ready(controller: std::net::SocketAddr) -> u64 {
     let text = common::get_from("127.0.0.1", controller, "controller", "/metrics")

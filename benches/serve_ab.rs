@@ -25,7 +25,13 @@ use common::{SkiffProcess, example_path};
 use support::Run;
 
 fn wrk(addr: SocketAddr, threads: u32, connections: u32, seconds: u32) -> Run {
-    support::wrk(addr, threads, connections, seconds, &["-H", "Host: hello.localhost"])
+    support::wrk(
+        addr,
+        threads,
+        connections,
+        seconds,
+        &["-H", "Host: hello.localhost"],
+    )
 }
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {

@@ -180,4 +180,3 @@ pub fn wrk(
     assert!(run.rps > 0.0, "could not read wrk's output:\n{text}");
     run
 }
-

@@ -632,3 +632,90 @@ async fn an_assignments_watch_answers_only_what_changed() {
         t.finish().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoints_watch_answers_only_what_changed() {
+    use skiff_sdk::api::Endpoints;
+    use skiff_sdk::delta::{ENDPOINTS_KIND_HEADER, EndpointsDelta};
+    for t in stores().await {
+        let b = t.backend;
+        let api = TestApi::start(t.store.clone(), ApiConfig::default()).await;
+        let credential = with_replicas(&api).await;
+        let watch = |path: &'static str, seen: Option<String>| {
+            let (api, credential) = (&api, credential.clone());
+            async move {
+                let headers: Vec<(&str, &str)> = seen
+                    .as_deref()
+                    .map(|s| ("if-none-match", s))
+                    .into_iter()
+                    .collect();
+                let r = api
+                    .call_with(Method::GET, path, Some(&credential), None, &headers)
+                    .await;
+                assert_eq!(r.status, StatusCode::OK, "{r:?}");
+                let tag = r.headers["etag"].to_str().unwrap().to_owned();
+                let kind = r.headers[ENDPOINTS_KIND_HEADER]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                (tag, kind, r.body)
+            }
+        };
+        let (mut tag, mut held) = poll(Duration::from_secs(5), "web in the endpoints", || async {
+            let (tag, kind, body) = watch("/v1/endpoints", None).await;
+            assert_eq!(kind, "full");
+            let doc: Endpoints = serde_json::from_slice(&body).unwrap();
+            if doc.apps.contains_key("web") {
+                Ok((tag, doc))
+            } else {
+                Err(doc)
+            }
+        })
+        .await;
+
+        // A new app that may sleep: the watch answers that change only.
+        let art = held_artifact(&api).await;
+        let r = api
+            .admin_json(
+                Method::PUT,
+                "/v1/apps/api",
+                serde_json::json!({ "artifact": art, "replicas": 0, "scale": { "min": 0 } }),
+            )
+            .await;
+        assert!(r.status.is_success(), "{r:?}");
+        let mut changes = EndpointsDelta::default();
+        while !held.activatable.contains_key("api") {
+            let (next, kind, body) = watch(
+                "/v1/endpoints?delta=true&timeout_ms=5000",
+                Some(tag.clone()),
+            )
+            .await;
+            assert_eq!(kind, "delta", "{b}");
+            let delta: EndpointsDelta = serde_json::from_slice(&body).unwrap();
+            changes.then(delta.clone());
+            held.apply(delta);
+            tag = next;
+        }
+        assert_eq!(changes.apps.keys().collect::<Vec<_>>(), ["api"], "{b}");
+        assert!(!changes.apps.contains_key("web"), "{b}: only what changed");
+
+        // What the deltas built is the whole document.
+        let (_, _, body) = watch("/v1/endpoints", None).await;
+        let whole: Endpoints = serde_json::from_slice(&body).unwrap();
+        assert_eq!(held, whole, "{b}");
+        // A version this controller does not know gets the whole document.
+        let (_, kind, _) = watch(
+            "/v1/endpoints?delta=true&timeout_ms=1",
+            Some("\"unknown\"".into()),
+        )
+        .await;
+        assert_eq!(kind, "full", "{b}");
+        drop(api);
+        t.finish().await;
+    }
+}
+
+/// The artifact app `web` runs.
+async fn held_artifact(api: &TestApi) -> serde_json::Value {
+    api.admin_get("/v1/apps/web").await.json()["spec"]["artifact"].clone()
+}

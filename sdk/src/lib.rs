@@ -12,6 +12,7 @@
 //! - [`bundle`]: deterministic app bundles (manifest, component, files).
 //! - [`capability`]: outbound grants, address rules and capability diffs.
 //! - [`client`]: a typed async client of that API (hyper, no TLS).
+//! - [`delta`]: changes to the endpoints document, for watches that answer only what changed.
 //! - [`component`]: is it a valid component, and what does it import and export.
 //! - [`digest`]: `sha256:<hex>` content digests that name artifacts.
 //! - [`manifest`]: `skiff.toml`, parsed with file:line:key errors.
@@ -27,6 +28,7 @@ pub mod bundle;
 pub mod capability;
 pub mod client;
 pub mod component;
+pub mod delta;
 pub mod digest;
 pub mod manifest;
 pub mod quantity;

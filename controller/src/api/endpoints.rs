@@ -13,6 +13,10 @@ use super::{AppState, Auth, QueryParams};
 use crate::error::ApiError;
 use crate::informer::Published;
 
+/// Which the body is: the whole document or a change.
+const KIND: header::HeaderName =
+    header::HeaderName::from_static(skiff_sdk::delta::ENDPOINTS_KIND_HEADER);
+
 /// Query of the endpoints watch.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +25,11 @@ pub struct EndpointsQuery {
     /// endpoints to differ from that tag (default 30,000, at most 60,000);
     /// answers 304 if they do not.
     timeout_ms: Option<u64>,
+    /// With `If-None-Match` naming a recent version: answer only what
+    /// changed since it (an `EndpointsDelta`, header `skiff-endpoints:
+    /// delta`); otherwise the whole document (`skiff-endpoints: full`).
+    #[serde(default)]
+    delta: bool,
 }
 
 /// Ready endpoints of every app; long-polls with `If-None-Match`.
@@ -51,10 +60,19 @@ pub async fn watch(
     let published = published.ok_or_else(|| {
         ApiError::Unavailable("the controller is still reading its state; retry".into())
     })?;
-    let (tag, body) = (published.tag.clone(), published.body.clone());
+    let tag = published.tag.clone();
     let etag = [(header::ETAG, tag)];
     if !changed && seen.is_some() {
         return Ok((etag, StatusCode::NOT_MODIFIED).into_response());
     }
-    Ok((etag, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+    let json = (header::CONTENT_TYPE, "application/json");
+    if query.delta
+        && let Some(delta) = seen
+            .as_deref()
+            .and_then(|seen| state.informer.endpoints_since(seen))
+    {
+        let body = serde_json::to_vec(&delta).unwrap_or_default();
+        return Ok((etag, [json, (KIND, "delta")], body).into_response());
+    }
+    Ok((etag, [json, (KIND, "full")], published.body()).into_response())
 }

@@ -34,11 +34,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use skiff_sdk::api::{App, AppSpec, Node, NodeState, Replica, Revision};
+use skiff_sdk::delta::EndpointsDelta;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use assign::{Sent, delta};
 pub use demand::{Demand, REPORT_STALE_MS, Totals};
+pub use endpoints::{ENDPOINT_DELTAS, Published};
 pub use failure::{Detector, REWATCH_WINDOW, WatchGuard};
 pub use leases::{LEASE_FLUSH, Leases};
 
@@ -178,6 +180,11 @@ pub struct Informer {
     node_watches: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// The endpoints as last published, and a counter of changes to them.
     endpoints: Mutex<Option<Arc<Published>>>,
+    /// The last publications' changes: (tag before, the change), oldest
+    /// first, for watchers that hold a recent version.
+    endpoint_deltas: Mutex<std::collections::VecDeque<(String, Arc<EndpointsDelta>)>>,
+    /// What the next publication recomputes.
+    endpoints_touched: Mutex<endpoints::Touched>,
     endpoints_changed: watch::Sender<u64>,
     /// The picture version the endpoints were last computed at.
     published: watch::Sender<u64>,
@@ -192,19 +199,6 @@ pub struct Informer {
     /// caught up with.
     applied: watch::Sender<u64>,
 }
-
-/// The endpoints of every app, serialised once for every watcher.
-#[derive(Debug)]
-pub struct Published {
-    /// Entity tag (a hash of the body).
-    pub tag: String,
-    /// JSON of [`skiff_sdk::api::Endpoints`].
-    pub body: bytes::Bytes,
-}
-
-/// How long endpoint changes are gathered before they are published: a
-/// burst of writes is one recomputation and one answer per watcher.
-const PUBLISH_COALESCE: Duration = Duration::from_millis(20);
 
 impl std::fmt::Debug for Informer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -227,6 +221,8 @@ impl Informer {
             demand: Arc::default(),
             node_watches: Mutex::default(),
             endpoints: Mutex::default(),
+            endpoint_deltas: Mutex::default(),
+            endpoints_touched: Mutex::default(),
             endpoints_changed: watch::channel(0).0,
             hurry: Notify::new(),
             urgent: Mutex::default(),
@@ -314,63 +310,6 @@ impl Informer {
     /// A receiver bumped whenever the published endpoints change.
     pub fn endpoints_changes(&self) -> watch::Receiver<u64> {
         self.endpoints_changed.subscribe()
-    }
-
-    /// Publishes the endpoints after every change to the picture
-    /// (coalesced), waking the endpoint watchers only when they differ.
-    async fn publish_endpoints(&self, shutdown: &CancellationToken) {
-        let mut version = self.version();
-        loop {
-            // Nothing is published before the first rebuild: an empty
-            // picture is not an empty cluster.
-            let at = *version.borrow_and_update();
-            if at == 0 {
-                tokio::select! {
-                    changed = version.changed() => if changed.is_err() { return },
-                    () = shutdown.cancelled() => return,
-                }
-                continue;
-            }
-            let started = std::time::Instant::now();
-            let endpoints = endpoints::of(&self.read(), &self.leases);
-            let body = bytes::Bytes::from(serde_json::to_vec(&endpoints).unwrap_or_default());
-            let tag = {
-                use sha2::Digest as _;
-                format!("\"{}\"", hex::encode(&sha2::Sha256::digest(&body)[..12]))
-            };
-            let changed = {
-                let mut current = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-                let changed = current.as_ref().is_none_or(|p| p.tag != tag);
-                if changed {
-                    *current = Some(Arc::new(Published { tag, body }));
-                }
-                changed
-            };
-            if changed {
-                self.endpoints_changed.send_modify(|n| *n += 1);
-            }
-            self.published.send_replace(at);
-            // At most one publication per PUBLISH_COALESCE, and never more
-            // than a fifth of a core on it (the document grows with the
-            // apps): a change after a quiet spell is published at once, a
-            // burst in few steps.
-            // In a hurry (a request waits on a wake-up), at most half a
-            // core.
-            let took = started.elapsed();
-            let pause = PUBLISH_COALESCE.max(took * 4);
-            tokio::select! {
-                () = tokio::time::sleep(pause) => {}
-                () = async {
-                    self.hurry.notified().await;
-                    tokio::time::sleep(took).await;
-                } => {}
-                () = shutdown.cancelled() => return,
-            }
-            tokio::select! {
-                changed = version.changed() => if changed.is_err() { return },
-                () = shutdown.cancelled() => return,
-            }
-        }
     }
 
     /// The failure detector (run it with [`Detector::run`]).
@@ -478,6 +417,7 @@ impl Informer {
         if flipped.is_empty() {
             return;
         }
+        self.touch_endpoints([], true);
         let mut picture = self.picture.write().unwrap_or_else(|e| e.into_inner());
         picture.version += 1;
         for node in &flipped {
@@ -546,8 +486,13 @@ impl Informer {
         }
         let mut nodes: BTreeMap<String, Node> =
             nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
+        // Whether a node came, went or moved: every app's endpoints may
+        // name it.
+        let mut nodes_moved = false;
         for name in &changed.nodes {
             picture.touch_node(name);
+            nodes_moved |=
+                picture.nodes.get(name).map(|n| &n.ingress) != nodes.get(name).map(|n| &n.ingress);
             match nodes.remove(name) {
                 Some(node) => {
                     self.leases.seed(&node);
@@ -573,6 +518,7 @@ impl Informer {
         let touched = std::mem::take(&mut picture.touched);
         drop(picture);
         self.notify_nodes(Some(&touched), version);
+        self.touch_endpoints(changed.apps.iter().cloned(), nodes_moved);
         let urgent = {
             let mut urgent = self.urgent.lock().unwrap_or_else(|e| e.into_inner());
             let before = urgent.len();
@@ -724,6 +670,7 @@ impl Informer {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .everything = true;
+            self.touch_endpoints([], true);
             self.rebuilt
                 .store(true, std::sync::atomic::Ordering::Release);
             self.version.send_replace(version);

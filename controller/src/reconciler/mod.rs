@@ -52,6 +52,10 @@ pub use plan::plan;
 /// replicas): time-driven steps such as a drained replica's removal or a
 /// rollout's deadline happen without any write to wake the reconciler.
 pub const DEFAULT_RESYNC: Duration = Duration::from_millis(500);
+/// Longest a pass waits for the picture to hold this controller's last
+/// writes (a refresh takes about a millisecond); then it plans anyway and
+/// the store's conflicts catch what a stale picture gets wrong.
+const CAUGHT_UP_WAIT: Duration = Duration::from_secs(1);
 
 /// Default full resync: the whole picture is re-read and every app planned
 /// this often, in case a change notification was ever missed. Rare, since
@@ -335,6 +339,10 @@ impl Reconciler {
         scope: &Scope,
         evict_lost: bool,
     ) -> Result<Summary, StoreError> {
+        // Plan from a picture that holds this controller's own last writes:
+        // a pass woken early (a wake-up) must not place a replica again
+        // that the previous pass placed a moment ago.
+        self.informer.caught_up(CAUGHT_UP_WAIT).await;
         let rows = observe::Rows::gather(&self.informer, scope);
         let observed = observe::observe(&rows, crate::store::now_ms(), evict_lost);
         let actions = plan(&observed.desired, &observed.nodes, &observed.replicas);

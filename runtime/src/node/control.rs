@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use std::collections::HashMap;
 
 use skiff_sdk::api::{
-    Assignments, Heartbeat, NodeCapacity, RegisterNode, ReplicaStatus, replica_digest,
+    Assignments, Endpoints, Heartbeat, NodeCapacity, RegisterNode, ReplicaStatus, replica_digest,
 };
+use skiff_sdk::client::EndpointsUpdate;
 use skiff_sdk::{Client, ClientError};
 use tokio_util::sync::CancellationToken;
 
@@ -25,11 +26,12 @@ const REPORT_GATHER: Duration = Duration::from_millis(20);
 /// A node's replica states by id.
 type States = Arc<HashMap<String, ReplicaStatus>>;
 
-/// Assignment sets up to this size are written to disk on every change
-/// (a write of well under a millisecond); larger ones at most every
-/// [`STORE_EVERY`].
+/// Assignment sets (and endpoint documents, in apps) up to this size are
+/// written to disk on every change (a write of well under a millisecond);
+/// larger ones at most every [`STORE_EVERY`].
 const STORE_AT_ONCE: usize = 1_000;
-/// Large assignment sets are written to disk at most this often.
+/// Large assignment sets and endpoint documents are written to disk at
+/// most this often.
 const STORE_EVERY: Duration = Duration::from_secs(1);
 /// First and longest back-off after a failed call to the controller.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -227,16 +229,59 @@ impl Agent {
         }
     }
 
+    /// Long-polls the endpoints: the whole document first, then only what
+    /// changed since the version held. A small document is stored on disk
+    /// at every change, a large one at most once per [`STORE_EVERY`].
     async fn poll_endpoints(&self, client: &Client) -> ClientError {
         let mut backoff = Backoff::default();
         let mut tag: Option<String> = None;
+        let mut current: Option<Endpoints> = None;
+        let mut stored = Instant::now() - STORE_EVERY;
+        let mut unstored = false;
         loop {
-            match client.endpoints(tag.as_deref(), LONG_POLL_WAIT).await {
-                Ok(Some((new_tag, endpoints))) => {
+            if unstored && stored.elapsed() >= STORE_EVERY {
+                if let Some(endpoints) = &current
+                    && let Err(error) = self.state.write(ENDPOINTS_FILE, endpoints)
+                {
+                    tracing::warn!(%error, "could not store the endpoints");
+                }
+                (stored, unstored) = (Instant::now(), false);
+            }
+            let wait = if unstored {
+                STORE_EVERY
+            } else {
+                LONG_POLL_WAIT
+            };
+            match client.endpoints_since(tag.as_deref(), wait).await {
+                Ok(Some((new_tag, update))) => {
                     backoff.succeeded("polling endpoints again");
-                    self.router.set_endpoints(&endpoints);
-                    if let Err(error) = self.state.write(ENDPOINTS_FILE, &endpoints) {
-                        tracing::warn!(%error, "could not store the endpoints");
+                    match (update, &mut current) {
+                        (EndpointsUpdate::Full(full), _) => {
+                            self.router.set_endpoints(&full);
+                            current = Some(full);
+                        }
+                        (EndpointsUpdate::Delta(delta), Some(held)) => {
+                            self.router.update_endpoints(&delta);
+                            held.apply(delta);
+                        }
+                        // A change to nothing held: ask for the whole.
+                        (EndpointsUpdate::Delta(_), None) => {
+                            tag = None;
+                            continue;
+                        }
+                    }
+                    if current
+                        .as_ref()
+                        .is_some_and(|e| e.apps.len() <= STORE_AT_ONCE)
+                    {
+                        if let Some(endpoints) = &current
+                            && let Err(error) = self.state.write(ENDPOINTS_FILE, endpoints)
+                        {
+                            tracing::warn!(%error, "could not store the endpoints");
+                        }
+                        (stored, unstored) = (Instant::now(), false);
+                    } else {
+                        unstored = true;
                     }
                     tag = Some(new_tag);
                 }

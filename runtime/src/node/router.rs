@@ -18,6 +18,7 @@ use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use skiff_sdk::api::Endpoints;
+use skiff_sdk::delta::EndpointsDelta;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::body::{duplicate_host, error_response};
@@ -171,26 +172,68 @@ impl NodeRouter {
         *table = endpoints
             .apps
             .iter()
-            .map(|(app, list)| {
-                let peers = list
-                    .iter()
-                    .filter(|e| e.node != self.name)
-                    .map(|e| {
-                        known
-                            .get(&(e.node.clone(), e.address.clone()))
-                            .cloned()
-                            .unwrap_or_else(|| {
-                                Arc::new(Peer {
-                                    node: e.node.clone(),
-                                    address: e.address.clone(),
-                                    in_flight: AtomicUsize::new(0),
-                                })
-                            })
-                    })
-                    .collect();
-                (app.clone(), peers)
-            })
+            .map(|(app, list)| (app.clone(), self.peers(list, |k| known.get(k).cloned())))
             .collect();
+    }
+
+    /// Applies a change of the endpoints: only the apps, hosts and sleeping
+    /// apps it names are touched (a node of a 10,000-app cluster does not
+    /// rebuild its table for one app's change).
+    pub fn update_endpoints(&self, delta: &EndpointsDelta) {
+        {
+            let mut hosts = self.hosts.write().unwrap_or_else(|e| e.into_inner());
+            for host in &delta.removed_hosts {
+                hosts.remove(normalize_host(host).as_ref());
+            }
+            for (host, app) in &delta.hosts {
+                hosts.insert(normalize_host(host).into_owned(), app.clone());
+            }
+        }
+        {
+            let mut activatable = self.activatable.write().unwrap_or_else(|e| e.into_inner());
+            for app in &delta.removed_activatable {
+                activatable.remove(app);
+            }
+            activatable.extend(delta.activatable.iter().map(|(a, t)| (a.clone(), *t)));
+        }
+        let _bump = RoutesChanged(self);
+        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        for app in &delta.removed_apps {
+            table.remove(app);
+        }
+        for (app, list) in &delta.apps {
+            // A peer keeps its in-flight count: found among the app's own
+            // entries first, else anywhere in the table (rarely needed).
+            let own: Vec<Arc<Peer>> = table.get(app).cloned().unwrap_or_default();
+            let peers = self.peers(list, |(node, address)| {
+                own.iter()
+                    .chain(table.values().flatten())
+                    .find(|p| &p.node == node && &p.address == address)
+                    .cloned()
+            });
+            table.insert(app.clone(), peers);
+        }
+    }
+
+    /// The peers of one app's endpoints (not this node), reusing the known
+    /// ones.
+    fn peers(
+        &self,
+        list: &[skiff_sdk::api::Endpoint],
+        known: impl Fn(&(String, String)) -> Option<Arc<Peer>>,
+    ) -> Vec<Arc<Peer>> {
+        list.iter()
+            .filter(|e| e.node != self.name)
+            .map(|e| {
+                known(&(e.node.clone(), e.address.clone())).unwrap_or_else(|| {
+                    Arc::new(Peer {
+                        node: e.node.clone(),
+                        address: e.address.clone(),
+                        in_flight: AtomicUsize::new(0),
+                    })
+                })
+            })
+            .collect()
     }
 
     /// Where a request goes: an app deployed here (found without copying

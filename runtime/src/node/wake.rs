@@ -47,10 +47,15 @@ impl Agent {
     pub(super) async fn wake_loop(self: &Arc<Self>, shutdown: &CancellationToken) {
         let mut again = tokio::time::interval(TELL_AGAIN);
         again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The controller is told in tasks of their own, so that a slow
+        // answer never delays the next wake-up (owned here: dropped, they
+        // are aborted).
+        let mut telling = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
                 () = self.router.wake_requested.notified() => {}
                 _ = again.tick() => {}
+                Some(_) = telling.join_next() => continue,
                 () = shutdown.cancelled() => return,
             }
             let wakes = self.router.take_wakes();
@@ -69,7 +74,8 @@ impl Agent {
                 .map(|(app, _)| (app.clone(), true))
                 .collect();
             for (app, local) in asks.into_iter().chain(unacknowledged) {
-                self.tell(&app, local).await;
+                let agent = self.clone();
+                telling.spawn(async move { agent.tell(&app, local).await });
             }
         }
     }

@@ -30,6 +30,8 @@
 //! # }
 //! ```
 
+mod agent;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,10 +43,11 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use agent::EndpointsUpdate;
+
 use crate::Digest;
 use crate::api::{
-    App, AppSpec, Artifact, Assignments, Endpoints, ErrorBody, Event, Heartbeat, HeartbeatReply,
-    LogEntry, Node, NodeRegistration, RegisterNode, Replica, Revision, RollbackRequest,
+    App, AppSpec, Artifact, ErrorBody, Event, LogEntry, Node, Replica, Revision, RollbackRequest,
     ScaleRequest,
 };
 
@@ -54,7 +57,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// should be noticed quickly.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Slack added to a watch's server-side wait before the client gives up.
-const WATCH_SLACK: Duration = Duration::from_secs(5);
+pub(super) const WATCH_SLACK: Duration = Duration::from_secs(5);
 /// Largest JSON response read (lists of thousands of apps fit).
 const MAX_JSON_RESPONSE: usize = 64 << 20;
 /// Deadline of an artifact upload or download.
@@ -345,96 +348,6 @@ impl Client {
         }
         let reply = self.send(request).await?;
         decode(call, &reply)
-    }
-
-    /// Registers (or re-registers) a node; needs the join token.
-    pub async fn register_node(&self, req: &RegisterNode) -> Result<NodeRegistration, ClientError> {
-        self.json("registering the node", Method::POST, "/v1/nodes", Some(req))
-            .await
-    }
-
-    /// Renews a node's lease and reports its replicas.
-    pub async fn heartbeat(
-        &self,
-        node: &str,
-        hb: &Heartbeat,
-    ) -> Result<HeartbeatReply, ClientError> {
-        let body = Bytes::from(serde_json::to_vec(hb).unwrap_or_default());
-        let path = format!("/v1/nodes/{node}/heartbeat");
-        let call = "sending a heartbeat";
-        let reply = self
-            .send(Call::new(call, Method::PUT, &path).body("application/json", body))
-            .await?;
-        if reply.status == StatusCode::NO_CONTENT || reply.body.is_empty() {
-            return Ok(HeartbeatReply::default());
-        }
-        decode(call, &reply)
-    }
-
-    /// Asks for a replica of a sleeping app that `node` holds requests for.
-    pub async fn activate(
-        &self,
-        node: &str,
-        activate: &crate::scale::Activate,
-    ) -> Result<(), ClientError> {
-        let body = Bytes::from(serde_json::to_vec(activate).unwrap_or_default());
-        let path = format!("/v1/nodes/{node}/activate");
-        let call = Call::new("activating an app", Method::POST, &path);
-        self.send(call.body("application/json", body))
-            .await
-            .map(drop)
-    }
-
-    /// A node's assignments; with `after`, waits up to `wait` for a version
-    /// greater than it.
-    pub async fn assignments(
-        &self,
-        node: &str,
-        after: Option<u64>,
-        wait: Duration,
-    ) -> Result<Assignments, ClientError> {
-        let mut path = format!(
-            "/v1/nodes/{node}/assignments?timeout_ms={}",
-            wait.as_millis()
-        );
-        if let Some(after) = after {
-            // Knowing a version, the node takes only what changed since.
-            path.push_str(&format!("&after={after}&delta=true"));
-        }
-        let call = "watching assignments";
-        let reply = self
-            .send(Call::new(call, Method::GET, &path).timeout(wait + WATCH_SLACK))
-            .await?;
-        decode(call, &reply)
-    }
-
-    /// The endpoints of every app with their tag; with `seen` (a tag from
-    /// an earlier answer), waits up to `wait` for a change and answers
-    /// `None` if there was none.
-    pub async fn endpoints(
-        &self,
-        seen: Option<&str>,
-        wait: Duration,
-    ) -> Result<Option<(String, Endpoints)>, ClientError> {
-        let call = "watching endpoints";
-        let path = format!("/v1/endpoints?timeout_ms={}", wait.as_millis());
-        let mut request = Call::new(call, Method::GET, &path).timeout(wait + WATCH_SLACK);
-        request.headers = seen
-            .and_then(|t| HeaderValue::from_str(t).ok())
-            .map(|t| (header::IF_NONE_MATCH, t))
-            .into_iter()
-            .collect();
-        let reply = self.send(request).await?;
-        if reply.status == StatusCode::NOT_MODIFIED {
-            return Ok(None);
-        }
-        let tag = reply
-            .headers
-            .get(header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        Ok(Some((tag, decode(call, &reply)?)))
     }
 
     /// A node's own metrics (Prometheus text), read through the controller.
