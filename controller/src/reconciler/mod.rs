@@ -339,10 +339,6 @@ impl Reconciler {
         scope: &Scope,
         evict_lost: bool,
     ) -> Result<Summary, StoreError> {
-        // Plan from a picture that holds this controller's own last writes:
-        // a pass woken early (a wake-up) must not place a replica again
-        // that the previous pass placed a moment ago.
-        self.informer.caught_up(CAUGHT_UP_WAIT).await;
         let rows = observe::Rows::gather(&self.informer, scope);
         let observed = observe::observe(&rows, crate::store::now_ms(), evict_lost);
         let actions = plan(&observed.desired, &observed.nodes, &observed.replicas);
@@ -399,6 +395,11 @@ impl Reconciler {
                 // Plan only once the picture was rebuilt for this term.
                 rebuilt |= self.informer.take_rebuilt();
                 if rebuilt {
+                    // Plan from a picture that holds this controller's own
+                    // last writes: a pass woken early (a wake-up) must not
+                    // place a replica again that the previous pass placed a
+                    // moment ago.
+                    self.informer.caught_up(CAUGHT_UP_WAIT).await;
                     let result = if evict_lost && !evicting {
                         // Lost nodes may be given up from now on.
                         let _ = self.informer.take_dirty();
