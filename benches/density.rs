@@ -21,6 +21,9 @@
 //!
 //! Run: `cargo bench --bench density` (needs `wrk`; knobs
 //! `SKIFF_BENCH_APPS` (10000), `SKIFF_BENCH_WAKES` (200),
+//! `SKIFF_BENCH_WAKE_GAP_MS` (20: the wake-ups come one after another this
+//! far apart, 50 a second; 0 measures a back-to-back storm in which every
+//! wake-up also competes with the controller placing the previous ones),
 //! `SKIFF_BENCH_ONLY` (`sleeping,fixed`)).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is the report
 
@@ -38,7 +41,7 @@ use futures::StreamExt;
 use http::{Method, StatusCode};
 use skiff_sdk::Client;
 use skiff_sdk::api::AppSpec;
-use support::{Run, knob, ms, pct, proc_stats, start_controller, start_node, token, verdict};
+use support::{Run, knob, ms, pct, proc_stats, verdict};
 
 /// Idle time before a sleeping app goes to zero in this benchmark.
 const IDLE_MS: u64 = 5_000;
@@ -62,18 +65,10 @@ struct Setup {
 
 async fn setup(count: usize, sleeping: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let controller = start_controller(&dir.path().join("controller"), None, "c1");
-    let node = start_node(&controller, &dir.path().join("node"), "1Gi");
-    let admin = Client::new(&format!("http://{}", controller.addr()))
-        .unwrap()
-        .with_token(&token(&controller, "admin_token_file"));
-    let artifact = admin
-        .upload_artifact(Bytes::from(common::example("hello")))
-        .await
-        .unwrap();
+    let (controller, node, admin, artifact) = support::one_node(dir.path(), None, "1Gi").await;
     let spec = move |i: usize| -> AppSpec {
         let mut spec = serde_json::json!({
-            "artifact": artifact.digest,
+            "artifact": artifact,
             "replicas": if sleeping { 0 } else { 1 },
             "quota": { "memory_bytes": 16 << 20, "concurrency": 10, "reserve_bytes": 64 << 10 },
             "env": { "I": i.to_string() },
@@ -200,9 +195,11 @@ async fn sleeping(count: usize, wakes: usize) -> Figures {
     // The very first wake: fetch, compile, place, serve.
     let fresh = get(&mut client, &name(0)).await;
     // Through the controller: the node never ran these.
+    let gap = Duration::from_millis(knob("SKIFF_BENCH_WAKE_GAP_MS", 20) as u64);
     let mut remote = Vec::new();
     for i in 1..=wakes {
         remote.push(get(&mut client, &name(i)).await);
+        tokio::time::sleep(gap).await;
     }
     remote.sort();
     let last = Instant::now();
@@ -213,7 +210,6 @@ async fn sleeping(count: usize, wakes: usize) -> Figures {
     }
     // Locally, from the node's copy (and the controller told after).
     let mut local = Vec::new();
-    let gap = Duration::from_millis(knob("SKIFF_BENCH_WAKE_GAP_MS", 0) as u64);
     let mut client = common::Client::connect(node).await;
     for i in 1..=wakes {
         local.push(get(&mut client, &name(i)).await);
@@ -271,7 +267,8 @@ async fn sleeping(count: usize, wakes: usize) -> Figures {
         verdict(fresh <= Duration::from_secs(1))
     );
     println!(
-        "sleeping: wake through the controller, component cached, {wakes} apps: p50 {:.1} ms p99 {:.1} ms (targets <= 20 / 50 ms: {})",
+        "sleeping: wake through the controller, component cached, {wakes} apps {}ms apart: p50 {:.1} ms p99 {:.1} ms (targets <= 20 / 50 ms: {})",
+        gap.as_millis(),
         ms(pct(&remote, 0.5)),
         ms(pct(&remote, 0.99)),
         verdict(
@@ -280,7 +277,8 @@ async fn sleeping(count: usize, wakes: usize) -> Figures {
         )
     );
     println!(
-        "sleeping: wake locally from the node's copy, {wakes} apps: p50 {:.2} ms p90 {:.2} ms p99 {:.2} ms max {:.2} ms (target <= 5 ms: {})",
+        "sleeping: wake locally from the node's copy, {wakes} apps {}ms apart: p50 {:.2} ms p90 {:.2} ms p99 {:.2} ms max {:.2} ms (target <= 5 ms: {})",
+        gap.as_millis(),
         ms(pct(&local, 0.5)),
         ms(pct(&local, 0.9)),
         ms(pct(&local, 0.99)),

@@ -45,7 +45,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use skiff_sdk::api::{AppSpec, ReplicaState, replica_digest};
-use support::{knob, ms, pct, proc_stats, start_controller, start_node, token, verdict};
+use support::{knob, ms, pct, proc_stats, start_controller, token, verdict};
 
 /// HTTP/2 connections to one controller, used in turn.
 struct H2 {
@@ -382,18 +382,10 @@ async fn replicas_ready(controller: std::net::SocketAddr) -> u64 {
 
 async fn apps(backend: &str, db: Option<&str>, count: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let controller = start_controller(&dir.path().join("controller"), db, "c1");
-    let node = start_node(&controller, &dir.path().join("node"), "256Gi");
-    let admin = skiff_sdk::Client::new(&format!("http://{}", controller.addr()))
-        .unwrap()
-        .with_token(&token(&controller, "admin_token_file"));
-    let artifact = admin
-        .upload_artifact(Bytes::from(common::example("hello")))
-        .await
-        .unwrap();
+    let (controller, node, admin, artifact) = support::one_node(dir.path(), db, "256Gi").await;
     let spec = |i: usize| -> AppSpec {
         serde_json::from_value(serde_json::json!({
-            "artifact": artifact.digest, "replicas": 1,
+            "artifact": artifact, "replicas": 1,
             "quota": { "memory_bytes": 16 << 20, "concurrency": 1 },
             "env": { "I": i.to_string() },
         }))

@@ -134,6 +134,30 @@ fn to_ms(value: &str) -> Option<f64> {
     })
 }
 
+/// A controller (SQLite, or PostgreSQL at `db`) and one node declaring
+/// `memory`, with an admin client and the `hello` example uploaded.
+pub async fn one_node(
+    dir: &std::path::Path,
+    db: Option<&str>,
+    memory: &str,
+) -> (
+    SkiffProcess,
+    SkiffProcess,
+    skiff_sdk::Client,
+    skiff_sdk::Digest,
+) {
+    let controller = start_controller(&dir.join("controller"), db, "c1");
+    let node = start_node(&controller, &dir.join("node"), memory);
+    let admin = skiff_sdk::Client::new(&format!("http://{}", controller.addr()))
+        .unwrap()
+        .with_token(&token(&controller, "admin_token_file"));
+    let artifact = admin
+        .upload_artifact(bytes::Bytes::from(crate::common::example("hello")))
+        .await
+        .unwrap();
+    (controller, node, admin, artifact.digest)
+}
+
 /// Runs `wrk` against `addr` with `extra` arguments (headers, a script).
 pub fn wrk(
     addr: std::net::SocketAddr,
