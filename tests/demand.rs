@@ -67,9 +67,11 @@ async fn scaled_events(cluster: &Cluster, app: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_app_sleeps_and_every_held_request_is_served_when_it_wakes() {
     let cluster = Cluster::start(&[("n1", "zone=a"), ("n2", "zone=b")]).await;
-    let scale = serde_json::json!({ "scale": {
-        "min": 0, "max": 2, "window_ms": 1000, "scale_down_delay_ms": 0, "idle_ms": 1500,
-    }});
+    // Health checks run all along; they are not demand.
+    let scale = serde_json::json!({
+        "scale": { "min": 0, "max": 2, "window_ms": 1000, "scale_down_delay_ms": 0, "idle_ms": 1500 },
+        "health": { "path": "/healthz", "interval_ms": 100, "failure_threshold": 3 },
+    });
     deploy_scaled(&cluster, "hello", "hello", 1, scale).await;
     cluster.wait_ready("hello", 1, CONVERGE).await;
     assert_eq!(cluster.get("n1", "hello", "/").await.status, StatusCode::OK);

@@ -110,6 +110,8 @@ impl MemoryBudget {
 #[derive(Debug, Default)]
 pub struct Usage {
     in_flight: AtomicU32,
+    /// Client requests finished here.
+    finished: AtomicU64,
     memory_peak: AtomicU64,
     memory_avg: AtomicU64,
     busy: Mutex<Busy>,
@@ -156,7 +158,8 @@ impl Drop for InFlight {
     }
 }
 
-/// What [`Usage::report`] found, if anything happened.
+/// What [`Usage::report`] found, if anything happened (client requests
+/// only: health checks are not demand).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UsageReport {
     /// In flight now.
@@ -186,6 +189,7 @@ impl Usage {
     pub(crate) fn end(&self) {
         let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.finished.fetch_add(1, Ordering::Relaxed);
         busy.advance(Instant::now(), now);
     }
 
@@ -216,11 +220,12 @@ impl Usage {
         }
     }
 
-    /// The use since the last report, given `requests` finished so far;
-    /// `None` when nothing happened since the last report and it showed
-    /// nothing either (an idle app costs a heartbeat nothing).
-    pub fn report(&self, requests: u64) -> Option<UsageReport> {
+    /// The use since the last report; `None` when nothing happened since
+    /// the last report and it showed nothing either (an idle app costs a
+    /// heartbeat nothing).
+    pub fn report(&self) -> Option<UsageReport> {
         let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let requests = self.finished.load(Ordering::Relaxed);
         let in_flight = self.in_flight();
         let now = Instant::now();
         busy.advance(now, in_flight);
@@ -278,18 +283,21 @@ mod tests {
     #[test]
     fn usage_reports_activity_then_one_quiet_report() {
         let usage = Usage::default();
-        assert_eq!(usage.report(0), None, "idle: nothing to report");
+        assert_eq!(usage.report(), None, "idle: nothing to report");
         usage.begin();
-        let busy = usage.report(0).unwrap();
-        assert_eq!(busy.in_flight, 1);
+        let busy = usage.report().unwrap();
+        assert_eq!((busy.in_flight, busy.requests), (1, 0));
         usage.end();
         usage.instance_used(3 << 20);
-        let done = usage.report(1).unwrap();
-        assert_eq!((done.in_flight, done.memory_peak), (0, 3 << 20));
+        let done = usage.report().unwrap();
+        assert_eq!(
+            (done.in_flight, done.memory_peak, done.requests),
+            (0, 3 << 20, 1)
+        );
         assert!(done.concurrency_milli <= 1000);
-        let quiet = usage.report(1).unwrap();
+        let quiet = usage.report().unwrap();
         assert_eq!(quiet.concurrency_milli, 0, "one report says it stopped");
-        assert_eq!(usage.report(1), None);
+        assert_eq!(usage.report(), None);
         assert_eq!(usage.expected_bytes(64 << 20), 3 << 20);
         assert_eq!(Usage::default().expected_bytes(64 << 10), 64 << 10);
     }

@@ -89,8 +89,13 @@ impl Runtime {
             error_response(outcome, Some(&app.name))
         };
         // Demand from the moment the request arrives, queued included:
-        // what the autoscaler follows.
-        let demand = crate::budget::InFlight::begin(app.stats.clone());
+        // what the autoscaler follows. Only requests from a client (or
+        // forwarded for one): health checks are not demand, or an app with
+        // a health check would never sleep.
+        let demand = req
+            .extensions()
+            .get::<skiff_sdk::serve::ClientAddr>()
+            .map(|_| crate::budget::InFlight::begin(app.stats.clone()));
 
         let declared_len = req
             .headers()

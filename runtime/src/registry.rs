@@ -475,7 +475,7 @@ impl Runtime {
             // Health-check candidates (`app@revision`) are not the app.
             .filter(|app| !app.name.contains('@'))
             .filter_map(|app| {
-                let report = app.stats.usage.report(app.stats.total())?;
+                let report = app.stats.usage.report()?;
                 Some(skiff_sdk::scale::AppUsage {
                     app: app.name.to_string(),
                     in_flight: report.in_flight,
