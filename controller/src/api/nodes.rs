@@ -198,6 +198,12 @@ pub async fn heartbeat(
     state.informer.leases().renew(&name);
     state.informer.detector().alive(&name);
     state.informer.demand().report(&name, &hb.usage);
+    if !hb.replicas.is_empty() {
+        // States are compared with the picture: it must hold the states
+        // this controller wrote a moment ago (the previous heartbeat's), or
+        // a state changed back would look unchanged and not be written.
+        state.informer.caught_up(CATCH_UP).await;
+    }
     let (changed, drifted) = {
         let picture = state.informer.read();
         let changed: Vec<ReplicaStatus> = hb
@@ -387,6 +393,12 @@ pub async fn assignments(
         .get(&name)
         .map(|n| n.ingress.clone());
     let guard = ingress.map(|ingress| state.informer.detector().watching(&name, &ingress));
+    if state.informer.assign_version(&name).is_none() {
+        // A node the picture does not hold yet (it registered a moment
+        // ago): let the picture catch up rather than answer at once from
+        // the store, which would end the watch before any change.
+        state.informer.caught_up(CATCH_UP).await;
+    }
     let (known, _) = super::long_poll(
         state.informer.node_changes(&name),
         query.timeout_ms,
@@ -429,6 +441,10 @@ pub async fn assignments(
     }
     Ok(Json(answer))
 }
+
+/// Longest an assignments watch waits for the picture to hold a node that
+/// just registered.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Largest metrics answer read from a node.
 const MAX_NODE_METRICS: usize = 4 << 20;
