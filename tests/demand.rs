@@ -135,9 +135,18 @@ async fn a_request_held_past_the_activation_timeout_gets_503() {
     assert_eq!(reply.reason(), Some("activation-timeout"));
     assert_eq!(reply.headers["retry-after"], "1");
     assert_eq!(reply.json()["error"]["code"], "activation-timeout");
-    // The node asked: the app wants a replica it cannot place, and says so.
-    let app = cluster.admin.app("nowhere").await.unwrap();
-    assert_eq!(app.spec.replicas, 1);
+    // The node asked (its call may land a moment after the 503): the app
+    // wants a replica it cannot place.
+    cluster
+        .wait(
+            "the activation to reach the controller",
+            CONVERGE,
+            |c| async move {
+                let app = c.admin.app("nowhere").await.ok()?;
+                (app.spec.replicas == 1).then_some(())
+            },
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

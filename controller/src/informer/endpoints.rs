@@ -249,12 +249,11 @@ impl Informer {
                 Some(delta_of(&self.read(), &self.leases, &last, &touched.apps))
             } else {
                 let full = of(&self.read(), &self.leases);
-                let mut last = doc.write().unwrap_or_else(|e| e.into_inner());
-                let delta = EndpointsDelta::between(&last, &full);
-                *last = full;
-                // The first publication is the whole document.
-                (!delta.is_empty() || !published_once).then_some(delta)
+                let last = doc.read().unwrap_or_else(|e| e.into_inner());
+                Some(EndpointsDelta::between(&last, &full))
             };
+            // The first publication is the whole document, changed or not;
+            // the document becomes the new one by applying the change.
             if let Some(delta) = delta.filter(|d| !d.is_empty() || !published_once) {
                 doc.write()
                     .unwrap_or_else(|e| e.into_inner())
