@@ -188,10 +188,24 @@ struct Figures {
     warm_rss: u64,
 }
 
+/// Marks a phase on stderr with the kernel's uptime, to line up with a
+/// profile (`perf record -k CLOCK_MONOTONIC`) when `SKIFF_BENCH_DEBUG` is set.
+fn phase(what: &str) {
+    if std::env::var_os("SKIFF_BENCH_DEBUG").is_some() {
+        let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+        eprintln!(
+            "phase {what} at {}",
+            uptime.split(' ').next().unwrap_or("?")
+        );
+    }
+}
+
 async fn sleeping(count: usize, wakes: usize) -> Figures {
     let setup = setup(count, true).await;
     let node = setup.node.addr();
+    phase("settling");
     tokio::time::sleep(Duration::from_secs(5)).await;
+    phase("idle");
     let idle = idle(&setup);
 
     let mut client = common::Client::connect(node).await;
@@ -246,6 +260,7 @@ async fn sleeping(count: usize, wakes: usize) -> Figures {
     // Through the controller: the node never ran these.
     let gap = Duration::from_millis(knob("SKIFF_BENCH_WAKE_GAP_MS", 20) as u64);
     let mut remote = Vec::new();
+    phase("remote wakes");
     for i in 1..=wakes {
         remote.push(get(&mut client, &name(i)).await);
         tokio::time::sleep(gap).await;
@@ -260,11 +275,13 @@ async fn sleeping(count: usize, wakes: usize) -> Figures {
     // Locally, from the node's copy (and the controller told after).
     let mut local = Vec::new();
     let mut client = common::Client::connect(node).await;
+    phase("local wakes");
     for i in 1..=wakes {
         local.push(get(&mut client, &name(i)).await);
         tokio::time::sleep(gap).await;
     }
     local.sort();
+    phase("local wakes done");
     drop(client);
     if std::env::var_os("SKIFF_BENCH_DEBUG").is_some() {
         for (who, p) in [("controller", &setup.controller), ("node", &setup.node)] {

@@ -231,6 +231,11 @@ impl Runtime {
     /// that happens on [`Runtime::warm`] or the app's first request. In-flight
     /// requests of a replaced version finish on it.
     pub fn deploy(&self, spec: Deployment) -> Result<(), RuntimeError> {
+        // The same spec again (every converge re-deploys what serves) is
+        // a no-op, settled before anything touches the disk.
+        if self.app(&spec.name).is_some_and(|old| old.spec == spec) {
+            return Ok(());
+        }
         let quota_err = |reason: String| RuntimeError::Quota {
             app: spec.name.clone(),
             reason,

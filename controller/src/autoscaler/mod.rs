@@ -41,7 +41,12 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            changed = leader.changed() => if changed.is_err() { return },
+            changed = leader.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
             () = shutdown.cancelled() => return,
         }
         if !*leader.borrow() {
@@ -49,20 +54,18 @@ pub async fn run(
             continue;
         }
         let now = now_ms();
-        // Apps asleep with no demand and no wake-up have nothing to decide
-        // (10,000 sleeping apps cost a tick next to nothing).
+        // The apps awake and those in demand or woken: 10,000 apps asleep
+        // with nothing asking for them cost a tick nothing.
         let scaled: Vec<Arc<App>> = {
-            let demand = informer.demand();
-            informer
-                .read()
-                .apps
-                .values()
+            let mut names = informer.demand().active(now);
+            let picture = informer.read();
+            names.extend(picture.awake_scaled().iter().cloned());
+            names.sort_unstable();
+            names.dedup();
+            names
+                .iter()
+                .filter_map(|n| picture.apps.get(n))
                 .filter(|a| a.spec.scale.is_some())
-                .filter(|a| {
-                    a.spec.replicas > 0
-                        || demand.totals(&a.name, now).nodes > 0
-                        || demand.woken_at(&a.name).is_some()
-                })
                 .cloned()
                 .collect()
         };

@@ -161,6 +161,19 @@ impl Demand {
             .collect()
     }
 
+    /// The apps with fresh reports or a wake-up on record: besides the
+    /// awake ones, those the autoscaler decides on.
+    pub fn active(&self, now: i64) -> Vec<String> {
+        let inner = self.lock();
+        let reported = inner.apps.iter().filter_map(|(app, nodes)| {
+            nodes
+                .values()
+                .any(|r| now - r.at <= REPORT_STALE_MS)
+                .then_some(app)
+        });
+        reported.chain(inner.wakes.keys()).cloned().collect()
+    }
+
     /// Forgets a deleted app.
     pub fn forget_app(&self, app: &str) {
         let mut inner = self.lock();

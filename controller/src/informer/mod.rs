@@ -88,6 +88,10 @@ pub struct Picture {
     pub assign_versions: HashMap<String, u64>,
     /// Memory reserved on each node by the replicas assigned to it.
     pub allocated: HashMap<String, u64>,
+    /// Apps with a `[scale]` section and replicas: the ones the autoscaler
+    /// looks at besides those in demand (10,000 sleeping apps cost a tick
+    /// nothing).
+    awake_scaled: BTreeSet<String>,
     /// Bumped on every change to the picture.
     pub version: u64,
     /// The version at which each node (its row, its replicas, their specs)
@@ -98,6 +102,27 @@ pub struct Picture {
 }
 
 impl Picture {
+    /// Adds or replaces an app.
+    fn put_app(&mut self, app: Arc<App>) {
+        if app.spec.scale.is_some() && app.spec.replicas > 0 {
+            self.awake_scaled.insert(app.name.clone());
+        } else {
+            self.awake_scaled.remove(&app.name);
+        }
+        self.apps.insert(app.name.clone(), app);
+    }
+
+    /// Forgets a deleted app.
+    fn drop_app(&mut self, name: &str) {
+        self.awake_scaled.remove(name);
+        self.apps.remove(name);
+    }
+
+    /// The apps with a `[scale]` section that have replicas.
+    pub fn awake_scaled(&self) -> &BTreeSet<String> {
+        &self.awake_scaled
+    }
+
     /// What a replica reserves: its revision's quota.
     pub fn reservation(&self, replica: &Replica) -> u64 {
         self.specs
@@ -472,12 +497,8 @@ impl Informer {
                 }
             }
             match apps.remove(name) {
-                Some(app) => {
-                    picture.apps.insert(name.clone(), Arc::new(app));
-                }
-                None => {
-                    picture.apps.remove(name);
-                }
+                Some(app) => picture.put_app(Arc::new(app)),
+                None => picture.drop_app(name),
             }
         }
         for replica in replicas {
@@ -592,7 +613,7 @@ impl Informer {
             let page = self.store.apps_page(after.as_deref(), REBUILD_PAGE).await?;
             after = page.items.last().map(|a| a.name.clone());
             for app in page.items {
-                fresh.apps.insert(app.name.clone(), Arc::new(app));
+                fresh.put_app(Arc::new(app));
             }
             if !page.more {
                 break;

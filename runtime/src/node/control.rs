@@ -4,7 +4,7 @@
 //! never waits on any of it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use std::collections::HashMap;
 
@@ -15,6 +15,7 @@ use skiff_sdk::client::EndpointsUpdate;
 use skiff_sdk::{Client, ClientError};
 use tokio_util::sync::CancellationToken;
 
+use super::disk::{StateFile, store_delay};
 use super::{ASSIGNMENTS_FILE, Agent, CREDENTIAL_FILE, ENDPOINTS_FILE, lock, sleep_or_shutdown};
 use skiff_sdk::error_chain;
 
@@ -27,11 +28,12 @@ const REPORT_GATHER: Duration = Duration::from_millis(20);
 type States = Arc<HashMap<String, ReplicaStatus>>;
 
 /// Assignment sets (and endpoint documents, in apps) up to this size are
-/// written to disk on every change (a write of well under a millisecond);
-/// larger ones at most every [`STORE_EVERY`].
+/// written to disk on every change (off the async workers, a write of
+/// about a millisecond); larger ones at most every [`STORE_EVERY`] per
+/// this many entries (see [`store_delay`]).
 const STORE_AT_ONCE: usize = 1_000;
 /// Large assignment sets and endpoint documents are written to disk at
-/// most this often.
+/// most this often per [`STORE_AT_ONCE`] entries.
 const STORE_EVERY: Duration = Duration::from_secs(1);
 /// First and longest back-off after a failed call to the controller.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -181,23 +183,10 @@ impl Agent {
     async fn poll_assignments(&self, client: &Client) -> ClientError {
         let mut backoff = Backoff::default();
         let mut current: Option<Assignments> = None;
-        let mut stored = Instant::now() - STORE_EVERY;
-        let mut unstored = false;
+        let mut file = StateFile::new(self.state.clone(), ASSIGNMENTS_FILE);
         loop {
-            if unstored && stored.elapsed() >= STORE_EVERY {
-                if let Some(assignments) = &current
-                    && let Err(error) = self.state.write(ASSIGNMENTS_FILE, assignments)
-                {
-                    tracing::warn!(%error, "could not store the assignments");
-                }
-                (stored, unstored) = (Instant::now(), false);
-            }
             let after = current.as_ref().map(|a| a.version);
-            let wait = if unstored {
-                STORE_EVERY
-            } else {
-                LONG_POLL_WAIT
-            };
+            let wait = poll_wait(file.flush_due(|| current.clone().map(Arc::new)));
             match client.assignments(&self.config.name, after, wait).await {
                 Ok(next) => {
                     backoff.succeeded("polling assignments again");
@@ -209,13 +198,11 @@ impl Agent {
                     // A small set is stored before it is acted on, so a
                     // node that restarts while the controller is away
                     // resumes it; a large one at most once per STORE_EVERY.
-                    if assignments.replicas.len() <= STORE_AT_ONCE {
-                        if let Err(error) = self.state.write(ASSIGNMENTS_FILE, &assignments) {
-                            tracing::warn!(%error, "could not store the assignments");
-                        }
-                        (stored, unstored) = (Instant::now(), false);
+                    let delay = store_delay(assignments.replicas.len(), STORE_AT_ONCE, STORE_EVERY);
+                    if delay.is_zero() {
+                        file.store(Arc::new(assignments.clone())).await;
                     } else {
-                        unstored = true;
+                        file.store_soon(delay);
                     }
                     current = Some(assignments.clone());
                     self.assignments.send_replace(Some(assignments));
@@ -235,34 +222,22 @@ impl Agent {
     async fn poll_endpoints(&self, client: &Client) -> ClientError {
         let mut backoff = Backoff::default();
         let mut tag: Option<String> = None;
-        let mut current: Option<Endpoints> = None;
-        let mut stored = Instant::now() - STORE_EVERY;
-        let mut unstored = false;
+        // Shared with a write in progress: a change meanwhile copies it.
+        let mut current: Option<Arc<Endpoints>> = None;
+        let mut file = StateFile::new(self.state.clone(), ENDPOINTS_FILE);
         loop {
-            if unstored && stored.elapsed() >= STORE_EVERY {
-                if let Some(endpoints) = &current
-                    && let Err(error) = self.state.write(ENDPOINTS_FILE, endpoints)
-                {
-                    tracing::warn!(%error, "could not store the endpoints");
-                }
-                (stored, unstored) = (Instant::now(), false);
-            }
-            let wait = if unstored {
-                STORE_EVERY
-            } else {
-                LONG_POLL_WAIT
-            };
+            let wait = poll_wait(file.flush_due(|| current.clone()));
             match client.endpoints_since(tag.as_deref(), wait).await {
                 Ok(Some((new_tag, update))) => {
                     backoff.succeeded("polling endpoints again");
                     match (update, &mut current) {
                         (EndpointsUpdate::Full(full), _) => {
                             self.router.set_endpoints(&full);
-                            current = Some(full);
+                            current = Some(Arc::new(full));
                         }
                         (EndpointsUpdate::Delta(delta), Some(held)) => {
                             self.router.update_endpoints(&delta);
-                            held.apply(delta);
+                            Arc::make_mut(held).apply(delta);
                         }
                         // A change to nothing held: ask for the whole.
                         (EndpointsUpdate::Delta(_), None) => {
@@ -270,18 +245,12 @@ impl Agent {
                             continue;
                         }
                     }
-                    if current
-                        .as_ref()
-                        .is_some_and(|e| e.apps.len() <= STORE_AT_ONCE)
-                    {
-                        if let Some(endpoints) = &current
-                            && let Err(error) = self.state.write(ENDPOINTS_FILE, endpoints)
-                        {
-                            tracing::warn!(%error, "could not store the endpoints");
-                        }
-                        (stored, unstored) = (Instant::now(), false);
-                    } else {
-                        unstored = true;
+                    if let Some(endpoints) = &current {
+                        file.store_soon(store_delay(
+                            endpoints.apps.len(),
+                            STORE_AT_ONCE,
+                            STORE_EVERY,
+                        ));
                     }
                     tag = Some(new_tag);
                 }
@@ -294,6 +263,14 @@ impl Agent {
             }
         }
     }
+}
+
+/// How long a long-poll may wait: until a state file write is due (but
+/// not in a busy loop), or [`LONG_POLL_WAIT`].
+fn poll_wait(due: Option<Duration>) -> Duration {
+    due.map_or(LONG_POLL_WAIT, |d| {
+        d.clamp(Duration::from_millis(50), LONG_POLL_WAIT)
+    })
 }
 
 /// A 401 (credential unknown: the controller's state was reset), 403 or

@@ -170,10 +170,105 @@ impl StateDir {
     }
 
     /// Replaces a JSON state file atomically, readable by the owner only.
+    /// Blocking: on an async worker, use a [`StateFile`].
     pub fn write<T: Serialize>(&self, file: &str, value: &T) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(value)?;
+        let bytes = serde_json::to_vec(value)?;
         write_atomic(&self.path(file), &bytes)
     }
+}
+
+/// One state file kept up to date with a value that changes, written off
+/// the async workers (serialising and `fsync` take milliseconds for a large
+/// value: on a worker they would delay the requests it serves). A write is
+/// either awaited ([`StateFile::store`]: the value is on disk before the
+/// caller acts on it) or due within a delay ([`StateFile::store_soon`],
+/// then [`StateFile::flush_due`]: a burst of changes is one write); never
+/// two writes of the file at once.
+pub struct StateFile<T: Serialize + Send + Sync + 'static> {
+    dir: StateDir,
+    file: &'static str,
+    /// When the value held by the caller is due on disk.
+    due: Option<std::time::Instant>,
+    writing: Option<tokio::task::JoinHandle<()>>,
+    _value: std::marker::PhantomData<fn(T)>,
+}
+
+impl<T: Serialize + Send + Sync + 'static> StateFile<T> {
+    pub fn new(dir: StateDir, file: &'static str) -> Self {
+        Self {
+            dir,
+            file,
+            due: None,
+            writing: None,
+            _value: std::marker::PhantomData,
+        }
+    }
+
+    /// Writes `value` and returns once it is on disk (failures are logged:
+    /// the node keeps serving, the controller has the state too).
+    pub async fn store(&mut self, value: std::sync::Arc<T>) {
+        self.due = None;
+        self.finish().await;
+        self.start(value);
+        self.finish().await;
+    }
+
+    /// Notes that the caller's value changed and is due on disk within
+    /// `delay` (a due write keeps its time).
+    pub fn store_soon(&mut self, delay: std::time::Duration) {
+        self.due
+            .get_or_insert_with(|| std::time::Instant::now() + delay);
+    }
+
+    /// Starts the due write of `value` once the last one is done; returns
+    /// how long until it should be called again (`None`: nothing due). The
+    /// value is taken only when written, so the caller changes it in
+    /// place meanwhile.
+    pub fn flush_due(
+        &mut self,
+        value: impl FnOnce() -> Option<std::sync::Arc<T>>,
+    ) -> Option<std::time::Duration> {
+        if self.writing.as_ref().is_some_and(|w| w.is_finished()) {
+            self.writing = None;
+        }
+        let at = self.due?;
+        let left = at.saturating_duration_since(std::time::Instant::now());
+        if !left.is_zero() || self.writing.is_some() {
+            // Looked at again once due, or shortly after the write ends.
+            return Some(left.max(std::time::Duration::from_millis(10)));
+        }
+        self.due = None;
+        if let Some(value) = value() {
+            self.start(value);
+        }
+        None
+    }
+
+    fn start(&mut self, value: std::sync::Arc<T>) {
+        let (dir, file) = (self.dir.clone(), self.file);
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            if let Err(error) = dir.write(file, &*value) {
+                tracing::warn!(file, %error, "could not store a state file");
+            }
+        }));
+    }
+
+    async fn finish(&mut self) {
+        if let Some(writing) = self.writing.take() {
+            let _ = writing.await;
+        }
+    }
+}
+
+/// How long a change to a state file of `len` entries may wait to be
+/// written: at once up to `at_once` entries, then `every` per `at_once`
+/// entries (a 10,000-app document is not rewritten every second), at
+/// most ten of them.
+pub fn store_delay(len: usize, at_once: usize, every: std::time::Duration) -> std::time::Duration {
+    if len <= at_once {
+        return std::time::Duration::ZERO;
+    }
+    every * u32::try_from((len / at_once.max(1)).clamp(1, 10)).unwrap_or(10)
 }
 
 fn rand_suffix() -> u64 {
@@ -224,6 +319,39 @@ mod tests {
             state.read_or_set_aside::<Vec<u32>>("node.json").unwrap(),
             None
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn large_state_files_wait_longer() {
+        let every = std::time::Duration::from_secs(1);
+        assert!(store_delay(1_000, 1_000, every).is_zero());
+        assert_eq!(store_delay(1_001, 1_000, every), every);
+        assert_eq!(store_delay(10_000, 1_000, every), every * 10);
+        assert_eq!(store_delay(1_000_000, 1_000, every), every * 10);
+    }
+
+    #[tokio::test]
+    async fn a_state_file_is_written_off_the_workers_when_due() {
+        let dir = std::env::temp_dir().join(format!("skiff-statefile-{}", std::process::id()));
+        let state = StateDir::open(&dir).unwrap();
+        let mut file = StateFile::new(state.clone(), "a.json");
+        file.store(std::sync::Arc::new(vec![1u32])).await;
+        assert_eq!(state.read("a.json").unwrap(), Some(vec![1u32]));
+        // Due later: nothing written until then, and the newest value is
+        // the one written.
+        file.store_soon(std::time::Duration::from_millis(30));
+        assert!(file.flush_due(|| unreachable!()).is_some());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while file
+            .flush_due(|| Some(std::sync::Arc::new(vec![2u32])))
+            .is_some()
+        {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        file.finish().await;
+        assert_eq!(state.read("a.json").unwrap(), Some(vec![2u32]));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
