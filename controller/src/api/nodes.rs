@@ -410,16 +410,23 @@ pub async fn assignments(
     // a delta and this controller answered that version (whose contents it
     // remembers); from the picture, or from the store when the picture
     // cannot say.
+    // Taken out while answering, so that it is updated in place (a
+    // second watch of the same node meanwhile gets the whole set).
     let base = {
-        let sent = state.sent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sent = state.sent.lock().unwrap_or_else(|e| e.into_inner());
         match (query.delta, query.after, sent.get(&name)) {
-            (Some(true), Some(after), Some((version, held))) if *version == after => {
-                Some(held.clone())
+            (Some(true), Some(after), Some((version, _))) if *version == after => {
+                sent.remove(&name).map(|(_, held)| held)
             }
             _ => None,
         }
     };
-    let from_picture = known.and_then(|_| state.informer.assignments(&name, base.as_deref()));
+    // From the store when the picture cannot say: then the whole set (the
+    // base was given to the picture, which may have started on it).
+    let (base, from_picture) = match known {
+        Some(_) => (None, state.informer.assignments(&name, base)),
+        None => (base, None),
+    };
     let (answer, now) = match from_picture {
         Some(found) => found,
         None => {
@@ -428,14 +435,15 @@ pub async fn assignments(
                 .assignments(&name)
                 .await
                 .map_err(ApiError::store("reading assignments"))?;
-            crate::informer::delta(whole, base.as_deref())
+            let (answer, now) = crate::informer::delta(whole, base.as_deref());
+            (answer, Arc::new(now))
         }
     };
     state
         .sent
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(name.clone(), (answer.version, Arc::new(now)));
+        .insert(name.clone(), (answer.version, now));
     if let Some(guard) = guard {
         guard.finish();
     }

@@ -510,10 +510,18 @@ impl Informer {
         // Whether a node came, went or moved: every app's endpoints may
         // name it.
         let mut nodes_moved = false;
+        // Nodes whose row changed what placement sees: the reconciler
+        // plans every app on them again. A write that only changed a
+        // node's replicas names their apps already (planning all 10,000
+        // apps of a node after each placement made applies O(apps)).
+        let mut replan = Vec::new();
         for name in &changed.nodes {
             picture.touch_node(name);
-            nodes_moved |=
-                picture.nodes.get(name).map(|n| &n.ingress) != nodes.get(name).map(|n| &n.ingress);
+            let (old, new) = (picture.nodes.get(name), nodes.get(name));
+            nodes_moved |= old.map(|n| &n.ingress) != new.map(|n| &n.ingress);
+            if !same_placement(old.map(|n| &**n), new) {
+                replan.push(name.clone());
+            }
             match nodes.remove(name) {
                 Some(node) => {
                     self.leases.seed(&node);
@@ -549,7 +557,7 @@ impl Informer {
         {
             let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
             dirty.apps.extend(changed.apps);
-            dirty.nodes.extend(changed.nodes);
+            dirty.nodes.extend(replan);
         }
         self.version.send_replace(version);
         if urgent {
@@ -716,5 +724,21 @@ impl Informer {
         } else {
             NodeState::NotReady
         }
+    }
+}
+
+/// Whether two rows of a node (absent: none) place alike: what
+/// [`Rows::gather`](crate::reconciler) and the scheduler read of a node
+/// besides its lease.
+fn same_placement(old: Option<&Node>, new: Option<&Node>) -> bool {
+    match (old, new) {
+        (Some(a), Some(b)) => {
+            a.labels == b.labels
+                && a.cordoned == b.cordoned
+                && a.draining == b.draining
+                && a.capacity == b.capacity
+        }
+        (None, None) => true,
+        _ => false,
     }
 }

@@ -59,7 +59,7 @@ impl Agent {
             backoff.succeeded("registered with the controller");
             *lock(&self.session) = Some(client.clone());
             // Artifacts that could not be fetched before can be now.
-            self.assignments.send_modify(|_| {});
+            self.reconverge(None);
             let why = tokio::select! {
                 why = self.heartbeats(&client) => why,
                 why = self.poll_assignments(&client) => why,
@@ -182,11 +182,13 @@ impl Agent {
     /// replicas is one write) and within it after the last change.
     async fn poll_assignments(&self, client: &Client) -> ClientError {
         let mut backoff = Backoff::default();
-        let mut current: Option<Assignments> = None;
+        // Shared with the converge loop: a change while it converges
+        // copies it.
+        let mut current: Option<Arc<Assignments>> = None;
         let mut file = StateFile::new(self.state.clone(), ASSIGNMENTS_FILE);
         loop {
             let after = current.as_ref().map(|a| a.version);
-            let wait = poll_wait(file.flush_due(|| current.clone().map(Arc::new)));
+            let wait = poll_wait(file.flush_due(|| current.clone()));
             match client.assignments(&self.config.name, after, wait).await {
                 Ok(next) => {
                     backoff.succeeded("polling assignments again");
@@ -194,17 +196,38 @@ impl Agent {
                         continue;
                     }
                     let mut assignments = current.take().unwrap_or_default();
-                    assignments.apply(next);
+                    // The apps this changes (all of them: `None`).
+                    let touched: Option<Vec<String>> = next.delta.then(|| {
+                        let gone: std::collections::HashSet<&str> =
+                            next.removed.iter().map(String::as_str).collect();
+                        let removed = assignments
+                            .replicas
+                            .iter()
+                            .filter(|a| !gone.is_empty() && gone.contains(a.id.as_str()));
+                        next.replicas
+                            .iter()
+                            .chain(removed)
+                            .map(|a| a.app.clone())
+                            .collect()
+                    });
+                    Arc::make_mut(&mut assignments).apply(next);
                     // A small set is stored before it is acted on, so a
                     // node that restarts while the controller is away
-                    // resumes it; a large one at most once per STORE_EVERY.
+                    // resumes it; a large one later (see `store_delay`).
                     let delay = store_delay(assignments.replicas.len(), STORE_AT_ONCE, STORE_EVERY);
                     if delay.is_zero() {
-                        file.store(Arc::new(assignments.clone())).await;
+                        file.store(assignments.clone()).await;
                     } else {
                         file.store_soon(delay);
                     }
                     current = Some(assignments.clone());
+                    // Marked and sent together: the converge loop takes
+                    // both together.
+                    let mut unconverged = lock(&self.unconverged);
+                    match &touched {
+                        Some(apps) => unconverged.mark(apps.iter().map(String::as_str)),
+                        None => unconverged.mark_all(),
+                    }
                     self.assignments.send_replace(Some(assignments));
                 }
                 Err(e) if needs_registration(&e) => return e,

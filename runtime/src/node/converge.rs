@@ -2,7 +2,7 @@
 //! app, the newest revision whose component loads and starts serves; the
 //! replicas of older revisions assigned here are served by it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,12 +12,48 @@ use skiff_sdk::capability::OutboundRules;
 use tokio_util::sync::CancellationToken;
 
 use super::fetch::Load;
-use super::{Agent, health::health_gate, lock};
+use super::{Agent, health::health_gate, lock, sleep_or_shutdown};
 use crate::{Capabilities, Deployment, Runtime};
 use skiff_sdk::error_chain;
 
 /// How often replicas whose artifact could not be fetched are retried.
 const PENDING_RETRY: Duration = Duration::from_secs(2);
+
+/// Which apps the next converge looks at.
+#[derive(Debug, Default)]
+pub(super) struct Unconverged {
+    all: bool,
+    apps: HashSet<String>,
+}
+
+impl Unconverged {
+    pub(super) fn everything() -> Self {
+        Self {
+            all: true,
+            apps: HashSet::new(),
+        }
+    }
+
+    pub(super) fn mark<'a>(&mut self, apps: impl IntoIterator<Item = &'a str>) {
+        if !self.all {
+            self.apps.extend(apps.into_iter().map(str::to_owned));
+        }
+    }
+
+    pub(super) fn mark_all(&mut self) {
+        self.all = true;
+        self.apps.clear();
+    }
+
+    /// The apps to converge (`None`: all), leaving none marked.
+    fn take(&mut self) -> Option<HashSet<String>> {
+        let apps = std::mem::take(&mut self.apps);
+        (!std::mem::take(&mut self.all)).then_some(apps)
+    }
+}
+
+/// How often the disk is pruned at most (after changes to the assignments).
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 impl Agent {
     /// Converges on every change of the assignments (and retries those
@@ -25,64 +61,161 @@ impl Agent {
     pub(super) async fn converge_loop(self: &Arc<Self>, shutdown: &CancellationToken) {
         let mut rx = self.assignments.subscribe();
         loop {
-            let current = rx.borrow_and_update().clone();
-            let pending = match &current {
-                Some(assignments) => self.converge(assignments).await,
-                None => false,
+            let (current, apps) = {
+                // Taken together with what marks them (see `reconverge`).
+                let mut unconverged = lock(&self.unconverged);
+                (rx.borrow_and_update().clone(), unconverged.take())
             };
+            let pending = match &current {
+                Some(assignments) => self.converge_apps(assignments, apps.as_ref()).await,
+                None => Vec::new(),
+            };
+            let retry = !pending.is_empty();
+            if retry {
+                lock(&self.unconverged).mark(pending.iter().map(String::as_str));
+            }
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { return },
-                () = tokio::time::sleep(PENDING_RETRY), if pending => {}
+                () = tokio::time::sleep(PENDING_RETRY), if retry => {}
                 () = shutdown.cancelled() => return,
             }
         }
     }
 
-    /// Brings the runtime in line with `assignments`; returns whether some
-    /// replica still waits for its artifact.
+    /// Prunes the disk after the assignments changed, at most once per
+    /// [`PRUNE_EVERY`] (a burst of 10,000 changes is one prune).
+    pub(super) async fn prune_loop(self: &Arc<Self>, shutdown: &CancellationToken) {
+        loop {
+            tokio::select! {
+                () = self.prune_wanted.notified() => {}
+                () = shutdown.cancelled() => return,
+            }
+            let current = self.assignments.borrow().clone();
+            if let Some(assignments) = current {
+                // Local activations serve dormant copies, which are kept.
+                let kept = self.kept_components(&assignments);
+                lock(&self.loaded).retain(|digest, _| kept.contains(digest));
+                self.prune(self.router.runtime().clone(), &assignments).await;
+            }
+            if sleep_or_shutdown(PRUNE_EVERY, shutdown).await {
+                return;
+            }
+        }
+    }
+
+    /// Brings the runtime in line with all of `assignments`; returns
+    /// whether some replica still waits for its artifact.
     pub(super) async fn converge(&self, assignments: &Assignments) -> bool {
-        let assignments = &*self.effective(assignments);
-        let pending = self.converge_on(assignments).await;
-        self.remember_dormant(assignments);
+        !self.converge_apps(assignments, None).await.is_empty()
+    }
+
+    /// Brings `apps` (all: `None`) in line with `assignments`; returns the
+    /// apps with a replica still waiting for its artifact.
+    async fn converge_apps(
+        &self,
+        assignments: &Assignments,
+        apps: Option<&HashSet<String>>,
+    ) -> Vec<String> {
+        let mut ended = Vec::new();
+        let assignments = &*self.effective(assignments, &mut ended);
+        let with_ended: Option<HashSet<String>>;
+        let apps = match apps {
+            Some(apps) if !ended.is_empty() => {
+                with_ended = Some(apps.iter().cloned().chain(ended).collect());
+                with_ended.as_ref()
+            }
+            apps => apps,
+        };
+        let pending = self.converge_on(assignments, apps).await;
+        self.remember_dormant(assignments, apps);
         // Held requests look again at what serves now.
         self.router.routes_changed();
+        if pending.is_empty() {
+            self.prune_wanted.notify_one();
+        }
         pending
     }
 
-    async fn converge_on(&self, assignments: &Assignments) -> bool {
+    async fn converge_on(
+        &self,
+        assignments: &Assignments,
+        apps: Option<&HashSet<String>>,
+    ) -> Vec<String> {
         let runtime = self.router.runtime().clone();
+        let wanted = |app: &str| apps.is_none_or(|apps| apps.contains(app));
         let mut by_app: BTreeMap<&str, Vec<&Assignment>> = BTreeMap::new();
-        for a in &assignments.replicas {
+        for a in assignments.replicas.iter().filter(|a| wanted(&a.app)) {
             by_app.entry(a.app.as_str()).or_default().push(a);
         }
 
         // Forget what is no longer assigned.
-        for app in runtime.apps() {
-            if !by_app.contains_key(app.as_str()) {
-                runtime.remove(&app);
-                lock(&self.judged).remove(&app);
+        let gone: Vec<String> = match apps {
+            None => runtime
+                .apps()
+                .into_iter()
+                .filter(|app| !by_app.contains_key(app.as_str()))
+                .collect(),
+            Some(apps) => apps
+                .iter()
+                .filter(|app| !by_app.contains_key(app.as_str()))
+                .cloned()
+                .collect(),
+        };
+        for app in gone {
+            lock(&self.judged).remove(&app);
+            if runtime.remove(&app) {
                 tracing::info!(%app, "app no longer assigned here: removed");
             }
         }
-        // By set, not by scanning: a node may hold 10,000 assignments.
-        let assigned: std::collections::HashSet<&str> =
-            assignments.replicas.iter().map(|a| a.id.as_str()).collect();
-        let before = lock(&self.replicas).len();
-        lock(&self.replicas).retain(|id, _| assigned.contains(id.as_str()));
-        if lock(&self.replicas).len() != before {
-            self.replicas_changed();
-        }
-        let kept = self.kept_components(assignments);
-        lock(&self.loaded).retain(|digest, _| kept.contains(digest));
-
-        let mut pending = false;
-        for (app, replicas) in by_app {
-            pending |= self.converge_app(&runtime, app, &replicas).await;
-        }
-        // Once these assignments are all here, free what none of them needs.
-        if !pending && lock(&self.pruned).replace(assignments.version) != Some(assignments.version)
+        // The states of replicas no longer assigned go (by set, not by
+        // scanning: a node may hold 10,000 assignments).
+        let forgotten = {
+            let mut converged = lock(&self.converged);
+            let mut forgotten = Vec::new();
+            let looked_at: Vec<String> = match apps {
+                None => converged.keys().cloned().collect(),
+                Some(apps) => apps.iter().cloned().collect(),
+            };
+            for app in looked_at {
+                let now: Vec<String> = by_app
+                    .get(app.as_str())
+                    .map(|rs| rs.iter().map(|a| a.id.clone()).collect())
+                    .unwrap_or_default();
+                let before = converged.remove(&app).unwrap_or_default();
+                forgotten.extend(before.into_iter().filter(|id| !now.contains(id)));
+                if !now.is_empty() {
+                    converged.insert(app, now);
+                }
+            }
+            for (app, rs) in &by_app {
+                converged
+                    .entry((*app).to_owned())
+                    .or_insert_with(|| rs.iter().map(|a| a.id.clone()).collect());
+            }
+            forgotten
+        };
+        let all_ids: Option<HashSet<&str>> =
+            apps.is_none().then(|| assignments.replicas.iter().map(|a| a.id.as_str()).collect());
         {
-            self.prune(runtime, assignments).await;
+            let mut replicas = lock(&self.replicas);
+            let before = replicas.len();
+            for id in &forgotten {
+                replicas.remove(id);
+            }
+            if let Some(all) = &all_ids {
+                replicas.retain(|id, _| all.contains(id.as_str()));
+            }
+            if replicas.len() != before {
+                drop(replicas);
+                self.replicas_changed();
+            }
+        }
+
+        let mut pending = Vec::new();
+        for (app, replicas) in by_app {
+            if self.converge_app(&runtime, app, &replicas).await {
+                pending.push(app.to_owned());
+            }
         }
         pending
     }

@@ -119,7 +119,7 @@ impl Agent {
             self.set_state(&id, ReplicaState::Failed, Some(why.clone()));
         }
         // Converge again: an older revision assigned here serves instead.
-        self.assignments.send_modify(|_| {});
+        self.reconverge(Some(&[app]));
     }
 
     /// Judges the revision `a` now serving `app`: its health check, and

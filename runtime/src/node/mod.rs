@@ -269,14 +269,20 @@ pub struct Agent {
     replicas_version: std::sync::atomic::AtomicU64,
     /// Wakes the heartbeat loop early when a replica state changed.
     report: Notify,
-    assignments: watch::Sender<Option<Assignments>>,
+    assignments: watch::Sender<Option<Arc<Assignments>>>,
+    /// The apps to converge at the next change of `assignments` (the
+    /// others are as they were: a change to one app of 10,000 converges
+    /// one).
+    unconverged: Mutex<converge::Unconverged>,
+    /// The replica ids each app was last converged with.
+    converged: Mutex<HashMap<String, Vec<String>>>,
+    /// Wakes the prune loop (it prunes at most once per `PRUNE_EVERY`).
+    prune_wanted: Notify,
     /// Components kept loaded while assigned, or why they cannot load.
     loaded: Mutex<HashMap<Digest, Result<Arc<Preloaded>, String>>>,
     /// What is judged of each serving app: its health and, for a newly
     /// started revision, its first requests.
     judged: Mutex<HashMap<String, Judged>>,
-    /// The assignments version the disk was last pruned for.
-    pruned: Mutex<Option<u64>>,
     /// The last assignment here of each app that may sleep (`scale.min =
     /// 0`): what a held request wakes locally.
     dormant: Mutex<HashMap<String, skiff_sdk::api::Assignment>>,
@@ -316,10 +322,12 @@ impl Agent {
             replicas: Mutex::new(BTreeMap::new()),
             replicas_version: std::sync::atomic::AtomicU64::new(0),
             report: Notify::new(),
-            assignments: watch::channel(last).0,
+            assignments: watch::channel(last.map(Arc::new)).0,
+            unconverged: Mutex::new(converge::Unconverged::everything()),
+            converged: Mutex::new(HashMap::new()),
+            prune_wanted: Notify::new(),
             loaded: Mutex::new(HashMap::new()),
             judged: Mutex::new(HashMap::new()),
-            pruned: Mutex::new(None),
             dormant: Mutex::new(HashMap::new()),
             local: Mutex::new(HashMap::new()),
         }))
@@ -353,10 +361,22 @@ impl Agent {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         tokio::join!(
             self.converge_loop(&shutdown),
+            self.prune_loop(&shutdown),
             self.control_loop(&shutdown),
             self.judge_loop(&shutdown),
             self.wake_loop(&shutdown)
         );
+    }
+
+    /// Converges `apps` again (all of them: `None`) at once.
+    pub(super) fn reconverge(&self, apps: Option<&[&str]>) {
+        // Marked and sent together: the converge loop takes both together.
+        let mut unconverged = lock(&self.unconverged);
+        match apps {
+            Some(apps) => unconverged.mark(apps.iter().copied()),
+            None => unconverged.mark_all(),
+        }
+        self.assignments.send_modify(|_| {});
     }
 
     pub(super) fn state_of(&self, id: &str) -> Option<ReplicaState> {

@@ -111,7 +111,7 @@ impl Agent {
                 acknowledged: false,
             },
         );
-        self.assignments.send_modify(|_| {});
+        self.reconverge(Some(&[app]));
         true
     }
 
@@ -139,9 +139,17 @@ impl Agent {
     /// Remembers the replicas of apps that may sleep once they proved
     /// themselves here (Ready), so that a request after they slept can wake
     /// them here.
-    pub(super) fn remember_dormant(&self, assignments: &Assignments) {
+    pub(super) fn remember_dormant(
+        &self,
+        assignments: &Assignments,
+        apps: Option<&std::collections::HashSet<String>>,
+    ) {
         let mut dormant = lock(&self.dormant);
-        for a in &assignments.replicas {
+        let looked_at = assignments
+            .replicas
+            .iter()
+            .filter(|a| apps.is_none_or(|apps| apps.contains(&a.app)));
+        for a in looked_at {
             let sleeps = a.spec.scale.is_some_and(|s| s.min == 0);
             if sleeps
                 && dormant.get(&a.app).is_none_or(|d| d.revision < a.revision)
@@ -154,7 +162,13 @@ impl Agent {
 
     /// The assignments to converge on: the controller's, plus the local
     /// activations still needed.
-    pub(super) fn effective<'a>(&self, assignments: &'a Assignments) -> Cow<'a, Assignments> {
+    /// The apps whose local activation ends are added to `ended` (they
+    /// are converged anew).
+    pub(super) fn effective<'a>(
+        &self,
+        assignments: &'a Assignments,
+        ended: &mut Vec<String>,
+    ) -> Cow<'a, Assignments> {
         let mut local = lock(&self.local);
         if local.is_empty() {
             return Cow::Borrowed(assignments);
@@ -168,6 +182,7 @@ impl Agent {
             let keep = !assigned.contains(app.as_str()) && !self.router.has_peers(app);
             if !keep {
                 tracing::info!(%app, "local activation handed over to the controller's replica");
+                ended.push(app.clone());
             }
             keep
         });
