@@ -51,6 +51,16 @@ pub enum Verdict {
     },
 }
 
+/// Requests recorded by any probation in this process: while it stands
+/// still, no verdict can have moved (a node with 10,000 apps on probation
+/// looks at none of them).
+static JUDGED_REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// See [`JUDGED_REQUESTS`].
+pub fn judged_requests() -> u64 {
+    JUDGED_REQUESTS.load(Ordering::Relaxed)
+}
+
 /// The verdict window of one app, fed by every request it serves.
 #[derive(Debug, Default)]
 pub struct Probation {
@@ -91,6 +101,7 @@ impl Probation {
             return;
         }
         self.activity.fetch_add(1, Ordering::Relaxed);
+        JUDGED_REQUESTS.fetch_add(1, Ordering::Relaxed);
         let mut window = self.lock();
         window.seen = window.seen.saturating_add(1);
         if window.counted >= WINDOW {

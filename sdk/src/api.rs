@@ -491,8 +491,10 @@ pub struct Assignment {
     pub app: String,
     /// Revision number.
     pub revision: u64,
-    /// The revision's spec.
-    pub spec: AppSpec,
+    /// The revision's spec (shared: a node's set of 10,000 assignments is
+    /// copied without copying their specs).
+    #[schema(value_type = AppSpec)]
+    pub spec: std::sync::Arc<AppSpec>,
 }
 
 /// A node's desired replicas at a version (`GET .../assignments`).

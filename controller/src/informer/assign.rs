@@ -60,7 +60,7 @@ impl Informer {
                 id: r.id.clone(),
                 app: r.app.clone(),
                 revision: r.revision,
-                spec,
+                spec: Arc::new(spec),
             });
             held.insert(r.id.clone(), (r.app.clone(), r.revision, count));
         }

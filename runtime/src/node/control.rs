@@ -4,7 +4,7 @@
 //! never waits on any of it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
@@ -113,7 +113,16 @@ impl Agent {
         // The states and their digest at a version, rebuilt only when they
         // changed: a node with 10,000 replicas heartbeats for nothing.
         let mut current: Option<(u64, States, String)> = None;
+        // Usage goes with one heartbeat per interval, not with each early
+        // report of changed states (it walks every app).
+        let mut usage_at: Option<Instant> = None;
         loop {
+            let usage = if usage_at.is_none_or(|at| at.elapsed() >= self.config.heartbeat) {
+                usage_at = Some(Instant::now());
+                self.router.runtime().usage_report()
+            } else {
+                Vec::new()
+            };
             let version = self.replicas_version();
             let (now, digest) = match &current {
                 Some((v, now, digest)) if *v == version => (now.clone(), digest.clone()),
@@ -137,7 +146,7 @@ impl Agent {
                     replicas: now.values().cloned().collect(),
                     logs_key: Some(self.router.logs_key().to_owned()),
                     digest: None,
-                    usage: self.router.runtime().usage_report(),
+                    usage,
                 },
                 Some((at, before)) => Heartbeat {
                     replicas: if *at == version {
@@ -150,7 +159,7 @@ impl Agent {
                     },
                     logs_key: Some(self.router.logs_key().to_owned()),
                     digest: Some(digest),
-                    usage: self.router.runtime().usage_report(),
+                    usage,
                 },
             };
             let mut resend = false;

@@ -95,7 +95,8 @@ impl Agent {
                 // Local activations serve dormant copies, which are kept.
                 let kept = self.kept_components(&assignments);
                 lock(&self.loaded).retain(|digest, _| kept.contains(digest));
-                self.prune(self.router.runtime().clone(), &assignments).await;
+                self.prune(self.router.runtime().clone(), &assignments)
+                    .await;
             }
             if sleep_or_shutdown(PRUNE_EVERY, shutdown).await {
                 return;
@@ -194,8 +195,9 @@ impl Agent {
             }
             forgotten
         };
-        let all_ids: Option<HashSet<&str>> =
-            apps.is_none().then(|| assignments.replicas.iter().map(|a| a.id.as_str()).collect());
+        let all_ids: Option<HashSet<&str>> = apps
+            .is_none()
+            .then(|| assignments.replicas.iter().map(|a| a.id.as_str()).collect());
         {
             let mut replicas = lock(&self.replicas);
             let before = replicas.len();

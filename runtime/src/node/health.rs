@@ -30,6 +30,7 @@ impl Agent {
     /// reads the verdicts of newly serving revisions.
     pub(super) async fn judge_loop(&self, shutdown: &CancellationToken) {
         let runtime = self.router.runtime().clone();
+        let mut judged_requests = None;
         loop {
             if sleep_or_shutdown(JUDGE_TICK, shutdown).await {
                 return;
@@ -70,7 +71,12 @@ impl Agent {
                     );
                 }
             }
-            // Only apps that served requests since the last look.
+            // Only apps that served requests since the last look, and
+            // only if any app did.
+            let recorded = crate::verdict::judged_requests();
+            if judged_requests.replace(recorded) == Some(recorded) {
+                continue;
+            }
             let judging: Vec<(String, u64, Arc<crate::registry::AppStats>)> = lock(&self.judged)
                 .iter_mut()
                 .filter(|(_, w)| w.judging)

@@ -622,7 +622,7 @@ impl Store for SqlStore {
                     id: r.try_get("id")?,
                     app: r.try_get("app")?,
                     revision: to_u64(r.try_get("revision")?),
-                    spec,
+                    spec: std::sync::Arc::new(spec),
                 })
             })
             .collect::<Result<_>>()?;
