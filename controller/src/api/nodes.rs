@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use skiff_sdk::api::{
     Assignments, ErrorBody, Heartbeat, HeartbeatReply, Node, NodeRegistration, RegisterNode,
-    ReplicaStatus, replica_digest, validate_name,
+    ReplicaStatus, validate_name,
 };
 use skiff_sdk::scale::Activate;
 
@@ -218,15 +218,16 @@ pub async fn heartbeat(
             .collect();
         // The record after this report, as the node's digest covers it.
         let drifted = hb.digest.as_deref().is_some_and(|digest| {
+            let mut record = picture.replica_digest(&name);
             let reported: HashMap<&str, &ReplicaStatus> =
                 hb.replicas.iter().map(|r| (r.id.as_str(), r)).collect();
-            let record = picture
-                .replicas_on(&name)
-                .map(|r| match reported.get(r.id.as_str()) {
-                    Some(now) => (now.id.as_str(), now.state, now.reason.as_deref()),
-                    None => (r.id.as_str(), r.state, r.reason.as_deref()),
-                });
-            replica_digest(record) != digest
+            for now in reported.values() {
+                if let Some(known) = picture.replicas.get(&now.id).filter(|k| k.node == name) {
+                    record.remove(&known.id, known.state, known.reason.as_deref());
+                    record.add(&now.id, now.state, now.reason.as_deref());
+                }
+            }
+            record.hex() != digest
         });
         (changed, drifted)
     };

@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use skiff_sdk::api::{App, AppSpec, Node, NodeState, Replica, Revision};
+use skiff_sdk::api::{App, AppSpec, Node, NodeState, Replica, ReplicaDigest, Revision};
 use skiff_sdk::delta::EndpointsDelta;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -92,6 +92,10 @@ pub struct Picture {
     /// looks at besides those in demand (10,000 sleeping apps cost a tick
     /// nothing).
     awake_scaled: BTreeSet<String>,
+    /// Each node's replica digest over the states recorded here, kept up
+    /// to date as replicas come and go (a heartbeat's drift check costs
+    /// what it reports, not what the node holds).
+    digests: HashMap<String, ReplicaDigest>,
     /// Bumped on every change to the picture.
     pub version: u64,
     /// The version at which each node (its row, its replicas, their specs)
@@ -116,6 +120,11 @@ impl Picture {
     fn drop_app(&mut self, name: &str) {
         self.awake_scaled.remove(name);
         self.apps.remove(name);
+    }
+
+    /// The digest of the states recorded for `node`'s replicas.
+    pub fn replica_digest(&self, node: &str) -> ReplicaDigest {
+        self.digests.get(node).copied().unwrap_or_default()
     }
 
     /// The apps with a `[scale]` section that have replicas.
@@ -150,6 +159,11 @@ impl Picture {
     }
 
     fn insert_replica(&mut self, replica: Replica) {
+        self.digests.entry(replica.node.clone()).or_default().add(
+            &replica.id,
+            replica.state,
+            replica.reason.as_deref(),
+        );
         let reservation = self.reservation(&replica);
         *self.allocated.entry(replica.node.clone()).or_default() += reservation;
         self.by_app
@@ -165,6 +179,9 @@ impl Picture {
 
     fn remove_replica(&mut self, id: &str) -> Option<Arc<Replica>> {
         let replica = self.replicas.remove(id)?;
+        if let Some(digest) = self.digests.get_mut(&replica.node) {
+            digest.remove(&replica.id, replica.state, replica.reason.as_deref());
+        }
         let reservation = self.reservation(&replica);
         if let Some(n) = self.allocated.get_mut(&replica.node) {
             *n = n.saturating_sub(reservation);

@@ -6,11 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::collections::HashMap;
-
-use skiff_sdk::api::{
-    Assignments, Endpoints, Heartbeat, NodeCapacity, RegisterNode, ReplicaStatus, replica_digest,
-};
+use skiff_sdk::api::{Assignments, Endpoints, Heartbeat, NodeCapacity, RegisterNode};
 use skiff_sdk::client::EndpointsUpdate;
 use skiff_sdk::{Client, ClientError};
 use tokio_util::sync::CancellationToken;
@@ -23,9 +19,6 @@ use skiff_sdk::error_chain;
 const LONG_POLL_WAIT: Duration = Duration::from_secs(30);
 /// How long a state change waits for others to report with it.
 const REPORT_GATHER: Duration = Duration::from_millis(20);
-
-/// A node's replica states by id.
-type States = Arc<HashMap<String, ReplicaStatus>>;
 
 /// Assignment sets (and endpoint documents, in apps) up to this size are
 /// written to disk on every change (off the async workers, a write of
@@ -107,12 +100,9 @@ impl Agent {
     /// report again.
     async fn heartbeats(&self, client: &Client) -> ClientError {
         let mut backoff = Backoff::default();
-        // What the controller acknowledged, at which version of the states;
-        // `None`: send a full report.
-        let mut acknowledged: Option<(u64, States)> = None;
-        // The states and their digest at a version, rebuilt only when they
-        // changed: a node with 10,000 replicas heartbeats for nothing.
-        let mut current: Option<(u64, States, String)> = None;
+        // Whether the controller needs every state (after registering, or
+        // when it found the record drifted).
+        let mut full = true;
         // Usage goes with one heartbeat per interval, not with each early
         // report of changed states (it walks every app).
         let mut usage_at: Option<Instant> = None;
@@ -123,54 +113,49 @@ impl Agent {
             } else {
                 Vec::new()
             };
-            let version = self.replicas_version();
-            let (now, digest) = match &current {
-                Some((v, now, digest)) if *v == version => (now.clone(), digest.clone()),
-                _ => {
-                    let now: States = Arc::new(
-                        self.replica_states()
-                            .into_iter()
-                            .map(|r| (r.id.clone(), r))
-                            .collect(),
-                    );
-                    let digest = replica_digest(
-                        now.values()
-                            .map(|r| (r.id.as_str(), r.state, r.reason.as_deref())),
-                    );
-                    current = Some((version, now.clone(), digest.clone()));
-                    (now, digest)
+            // The states (all, or those changed since the last report) and
+            // their digest, kept up to date as they change: a node with
+            // 10,000 replicas heartbeats for nothing.
+            let (heartbeat, taken) = {
+                let mut reported = lock(&self.replicas);
+                if full {
+                    let (replicas, _) = reported.take_all();
+                    let heartbeat = Heartbeat {
+                        replicas,
+                        logs_key: Some(self.router.logs_key().to_owned()),
+                        digest: None,
+                        usage,
+                    };
+                    (heartbeat, None)
+                } else {
+                    let (replicas, ids, digest) = reported.take_changed();
+                    let heartbeat = Heartbeat {
+                        replicas,
+                        logs_key: Some(self.router.logs_key().to_owned()),
+                        digest: Some(digest),
+                        usage,
+                    };
+                    (heartbeat, Some(ids))
                 }
-            };
-            let heartbeat = match &acknowledged {
-                None => Heartbeat {
-                    replicas: now.values().cloned().collect(),
-                    logs_key: Some(self.router.logs_key().to_owned()),
-                    digest: None,
-                    usage,
-                },
-                Some((at, before)) => Heartbeat {
-                    replicas: if *at == version {
-                        Vec::new()
-                    } else {
-                        now.values()
-                            .filter(|r| before.get(&r.id) != Some(*r))
-                            .cloned()
-                            .collect()
-                    },
-                    logs_key: Some(self.router.logs_key().to_owned()),
-                    digest: Some(digest),
-                    usage,
-                },
             };
             let mut resend = false;
             match client.heartbeat(&self.config.name, &heartbeat).await {
                 Ok(reply) => {
                     backoff.succeeded("heartbeats reach the controller again");
                     resend = reply.resend_full;
-                    acknowledged = (!reply.resend_full).then_some((version, now));
+                    full = reply.resend_full;
                 }
-                Err(e) if needs_registration(&e) => return e,
-                Err(e) => backoff.failed("sending a heartbeat", &e),
+                Err(e) => {
+                    // Reported again with the next one.
+                    match taken {
+                        Some(ids) => lock(&self.replicas).give_back(ids),
+                        None => full = true,
+                    }
+                    if needs_registration(&e) {
+                        return e;
+                    }
+                    backoff.failed("sending a heartbeat", &e);
+                }
             }
             if resend {
                 continue;

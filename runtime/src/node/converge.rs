@@ -200,16 +200,18 @@ impl Agent {
             .then(|| assignments.replicas.iter().map(|a| a.id.as_str()).collect());
         {
             let mut replicas = lock(&self.replicas);
-            let before = replicas.len();
             for id in &forgotten {
                 replicas.remove(id);
             }
             if let Some(all) = &all_ids {
-                replicas.retain(|id, _| all.contains(id.as_str()));
-            }
-            if replicas.len() != before {
-                drop(replicas);
-                self.replicas_changed();
+                let unassigned: Vec<String> = replicas
+                    .ids()
+                    .filter(|id| !all.contains(id.as_str()))
+                    .cloned()
+                    .collect();
+                for id in unassigned {
+                    replicas.remove(&id);
+                }
             }
         }
 

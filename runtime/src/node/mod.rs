@@ -263,10 +263,7 @@ pub struct Agent {
     /// The authenticated client once registered.
     session: Mutex<Option<Client>>,
     /// Replica states as reported.
-    replicas: Mutex<BTreeMap<String, ReplicaStatus>>,
-    /// Bumped whenever `replicas` changes, so an unchanged set is not
-    /// compared (or hashed) again at every heartbeat.
-    replicas_version: std::sync::atomic::AtomicU64,
+    replicas: Mutex<Reported>,
     /// Wakes the heartbeat loop early when a replica state changed.
     report: Notify,
     assignments: watch::Sender<Option<Arc<Assignments>>>,
@@ -319,8 +316,7 @@ impl Agent {
             state,
             router,
             session: Mutex::new(None),
-            replicas: Mutex::new(BTreeMap::new()),
-            replicas_version: std::sync::atomic::AtomicU64::new(0),
+            replicas: Mutex::new(Reported::default()),
             report: Notify::new(),
             assignments: watch::channel(last.map(Arc::new)).0,
             unconverged: Mutex::new(converge::Unconverged::everything()),
@@ -337,6 +333,7 @@ impl Agent {
     /// not the controller's replicas).
     pub fn replica_states(&self) -> Vec<ReplicaStatus> {
         lock(&self.replicas)
+            .by_id
             .values()
             .filter(|r| !r.id.starts_with(wake::LOCAL_PREFIX))
             .cloned()
@@ -380,19 +377,7 @@ impl Agent {
     }
 
     pub(super) fn state_of(&self, id: &str) -> Option<ReplicaState> {
-        lock(&self.replicas).get(id).map(|r| r.state)
-    }
-
-    /// Notes a change to the replica states.
-    pub(super) fn replicas_changed(&self) {
-        self.replicas_version
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-    }
-
-    /// The version of the replica states (see `replicas_version`).
-    pub(super) fn replicas_version(&self) -> u64 {
-        self.replicas_version
-            .load(std::sync::atomic::Ordering::Acquire)
+        lock(&self.replicas).by_id.get(id).map(|r| r.state)
     }
 
     pub(super) fn set_state(&self, id: &str, state: ReplicaState, reason: Option<String>) {
@@ -401,12 +386,94 @@ impl Agent {
             state,
             reason,
         };
-        let changed = lock(&self.replicas).insert(id.to_owned(), status.clone()) != Some(status);
+        let changed = lock(&self.replicas).set(status);
         if changed {
-            self.replicas_changed();
             tracing::info!(replica = %id, ?state, "replica state");
             self.report.notify_one();
         }
+    }
+}
+
+/// The replica states a node reports, with their digest and the ids
+/// changed since a heartbeat last took them, all kept up to date as states
+/// change: a heartbeat after one change among 10,000 replicas costs one.
+/// Local activations (see `wake`) are not the controller's replicas: they
+/// are neither in the digest nor reported.
+#[derive(Debug, Default)]
+pub(super) struct Reported {
+    by_id: BTreeMap<String, ReplicaStatus>,
+    digest: skiff_sdk::api::ReplicaDigest,
+    changed: std::collections::HashSet<String>,
+}
+
+impl Reported {
+    /// Records a state; whether it changed.
+    fn set(&mut self, status: ReplicaStatus) -> bool {
+        if self.by_id.get(&status.id) == Some(&status) {
+            return false;
+        }
+        if !status.id.starts_with(wake::LOCAL_PREFIX) {
+            self.digest
+                .add(&status.id, status.state, status.reason.as_deref());
+            self.changed.insert(status.id.clone());
+        }
+        if let Some(old) = self.by_id.insert(status.id.clone(), status) {
+            self.forget_share(&old);
+        }
+        true
+    }
+
+    /// Forgets a replica; whether it was known.
+    pub(super) fn remove(&mut self, id: &str) -> bool {
+        match self.by_id.remove(id) {
+            Some(old) => {
+                self.forget_share(&old);
+                self.changed.remove(id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn forget_share(&mut self, old: &ReplicaStatus) {
+        if !old.id.starts_with(wake::LOCAL_PREFIX) {
+            self.digest
+                .remove(&old.id, old.state, old.reason.as_deref());
+        }
+    }
+
+    /// The ids known here.
+    pub(super) fn ids(&self) -> impl Iterator<Item = &String> {
+        self.by_id.keys()
+    }
+
+    /// Every reported state and the digest; nothing is left changed.
+    pub(super) fn take_all(&mut self) -> (Vec<ReplicaStatus>, String) {
+        self.changed.clear();
+        let all = self
+            .by_id
+            .values()
+            .filter(|r| !r.id.starts_with(wake::LOCAL_PREFIX))
+            .cloned()
+            .collect();
+        (all, self.digest.hex())
+    }
+
+    /// The states changed since last taken (their ids, to give back if
+    /// the report is lost) and the digest.
+    pub(super) fn take_changed(&mut self) -> (Vec<ReplicaStatus>, Vec<String>, String) {
+        let ids: Vec<String> = self.changed.drain().collect();
+        let states = ids
+            .iter()
+            .filter_map(|id| self.by_id.get(id).cloned())
+            .collect();
+        (states, ids, self.digest.hex())
+    }
+
+    /// Marks `ids` changed again (their report was lost).
+    pub(super) fn give_back(&mut self, ids: Vec<String>) {
+        self.changed
+            .extend(ids.into_iter().filter(|id| self.by_id.contains_key(id)));
     }
 }
 
