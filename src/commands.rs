@@ -29,6 +29,7 @@ macro_rules! outln {
         $crate::commands::write_line(format_args!($($arg)*))
     };
 }
+pub(crate) use outln;
 
 /// Prints rows under headers, columns aligned.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {

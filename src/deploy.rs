@@ -76,9 +76,40 @@ fn load(dir: &Path) -> anyhow::Result<(PathBuf, Manifest)> {
 }
 
 /// Runs the build command (unless `skip`) and checks the output is a
-/// `wasi:http` component.
+/// `wasi:http` component, or for a job (`[job]`) a command.
 pub fn build(dir: &Path, skip: bool) -> anyhow::Result<Built> {
     let (file, manifest) = load(dir)?;
+    let kind = Kind::of(&manifest);
+    build_as(file, manifest, skip, kind)
+}
+
+/// What a component must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Serves HTTP (exports `wasi:http/incoming-handler`).
+    Http,
+    /// A command run to completion (exports `wasi:cli/run`).
+    Command,
+}
+
+impl Kind {
+    /// A job's manifest describes a command; any other an HTTP app.
+    pub fn of(manifest: &Manifest) -> Self {
+        if manifest.job.is_some() {
+            Kind::Command
+        } else {
+            Kind::Http
+        }
+    }
+}
+
+/// [`build`] with the manifest loaded, checking for `kind`.
+pub fn build_as(
+    file: PathBuf,
+    manifest: Manifest,
+    skip: bool,
+    kind: Kind,
+) -> anyhow::Result<Built> {
     let root = file.parent().unwrap_or(Path::new(".")).to_path_buf();
     if let (Some(command), false) = (&manifest.component.build, skip) {
         eprintln!("building {}: {command}", manifest.name);
@@ -105,11 +136,15 @@ pub fn build(dir: &Path, skip: bool) -> anyhow::Result<Built> {
             path.display()
         ))
     })?;
-    let imports = check_component(&path, &bytes)?;
+    let imports = check_component(&path, &bytes, kind)?;
     eprintln!(
-        "built {}: {}, wasi:http component; imports {}",
+        "built {}: {}, {} component; imports {}",
         path.display(),
         crate::commands::human_bytes(bytes.len() as u64),
+        match kind {
+            Kind::Http => "wasi:http",
+            Kind::Command => "command (wasi:cli/run)",
+        },
         imports.join(", ")
     );
     let files = Bundle::read_files(&file, &manifest).map_err(|e| {
@@ -128,11 +163,40 @@ pub fn build(dir: &Path, skip: bool) -> anyhow::Result<Built> {
     })
 }
 
-/// Checks `bytes` is a valid `wasi:http` component; returns its imports.
-fn check_component(path: &Path, bytes: &[u8]) -> anyhow::Result<Vec<String>> {
+/// Checks `bytes` is a valid component of `kind`; returns its imports.
+fn check_component(path: &Path, bytes: &[u8], kind: Kind) -> anyhow::Result<Vec<String>> {
     skiff_sdk::component::validate_component(bytes)
         .map_err(|why| Failure::Build(format!("{}: {why}", path.display())))?;
     let interface = Interface::of(bytes);
+    let exports = || {
+        if interface.exports.is_empty() {
+            "nothing".to_owned()
+        } else {
+            interface.exports.join(", ")
+        }
+    };
+    if kind == Kind::Command {
+        if interface.serves_http() {
+            return Err(Failure::Build(format!(
+                "{}: an HTTP component (it exports wasi:http/incoming-handler), not a command\n  hint: a job runs a component that exports wasi:cli/run (a plain `fn main` built for wasm32-wasip2); deploy an HTTP component without [job]",
+                path.display()
+            ))
+            .into());
+        }
+        if !interface
+            .exports
+            .iter()
+            .any(|e| e.starts_with("wasi:cli/run"))
+        {
+            return Err(Failure::Build(format!(
+                "{}: a component, but not a command: it exports {}\n  hint: a job runs a component that exports wasi:cli/run (a plain `fn main` built for wasm32-wasip2)",
+                path.display(),
+                exports()
+            ))
+            .into());
+        }
+        return Ok(interface.imports);
+    }
     if !interface.serves_http() {
         return Err(Failure::Build(format!(
             "{}: a component, but not a wasi:http one: it exports {}\n  hint: an HTTP app exports wasi:http/incoming-handler (e.g. #[wstd::http_server])",
@@ -171,8 +235,9 @@ pub fn package(args: &PackageArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The manifest and component of a bundle file.
-fn unbundle(path: &Path) -> anyhow::Result<Built> {
+/// The manifest and component of a bundle file, checked as `kind` (as
+/// its manifest says: `None`).
+pub fn unbundle(path: &Path, kind: Option<Kind>) -> anyhow::Result<Built> {
     let bytes =
         std::fs::read(path).map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
     let bundle = Bundle::from_bytes(&bytes)
@@ -181,7 +246,8 @@ fn unbundle(path: &Path) -> anyhow::Result<Built> {
     let manifest = Manifest::parse(&manifest_file, &bundle.manifest)
         .map_err(|e| Failure::Usage(e.to_string()))?;
     let component = PathBuf::from(format!("{}!component.wasm", path.display()));
-    check_component(&component, &bundle.component)?;
+    let kind = kind.unwrap_or_else(|| Kind::of(&manifest));
+    check_component(&component, &bundle.component, kind)?;
     Ok(Built {
         manifest,
         manifest_file,
@@ -221,7 +287,7 @@ fn progress_bar() -> skiff_sdk::client::Progress {
 /// `skiff deploy`: build, upload, apply, follow.
 pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> {
     let built = if args.dir.extension().is_some_and(|e| e == BUNDLE_EXTENSION) {
-        unbundle(&args.dir)?
+        unbundle(&args.dir, None)?
     } else {
         build(&args.dir, args.no_build)?
     };
@@ -240,6 +306,19 @@ pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> 
     for (path, bytes) in built.files {
         let uploaded = client.upload_file(bytes::Bytes::from(bytes)).await?;
         files.insert(path.to_string_lossy().into_owned(), uploaded.digest);
+    }
+    if built.manifest.job.is_some() {
+        let spec = built.manifest.to_job_spec(artifact.digest);
+        let job = client.apply_job(&name, &spec).await?;
+        eprintln!(
+            "applied job {name}: {} completion(s), {} at once, artifact {}\n  follow it with `skiff job {name}`",
+            job.spec.completions, job.spec.parallelism, artifact.digest
+        );
+        println!(
+            "{}",
+            serde_json::json!({ "job": name, "version": job.version })
+        );
+        return Ok(());
     }
     let spec = built.manifest.to_spec(artifact.digest, files);
     let seen = latest_event(&client, &name).await;

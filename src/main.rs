@@ -6,6 +6,7 @@ mod commands;
 mod controller;
 mod deploy;
 mod flags;
+mod jobs;
 mod new;
 mod node;
 mod serve;
@@ -75,11 +76,14 @@ enum Command {
     },
     /// Guest output (stdout/stderr) of an app, from every node running it.
     Logs {
-        /// App name.
+        /// App name (or, with --run, job name).
         name: String,
         /// Keep following new lines.
         #[arg(short, long)]
         follow: bool,
+        /// A job's run (its id `<job>.<n>`, or `n`): that run's output.
+        #[arg(long)]
+        run: Option<String>,
         #[command(flatten)]
         connect: client::Connect,
     },
@@ -120,6 +124,26 @@ enum Command {
     Events {
         #[command(flatten)]
         args: commands::EventsArgs,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// Run a command component once on the cluster, stream its output,
+    /// and exit with its exit status.
+    Run {
+        #[command(flatten)]
+        args: jobs::RunArgs,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// List jobs.
+    Jobs {
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// Show a job and its runs.
+    Job {
+        /// Job name.
+        name: String,
         #[command(flatten)]
         connect: client::Connect,
     },
@@ -230,6 +254,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Logs {
             name,
             follow,
+            run: Some(run),
+            connect,
+        } => jobs::run_logs(&connect, &name, &run, follow).await,
+        Command::Logs {
+            name,
+            follow,
+            run: None,
             connect,
         } => c::logs(&connect, &name, follow).await,
         Command::Delete { name, connect } => c::delete(&connect, &name).await,
@@ -238,6 +269,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Uncordon { node, connect } => c::node_action(&connect, &node, "uncordon").await,
         Command::Drain { node, connect } => c::node_action(&connect, &node, "drain").await,
         Command::Events { args, connect } => c::events(&connect, &args).await,
+        Command::Run { args, connect } => jobs::run(&connect, &args).await,
+        Command::Jobs { connect } => jobs::jobs(&connect).await,
+        Command::Job { name, connect } => jobs::job(&connect, &name).await,
     }
 }
 
@@ -265,6 +299,10 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // `skiff logs | head`: the reader has what it wanted.
         Err(e) if e.is::<commands::StdoutClosed>() => std::process::ExitCode::SUCCESS,
+        // `skiff run`: the guest's own status.
+        Err(e) if e.is::<jobs::GuestExit>() => {
+            std::process::ExitCode::from(e.downcast_ref::<jobs::GuestExit>().map_or(1, |g| g.0))
+        }
         Err(e) => {
             let failure = e
                 .downcast_ref::<ClientError>()

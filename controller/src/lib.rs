@@ -19,6 +19,7 @@
 //! - [`collector`]: removes artifacts no kept revision names any more.
 //! - [`informer`]: the in-memory picture of apps, nodes and replicas, and node leases.
 //! - [`reconciler`]: drives observed state towards desired state.
+//! - [`jobs`]: the job controller: runs of jobs placed, retried and finished.
 //! - [`autoscaler`]: replica counts that follow the demand nodes report (`[scale]`).
 //! - [`scheduler`]: the pure placement of replicas onto nodes.
 
@@ -28,6 +29,7 @@ pub mod autoscaler;
 pub mod collector;
 pub mod error;
 pub mod informer;
+pub mod jobs;
 pub mod lease;
 pub mod reconciler;
 pub mod role;

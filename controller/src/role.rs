@@ -170,6 +170,14 @@ impl Controller {
         );
         tasks.spawn(leases.run(store.clone(), config.id.clone(), shutdown.clone()));
         let state = AppState::new(store.clone(), informer.clone(), api, leader_rx.clone());
+        tasks.spawn(crate::jobs::run(
+            store.clone(),
+            informer.clone(),
+            state.runs.clone(),
+            config.node_grace,
+            leader_rx.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(crate::autoscaler::run(
             store.clone(),
             informer.clone(),

@@ -251,6 +251,7 @@ impl Runtime {
             &self.engine,
             HostState::new(
                 &app.name,
+                &[],
                 &app.spec.env,
                 &app.spec.capabilities,
                 &app.logs,

@@ -265,10 +265,12 @@ pub struct HostState {
 pub const MAX_RESOURCES: usize = 10_000;
 
 impl HostState {
-    /// Host state for one instance of `app`. Fails only if the app's
-    /// static files directory cannot be opened.
+    /// Host state for one instance of `app` (a command's, with `args`:
+    /// its whole argv, program name first). Fails only if the app's static
+    /// files directory cannot be opened.
     pub fn new(
         app: &Arc<str>,
+        args: &[String],
         env: &[(String, String)],
         capabilities: &Capabilities,
         logs: &Arc<LogBuffer>,
@@ -284,6 +286,7 @@ impl HostState {
         let (tcp, udp) = (rules.grants(Scheme::Tcp), rules.grants(Scheme::Udp));
         let mut builder = WasiCtx::builder();
         builder
+            .args(args)
             .envs(env)
             .stdout(logs.writer(Stream::Stdout))
             .stderr(logs.writer(Stream::Stderr))

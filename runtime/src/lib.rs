@@ -24,6 +24,7 @@
 //! - [`body`]: streaming request-size limit and JSON error responses.
 //! - [`routing`]: `Host: <app>.<domain>` to app name.
 //! - `registry`: the [`Runtime`] and its deployed apps (deploy, remove, find, load).
+//! - [`command`]: running a job's `wasi:cli/run` component to completion under its quota.
 //! - `execute`: serving one request ([`Runtime::handle`]): store, instance, outcome.
 //! - [`verdict`]: the first-requests verdict on a newly serving revision.
 //! - [`ingress`]: the hyper server loop with graceful shutdown.
@@ -33,6 +34,7 @@
 pub mod body;
 pub mod budget;
 pub mod cache;
+pub mod command;
 pub mod engine;
 mod error;
 mod execute;

@@ -161,8 +161,10 @@ const PARKED_LOGS: usize = 64;
 /// call concurrently.
 pub struct Runtime {
     pub(crate) engine: Engine,
-    linker: Linker<HostState>,
-    cache: ComponentCache,
+    pub(crate) linker: Linker<HostState>,
+    pub(crate) cache: ComponentCache,
+    /// Command components (jobs) and their runs' output.
+    pub(crate) commands: crate::command::Commands,
     pub(crate) apps: RwLock<HashMap<String, Arc<App>>>,
     /// The output of apps removed from this node, newest last (at most
     /// [`PARKED_LOGS`]): a revision that failed here, or that was rolled
@@ -199,6 +201,7 @@ impl Runtime {
             engine,
             linker,
             cache,
+            commands: crate::command::Commands::default(),
             apps: RwLock::new(HashMap::new()),
             parked_logs: Mutex::new(std::collections::VecDeque::new()),
             loaded: Mutex::new(HashMap::new()),
@@ -520,6 +523,9 @@ impl Runtime {
     pub fn logs(&self, name: &str, since: u64) -> Option<Vec<LogLine>> {
         if let Some(app) = self.app(name) {
             return Some(app.logs.lines_since(since));
+        }
+        if let Some(run) = self.commands.logs_of(name) {
+            return Some(run.lines_since(since));
         }
         let parked = self.parked_logs.lock().unwrap_or_else(|e| e.into_inner());
         parked

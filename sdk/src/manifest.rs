@@ -52,6 +52,20 @@
 //! allowed_outbound_hosts = ["https://api.example.com", "https://*.example.org:8443"]
 //! ```
 //!
+//! A `[job]` table makes it a job instead of an app: a `wasi:cli/run`
+//! component (a plain `fn main` built for `wasm32-wasip2`) run to
+//! completion, with `[resources]` as the budget of each whole run:
+//!
+//! ```toml
+//! [job]
+//! args = ["--from", "10"]        # after the program name
+//! completions = 3                # successful runs that complete it (default 1)
+//! parallelism = 2                # runs at once (default 1)
+//! retries = 3                    # failed runs tolerated (default 3)
+//! backoff = "1s"                 # first retry delay, doubling (max 5m)
+//! keep_runs = 20                 # finished runs kept once the job is done
+//! ```
+//!
 //! The `[component] files` are the app's static files: the guest reads them
 //! read-only at `/<path>`, and nothing else of the node's file system.
 //!
@@ -66,8 +80,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 use crate::api::{
-    AppSpec, HealthCheck, IntOrPercent, Placement, UpdateStrategy, default_failure_threshold,
-    default_health_interval_ms, validate_name,
+    AppSpec, HealthCheck, IntOrPercent, JobSpec, Placement, UpdateStrategy,
+    default_failure_threshold, default_health_interval_ms, validate_name,
 };
 use crate::scale::ScaleSpec;
 use crate::{Digest, Quota, quantity};
@@ -114,6 +128,36 @@ pub struct Manifest {
     /// What the guest may reach beyond computing.
     #[serde(default)]
     pub capabilities: CapabilitiesSection,
+    /// This is a job, not an app: a `wasi:cli/run` component run to
+    /// completion (see [`Manifest::to_job_spec`]).
+    #[serde(default)]
+    pub job: Option<JobSection>,
+}
+
+/// `[job]`: a command component run to completion. `[resources]` apply
+/// to each run as a whole (`fuel` and `timeout` are the run's budget);
+/// `[placement]`, `[env]` and `[capabilities]` as for apps.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSection {
+    /// Arguments after the program name.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Successful runs that complete the job (default 1).
+    #[serde(default)]
+    pub completions: Option<u32>,
+    /// Most runs at once (default 1).
+    #[serde(default)]
+    pub parallelism: Option<u32>,
+    /// Failed runs tolerated before the job fails.
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// First retry delay (milliseconds), doubling with each failure.
+    #[serde(default, deserialize_with = "millis")]
+    pub backoff: Option<u64>,
+    /// Finished runs kept once the job has finished.
+    #[serde(default)]
+    pub keep_runs: Option<u32>,
 }
 
 /// `[capabilities]`: grants, denied by default.
@@ -399,6 +443,44 @@ impl Manifest {
                 ));
             }
         }
+        if self.job.is_some() {
+            // An app's sections mean nothing to a job: refused rather
+            // than silently ignored.
+            let app_only = [
+                ("http", !self.http.hosts.is_empty()),
+                ("scale", self.scale.is_some()),
+                ("health", self.health.is_some()),
+                ("update", self.update != UpdateSection::default()),
+                ("component.files", !self.component.files.is_empty()),
+                ("replicas", find_key(text, "replicas").is_some()),
+            ];
+            if let Some((key, _)) = app_only.iter().find(|(_, set)| *set) {
+                let span = find_key(text, key.rsplit('.').next().unwrap_or(key))
+                    .or_else(|| text.find(&format!("[{key}]")))
+                    .map(|i| i..i);
+                return Err(error(
+                    span,
+                    Some((*key).to_owned()),
+                    format!(
+                        "a job has no {key} (that is for HTTP apps); remove it or the [job] table"
+                    ),
+                ));
+            }
+            let spec = self.to_job_spec(Digest::of(b""));
+            if let Err(e) = spec.validate() {
+                let key = match e.field.as_str() {
+                    "completions" | "parallelism" | "retries" | "keep_runs" => {
+                        format!("job.{}", e.field)
+                    }
+                    "backoff_ms" => "job.backoff".to_owned(),
+                    f if f.starts_with("args") => format!("job.{f}"),
+                    _ => self.key_of(&e.field).0,
+                };
+                let span = find_key(text, key.rsplit('.').next().unwrap_or(&key)).map(|i| i..i);
+                return Err(error(span, Some(key), e.message));
+            }
+            return Ok(());
+        }
         // The rules every spec follows (the API applies the same), named
         // by the key of this file they come from.
         let spec = self.to_spec(Digest::of(b""), BTreeMap::new());
@@ -451,6 +533,28 @@ impl Manifest {
             timeout_ms: self.resources.timeout.unwrap_or(d.timeout_ms),
             concurrency: self.resources.concurrency.unwrap_or(d.concurrency),
             reserve_bytes: self.resources.reserve,
+        }
+    }
+
+    /// The job spec to apply when this manifest has a `[job]` table (the
+    /// defaults otherwise), running the component `artifact`.
+    pub fn to_job_spec(&self, artifact: Digest) -> JobSpec {
+        let job = self.job.clone().unwrap_or_default();
+        let d = JobSpec::new(artifact);
+        let mut quota = self.quota();
+        quota.concurrency = 1;
+        JobSpec {
+            args: job.args,
+            env: self.env.clone(),
+            quota,
+            completions: job.completions.unwrap_or(d.completions),
+            parallelism: job.parallelism.unwrap_or(d.parallelism),
+            retries: job.retries.unwrap_or(d.retries),
+            backoff_ms: job.backoff.unwrap_or(d.backoff_ms),
+            keep_runs: job.keep_runs.unwrap_or(d.keep_runs),
+            allowed_outbound_hosts: self.capabilities.allowed_outbound_hosts.clone(),
+            placement: self.placement.clone(),
+            ..d
         }
     }
 

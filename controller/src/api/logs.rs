@@ -125,7 +125,7 @@ async fn gather(state: AppState, app: String, follow: bool, tx: tokio::sync::mps
     }
 }
 
-async fn read_node(
+pub(super) async fn read_node(
     client: &NodeClient,
     keys: &node_proxy::NodeKeys,
     source: &LogSource,

@@ -6,6 +6,7 @@ mod artifacts;
 mod node_proxy;
 pub use apps::check_spec;
 mod endpoints;
+mod jobs;
 mod logs;
 mod nodes;
 pub mod paging;
@@ -102,6 +103,8 @@ pub struct AppState {
     pub(crate) sent: Arc<std::sync::Mutex<SentAssignments>>,
     /// Node credentials already looked up.
     pub(crate) credentials: Arc<crate::auth::CredentialCache>,
+    /// Wakes the job controller and the nodes' runs watches.
+    pub runs: Arc<crate::jobs::RunBell>,
 }
 
 impl AppState {
@@ -115,6 +118,7 @@ impl AppState {
         Self {
             informer,
             credentials: Arc::default(),
+            runs: Arc::default(),
             sent: Arc::default(),
             store,
             config: Arc::new(config),
@@ -360,6 +364,7 @@ async fn count_responses(
         nodes::register, nodes::heartbeat, nodes::activate, nodes::list, nodes::show, nodes::cordon, nodes::uncordon,
         nodes::drain, nodes::delete, nodes::assignments, nodes::metrics, endpoints::watch,
         system::events,
+        jobs::apply, jobs::list, jobs::show, jobs::delete, jobs::runs, jobs::run_logs, jobs::node_runs, jobs::report,
     ),
     components(schemas(artifacts::ArtifactKind)),
     modifiers(&BearerAuth, &CommonErrors),
@@ -472,6 +477,17 @@ pub fn router(state: AppState) -> Router {
         .route("/apps/{name}/logs", get(logs::logs))
         .route("/apps/{name}/rollback", post(apps::rollback))
         .route("/apps/{name}/scale", post(apps::scale))
+        .route("/jobs", get(jobs::list))
+        .route(
+            "/jobs/{name}",
+            put(jobs::apply).get(jobs::show).delete(jobs::delete),
+        )
+        .route("/jobs/{name}/runs", get(jobs::runs))
+        .route("/jobs/{name}/runs/{run}/logs", get(jobs::run_logs))
+        .route(
+            "/nodes/{name}/runs",
+            get(jobs::node_runs).post(jobs::report),
+        )
         .route("/nodes", post(nodes::register).get(nodes::list))
         .route("/nodes/{name}", get(nodes::show).delete(nodes::delete))
         .route("/nodes/{name}/heartbeat", put(nodes::heartbeat))

@@ -12,8 +12,11 @@
 //!   are capped, each app keeps its last [`KEEP_REVISIONS`] revisions plus
 //!   the current one.
 
+mod jobs;
 mod rows;
 mod sql;
+
+pub use jobs::{JobChange, JobProgress, JobStore, NewRun};
 
 use async_trait::async_trait;
 use skiff_sdk::Digest;
@@ -261,7 +264,7 @@ pub struct NewEvent {
 
 /// The controller's state, in domain words. One method, one transaction.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: JobStore + Send + Sync + 'static {
     /// Stores the hashes of the admin and join tokens unless tokens exist
     /// already; returns whether these were stored (the first start).
     async fn install_tokens(&self, admin_hash: &str, join_hash: &str) -> Result<bool>;

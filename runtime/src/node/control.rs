@@ -16,7 +16,7 @@ use super::{ASSIGNMENTS_FILE, Agent, CREDENTIAL_FILE, ENDPOINTS_FILE, lock, slee
 use skiff_sdk::error_chain;
 
 /// Longest wait of one long-poll (the controller caps it at 60 s).
-const LONG_POLL_WAIT: Duration = Duration::from_secs(30);
+pub(super) const LONG_POLL_WAIT: Duration = Duration::from_secs(30);
 /// How long a state change waits for others to report with it.
 const REPORT_GATHER: Duration = Duration::from_millis(20);
 
@@ -57,6 +57,8 @@ impl Agent {
                 why = self.heartbeats(&client) => why,
                 why = self.poll_assignments(&client) => why,
                 why = self.poll_endpoints(&client) => why,
+                why = self.poll_runs(&client) => why,
+                why = self.report_runs(&client) => why,
                 () = shutdown.cancelled() => return,
             };
             tracing::warn!(error = %error_chain(&why), "the controller no longer knows this node's credential; registering again");
@@ -292,7 +294,7 @@ fn poll_wait(due: Option<Duration>) -> Duration {
 
 /// A 401 (credential unknown: the controller's state was reset), 403 or
 /// 404 (the node was deleted) means: register again.
-fn needs_registration(e: &ClientError) -> bool {
+pub(super) fn needs_registration(e: &ClientError) -> bool {
     e.status()
         .is_some_and(|s| matches!(s.as_u16(), 401 | 403 | 404))
 }

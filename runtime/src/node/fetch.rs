@@ -67,23 +67,9 @@ impl Agent {
                 Err(why) => Load::Failed(why.clone()),
             };
         }
-        if !runtime.has_component(digest) {
-            let session = lock(&self.session).clone();
-            let Some(client) = session else {
-                return Load::Missing("waiting for the controller to fetch the artifact".into());
-            };
-            let fetched = client.download_artifact(digest).await;
-            match fetched {
-                Ok(bytes) => {
-                    if let Err(e) = runtime.store_component(&bytes) {
-                        return Load::Missing(format!("storing the artifact: {}", error_chain(&e)));
-                    }
-                }
-                Err(e @ ClientError::DigestMismatch { .. }) => return Load::Failed(e.to_string()),
-                Err(e) => {
-                    return Load::Missing(format!("fetching the artifact: {}", error_chain(&e)));
-                }
-            }
+        match self.fetch_component(runtime, digest).await {
+            Load::Ready => {}
+            not_here => return not_here,
         }
         let result = runtime
             .preload(*digest)
@@ -96,6 +82,26 @@ impl Agent {
         };
         lock(&self.loaded).insert(*digest, result);
         load
+    }
+
+    /// Makes sure a component is stored here (fetched by digest from the
+    /// controller), without loading it.
+    pub(super) async fn fetch_component(&self, runtime: &Arc<Runtime>, digest: &Digest) -> Load {
+        if runtime.has_component(digest) {
+            return Load::Ready;
+        }
+        let session = lock(&self.session).clone();
+        let Some(client) = session else {
+            return Load::Missing("waiting for the controller to fetch the artifact".into());
+        };
+        match client.download_artifact(digest).await {
+            Ok(bytes) => match runtime.store_component(&bytes) {
+                Ok(_) => Load::Ready,
+                Err(e) => Load::Missing(format!("storing the artifact: {}", error_chain(&e))),
+            },
+            Err(e @ ClientError::DigestMismatch { .. }) => Load::Failed(e.to_string()),
+            Err(e) => Load::Missing(format!("fetching the artifact: {}", error_chain(&e))),
+        }
     }
 
     /// Frees the disk no assignment needs: static file trees no replica

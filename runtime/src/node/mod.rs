@@ -18,6 +18,7 @@
 //! - `control`: register, heartbeat, long-poll assignments and endpoints.
 //! - `converge`: make the runtime run the assignments (which revision serves).
 //! - `health`: judge what serves (health checks, first-requests verdict).
+//! - `runs`: carry out the job runs placed here and report them.
 //!
 //! And: [`disk`] (the state directory: assignments, endpoints, static file
 //! trees), `fetch` (components and files by digest; freeing the disk no
@@ -33,6 +34,7 @@ pub mod disk;
 mod fetch;
 mod health;
 pub mod router;
+mod runs;
 mod wake;
 
 use std::collections::{BTreeMap, HashMap};
@@ -286,6 +288,10 @@ pub struct Agent {
     /// Apps served from their copy here while the controller has not
     /// placed a replica (see `wake`).
     local: Mutex<HashMap<String, wake::LocalActivation>>,
+    /// Job runs placed here, and their reports not yet sent (see `runs`).
+    runs: Mutex<runs::Runs>,
+    /// Wakes the run reporter.
+    runs_report: Notify,
 }
 
 impl Agent {
@@ -326,6 +332,8 @@ impl Agent {
             judged: Mutex::new(HashMap::new()),
             dormant: Mutex::new(HashMap::new()),
             local: Mutex::new(HashMap::new()),
+            runs: Mutex::new(runs::Runs::default()),
+            runs_report: Notify::new(),
         }))
     }
 

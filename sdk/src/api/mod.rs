@@ -11,9 +11,15 @@ use crate::capability::CapabilityDiff;
 use crate::{Digest, Quota};
 
 mod agent;
+mod jobs;
 pub use agent::{
     Assignment, Assignments, Heartbeat, HeartbeatReply, ReplicaDigest, ReplicaState, ReplicaStatus,
     replica_digest,
+};
+pub use jobs::{
+    DEFAULT_BACKOFF_MS, DEFAULT_KEEP_RUNS, DEFAULT_RETRIES, Job, JobSpec, JobState, JobStatus,
+    MAX_BACKOFF_MS, MAX_COMPLETIONS, MAX_PARALLELISM, NodeRuns, Run, RunAssignment, RunReport,
+    RunReports, RunState, reason,
 };
 
 /// Default number of replicas of an app.
@@ -546,6 +552,18 @@ event_kinds! {
     Unschedulable,
     /// A rollout failed and is rolled back.
     RolloutFailed,
+    /// A job was created or its spec replaced (`app` names the job).
+    JobCreated,
+    /// A job's run failed (`app` names the job, `node` the node).
+    JobRunFailed,
+    /// A job's run is run again elsewhere: its node was lost.
+    JobRunLost,
+    /// A job reached its completions.
+    JobComplete,
+    /// A job failed: more runs failed than it tolerates.
+    JobFailed,
+    /// A job was deleted.
+    JobDeleted,
 }
 
 impl std::fmt::Display for EventKind {

@@ -31,6 +31,7 @@
 //! ```
 
 mod agent;
+mod jobs;
 
 use std::time::Duration;
 
@@ -587,13 +588,20 @@ impl Client {
         &self,
         name: &str,
         follow: bool,
+        each: impl FnMut(LogEntry) -> bool,
+    ) -> Result<(), ClientError> {
+        self.stream_logs(&format!("/v1/apps/{name}/logs?follow={follow}"), each)
+            .await
+    }
+
+    /// Reads a newline-delimited stream of log entries from `path`.
+    async fn stream_logs(
+        &self,
+        path: &str,
         mut each: impl FnMut(LogEntry) -> bool,
     ) -> Result<(), ClientError> {
         let call = "reading logs";
-        let uri = format!(
-            "{}/v1/apps/{name}/logs?follow={follow}",
-            self.base.to_string().trim_end_matches('/')
-        );
+        let uri = format!("{}{path}", self.base.to_string().trim_end_matches('/'));
         let mut req = http::Request::get(uri);
         if let Some(token) = &self.token {
             req = req.header(header::AUTHORIZATION, token.clone());

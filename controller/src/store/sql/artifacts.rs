@@ -124,9 +124,9 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Every artifact a kept revision (or an app's current spec) names.
+    /// Every artifact a kept revision, an app's current spec or a job names.
     async fn referenced(&self, tx: &mut Tx<'_>) -> Result<HashSet<String>> {
-        let rows = sqlx::query("SELECT spec FROM revisions UNION ALL SELECT spec FROM apps")
+        let rows = sqlx::query("SELECT spec FROM revisions UNION ALL SELECT spec FROM apps UNION ALL SELECT spec FROM jobs")
             .fetch_all(&mut **tx)
             .await?;
         let mut referenced = HashSet::new();

@@ -666,6 +666,7 @@ impl SqlStore {
 }
 
 mod artifacts;
+mod jobs;
 mod reads;
 mod store_impl;
 
