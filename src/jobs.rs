@@ -190,6 +190,29 @@ pub async fn job(connect: &Connect, name: &str) -> anyhow::Result<()> {
     if !job.status.message.is_empty() {
         outln!("  {}", job.status.message)?;
     }
+    if let Some(schedule) = &job.spec.schedule {
+        outln!(
+            "  schedule {:?} ({}), concurrency {:?}; last fired for {}",
+            schedule.cron,
+            schedule.timezone.as_deref().unwrap_or("UTC"),
+            schedule.concurrency_policy,
+            job.status
+                .last_fired
+                .map(skiff_sdk::api::utc)
+                .unwrap_or_else(|| "-".into())
+        )?;
+        let started: Vec<Vec<String>> = client
+            .jobs()
+            .await?
+            .iter()
+            .filter(|j| j.owner.as_deref() == Some(name))
+            .map(job_row)
+            .collect();
+        return table(
+            &["JOB", "STATE", "SUCCEEDED", "FAILED", "ACTIVE", "AGE"],
+            &started,
+        );
+    }
     let rows: Vec<Vec<String>> = runs
         .iter()
         .map(|r| {

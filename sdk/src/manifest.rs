@@ -64,6 +64,12 @@
 //! retries = 3                    # failed runs tolerated (default 3)
 //! backoff = "1s"                 # first retry delay, doubling (max 5m)
 //! keep_runs = 20                 # finished runs kept once the job is done
+//! schedule = "*/5 * * * *"       # optional: run at these times (cron; a 6th, leading field is seconds)
+//! timezone = "Europe/Paris"      # default UTC
+//! concurrency_policy = "forbid"  # allow (default) | forbid | replace, while the last firing's job runs
+//! starting_deadline = "30s"      # a firing later than this (controller away) is skipped
+//! keep_succeeded = 3             # finished jobs of the schedule kept
+//! keep_failed = 1
 //! ```
 //!
 //! The `[component] files` are the app's static files: the guest reads them
@@ -158,6 +164,26 @@ pub struct JobSection {
     /// Finished runs kept once the job has finished.
     #[serde(default)]
     pub keep_runs: Option<u32>,
+    /// Run at these times (cron syntax, optional seconds field) instead of
+    /// once.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// The schedule's time zone (IANA name; default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// `allow`, `forbid` or `replace` a firing while the last one's job is
+    /// active.
+    #[serde(default)]
+    pub concurrency_policy: Option<crate::api::ConcurrencyPolicy>,
+    /// Skip a firing later than this (milliseconds).
+    #[serde(default, deserialize_with = "millis")]
+    pub starting_deadline: Option<u64>,
+    /// Finished jobs of the schedule kept that completed.
+    #[serde(default)]
+    pub keep_succeeded: Option<u32>,
+    /// Finished jobs of the schedule kept that failed.
+    #[serde(default)]
+    pub keep_failed: Option<u32>,
 }
 
 /// `[capabilities]`: grants, denied by default.
@@ -473,6 +499,8 @@ impl Manifest {
                         format!("job.{}", e.field)
                     }
                     "backoff_ms" => "job.backoff".to_owned(),
+                    "schedule.cron" => "job.schedule".to_owned(),
+                    "schedule.timezone" => "job.timezone".to_owned(),
                     f if f.starts_with("args") => format!("job.{f}"),
                     _ => self.key_of(&e.field).0,
                 };
@@ -552,6 +580,17 @@ impl Manifest {
             retries: job.retries.unwrap_or(d.retries),
             backoff_ms: job.backoff.unwrap_or(d.backoff_ms),
             keep_runs: job.keep_runs.unwrap_or(d.keep_runs),
+            schedule: job.schedule.map(|cron| {
+                let s = crate::api::Schedule::new(cron);
+                crate::api::Schedule {
+                    timezone: job.timezone,
+                    concurrency_policy: job.concurrency_policy.unwrap_or_default(),
+                    starting_deadline_ms: job.starting_deadline,
+                    keep_succeeded: job.keep_succeeded.unwrap_or(s.keep_succeeded),
+                    keep_failed: job.keep_failed.unwrap_or(s.keep_failed),
+                    ..s
+                }
+            }),
             allowed_outbound_hosts: self.capabilities.allowed_outbound_hosts.clone(),
             placement: self.placement.clone(),
             ..d

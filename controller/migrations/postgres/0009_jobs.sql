@@ -9,8 +9,11 @@ CREATE TABLE jobs (
     created_at BIGINT NOT NULL,
     finished_at BIGINT,
     succeeded BIGINT NOT NULL DEFAULT 0, -- counts frozen when it finished (runs are pruned then)
-    failed BIGINT NOT NULL DEFAULT 0
+    failed BIGINT NOT NULL DEFAULT 0,
+    owner TEXT,                       -- the schedule that started it
+    last_fired BIGINT                    -- a schedule: the time it last fired for
 );
+CREATE INDEX jobs_by_owner ON jobs(owner);
 
 CREATE TABLE job_runs (
     id TEXT PRIMARY KEY,

@@ -9,8 +9,11 @@ CREATE TABLE jobs (
     created_at INTEGER NOT NULL,
     finished_at INTEGER,
     succeeded INTEGER NOT NULL DEFAULT 0, -- counts frozen when it finished (runs are pruned then)
-    failed INTEGER NOT NULL DEFAULT 0
+    failed INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,                       -- the schedule that started it
+    last_fired INTEGER                    -- a schedule: the time it last fired for
 );
+CREATE INDEX jobs_by_owner ON jobs(owner);
 
 CREATE TABLE job_runs (
     id TEXT PRIMARY KEY,

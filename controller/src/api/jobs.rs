@@ -27,6 +27,9 @@ use crate::store::StoreError;
 const RUNS_RECHECK: Duration = Duration::from_secs(1);
 /// How often a followed run's output is read again.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+/// Longest name of a schedule: its jobs add `-<unix seconds>` (11
+/// characters) and must still be DNS labels.
+const MAX_SCHEDULE_NAME: usize = 52;
 /// Largest component read back to check what it exports.
 const MAX_INSPECTED: u64 = 256 << 20;
 
@@ -112,6 +115,15 @@ pub async fn apply(
     validate_name(&name).map_err(|e| ApiError::invalid("invalid_name", "name", e.to_string()))?;
     spec.validate()
         .map_err(|e| ApiError::invalid("invalid_field", &e.field, e.message))?;
+    if spec.schedule.is_some() && name.len() > MAX_SCHEDULE_NAME {
+        return Err(ApiError::invalid(
+            "invalid_name",
+            "name",
+            format!(
+                "a schedule's name has at most {MAX_SCHEDULE_NAME} characters: its jobs are named <name>-<unix seconds>"
+            ),
+        ));
+    }
     check_command(&state, &spec).await?;
     let old_nodes = node_set(&state, &name).await;
     let (job, changed) = state
@@ -144,17 +156,32 @@ pub async fn apply(
     Ok((status, Json(job)))
 }
 
-/// The nodes a job's unfinished runs are on (to wake when they stop).
+/// The nodes a job's unfinished runs are on, and those of the jobs it
+/// started (to wake when they stop).
 async fn node_set(state: &AppState, job: &str) -> Vec<String> {
-    let mut nodes: Vec<String> = state
-        .store
-        .runs(job)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| !r.state.finished())
-        .map(|r| r.node)
-        .collect();
+    let mut names = vec![job.to_owned()];
+    names.extend(
+        state
+            .store
+            .children(job)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.name),
+    );
+    let mut nodes = Vec::new();
+    for name in names {
+        nodes.extend(
+            state
+                .store
+                .runs(&name)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| !r.state.finished())
+                .map(|r| r.node),
+        );
+    }
     nodes.sort();
     nodes.dedup();
     nodes

@@ -10,6 +10,7 @@
 //! [`RunBell`] wakes exactly the nodes whose runs changed.
 
 mod plan;
+mod schedule;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use plan::{Planned, plan};
+pub use schedule::{Scheduled, child_name, plan_schedule};
 
 use crate::informer::Informer;
 use crate::scheduler::NodeSlot;
@@ -106,16 +108,61 @@ pub async fn run(
     }
 }
 
-/// One pass over the active jobs; returns the earliest back-off end.
+/// Fires the schedules whose time came; returns the earliest next time.
+async fn fire_schedules(store: &dyn Store, bell: &RunBell) -> Result<Option<i64>, StoreError> {
+    let now = now_ms();
+    let mut wake_at: Option<i64> = None;
+    for schedule in store.schedules().await? {
+        let children = store.children(&schedule.name).await?;
+        let planned = plan_schedule(&schedule, &children, now);
+        if let Some(at) = planned.wake_at {
+            wake_at = Some(wake_at.map_or(at, |w: i64| w.min(at)));
+        }
+        let Some(firing) = planned.firing else {
+            continue;
+        };
+        // Jobs deleted here stop their runs: wake those nodes.
+        let mut nodes = Vec::new();
+        for name in &firing.delete {
+            if let Ok(runs) = store.runs(name).await {
+                nodes.extend(
+                    runs.into_iter()
+                        .filter(|r| !r.state.finished())
+                        .map(|r| r.node),
+                );
+            }
+        }
+        match store.fire(&firing).await {
+            Ok(()) => {
+                if let Some((name, _)) = &firing.start {
+                    tracing::info!(schedule = %firing.schedule, job = %name, "schedule fired");
+                }
+                for node in nodes {
+                    bell.ring_node(&node);
+                }
+            }
+            Err(StoreError::Conflict(message)) => {
+                tracing::warn!(schedule = %firing.schedule, %message, "firing skipped");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(wake_at)
+}
+
+/// One pass: the schedules, then the active jobs; returns the earliest
+/// time something is due (a schedule's next time, a back-off's end).
 async fn pass(
     store: &dyn Store,
     informer: &Informer,
     bell: &RunBell,
     evict_lost: bool,
 ) -> Result<Option<i64>, StoreError> {
+    let next_fire = fire_schedules(store, bell).await?;
+    let mut wake_at = next_fire;
     let jobs = store.active_jobs().await?;
     if jobs.is_empty() {
-        return Ok(None);
+        return Ok(wake_at);
     }
     let held: HashMap<String, u64> = store.run_reservations().await?.into_iter().collect();
     let (mut slots, known) = {
@@ -148,7 +195,6 @@ async fn pass(
         .collect();
     let lost = |node: &str| !known.contains(node) || (evict_lost && !ready.contains(node));
     let now = now_ms();
-    let mut wake_at: Option<i64> = None;
     for progress in &jobs {
         let planned = plan(progress, &mut slots, &lost, now);
         if let Some(at) = planned.wake_at {

@@ -49,6 +49,24 @@ pub struct JobChange {
     pub events: Vec<NewEvent>,
 }
 
+/// What one pass does to one schedule: all or nothing, and only if the
+/// schedule is still at `version`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Firing {
+    /// The schedule.
+    pub schedule: String,
+    /// The version it was planned at.
+    pub version: u64,
+    /// The time it fired for (recorded as `last_fired`), if it did.
+    pub fired_for: Option<i64>,
+    /// The job to start: its name and spec.
+    pub start: Option<(String, JobSpec)>,
+    /// Its jobs to delete (stopped by `replace`, or beyond the history).
+    pub delete: Vec<String>,
+    /// Events to record with it.
+    pub events: Vec<NewEvent>,
+}
+
 /// Jobs and runs in the store.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
@@ -60,7 +78,7 @@ pub trait JobStore: Send + Sync + 'static {
     async fn job(&self, name: &str) -> Result<Option<Job>>;
     /// Up to `limit` jobs with names after `after`, by name.
     async fn jobs_page(&self, after: Option<&str>, limit: u32) -> Result<Page<Job>>;
-    /// Deletes a job and its runs.
+    /// Deletes a job and its runs (a schedule: with the jobs it started).
     async fn delete_job(&self, name: &str) -> Result<()>;
     /// A job's kept runs, oldest first.
     async fn runs(&self, job: &str) -> Result<Vec<Run>>;
@@ -71,6 +89,12 @@ pub trait JobStore: Send + Sync + 'static {
     /// Applies one pass's change of one job (see [`JobChange`]); when it
     /// finishes the job, also drops its finished runs beyond `keep_runs`.
     async fn change_job(&self, change: &JobChange) -> Result<()>;
+    /// Every schedule (a job whose state is `Scheduled`).
+    async fn schedules(&self) -> Result<Vec<Job>>;
+    /// The jobs a schedule started, oldest first.
+    async fn children(&self, schedule: &str) -> Result<Vec<Job>>;
+    /// Applies one pass's firing of one schedule (see [`Firing`]).
+    async fn fire(&self, firing: &Firing) -> Result<()>;
     /// The unfinished runs placed on `node`, with their specs.
     async fn node_runs(&self, node: &str) -> Result<Vec<RunAssignment>>;
     /// Records what `node` reports of its runs. A report about a run that

@@ -16,7 +16,7 @@ mod jobs;
 mod rows;
 mod sql;
 
-pub use jobs::{JobChange, JobProgress, JobStore, NewRun};
+pub use jobs::{Firing, JobChange, JobProgress, JobStore, NewRun};
 
 use async_trait::async_trait;
 use skiff_sdk::Digest;

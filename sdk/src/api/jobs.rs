@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::Placement;
+use super::schedule::Schedule;
 use crate::spec::SpecError;
 use crate::{Digest, Quota};
 
@@ -97,6 +98,10 @@ pub struct JobSpec {
     /// Where runs may go.
     #[serde(default)]
     pub placement: Placement,
+    /// Run at these times instead of once: each firing starts a job of
+    /// its own from this spec (see [`Schedule`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
 }
 
 impl JobSpec {
@@ -114,6 +119,7 @@ impl JobSpec {
             keep_runs: DEFAULT_KEEP_RUNS,
             allowed_outbound_hosts: Vec::new(),
             placement: Placement::default(),
+            schedule: None,
         }
     }
 
@@ -158,6 +164,11 @@ impl JobSpec {
                 "an argument may not contain a NUL character".into(),
             );
         }
+        if let Some(schedule) = &self.schedule
+            && let Err(e) = schedule.validate()
+        {
+            return broken(&format!("schedule.{}", e.field), e.message);
+        }
         // Quota, environment and outbound hosts follow the app rules.
         let mut app = super::AppSpec {
             artifact: self.artifact,
@@ -191,6 +202,8 @@ impl JobSpec {
 /// Where a job stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub enum JobState {
+    /// A schedule: it starts jobs at its times and never finishes.
+    Scheduled,
     /// Runs are pending, running or waiting out a back-off.
     Active,
     /// `completions` runs succeeded.
@@ -214,6 +227,9 @@ pub struct JobStatus {
     /// When it finished (Unix ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<i64>,
+    /// A schedule: the time it last fired for (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fired: Option<i64>,
     /// Why it is where it is, for humans (e.g. the last failure, or why no
     /// node fits).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -232,6 +248,9 @@ pub struct Job {
     pub spec: JobSpec,
     /// Created (Unix ms): when the spec was last applied.
     pub created_at: i64,
+    /// The schedule that started it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Observed state.
     pub status: JobStatus,
 }

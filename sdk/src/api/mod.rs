@@ -12,6 +12,7 @@ use crate::{Digest, Quota};
 
 mod agent;
 mod jobs;
+mod schedule;
 pub use agent::{
     Assignment, Assignments, Heartbeat, HeartbeatReply, ReplicaDigest, ReplicaState, ReplicaStatus,
     replica_digest,
@@ -20,6 +21,9 @@ pub use jobs::{
     DEFAULT_BACKOFF_MS, DEFAULT_KEEP_RUNS, DEFAULT_RETRIES, Job, JobSpec, JobState, JobStatus,
     MAX_BACKOFF_MS, MAX_COMPLETIONS, MAX_PARALLELISM, NodeRuns, Run, RunAssignment, RunReport,
     RunReports, RunState, reason,
+};
+pub use schedule::{
+    ConcurrencyPolicy, DEFAULT_KEEP_FAILED, DEFAULT_KEEP_SUCCEEDED, Schedule, ScheduleError, utc,
 };
 
 /// Default number of replicas of an app.
@@ -564,6 +568,8 @@ event_kinds! {
     JobFailed,
     /// A job was deleted.
     JobDeleted,
+    /// A schedule's firing was skipped or missed (why in the message).
+    JobSkipped,
 }
 
 impl std::fmt::Display for EventKind {

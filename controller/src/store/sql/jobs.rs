@@ -14,7 +14,7 @@ use skiff_sdk::api::{
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::super::jobs::{JobChange, JobProgress, JobStore};
+use super::super::jobs::{Firing, JobChange, JobProgress, JobStore};
 use super::super::rows::{json, not_found, parse, to_i64, to_u64};
 use super::super::{NewEvent, Page, Result, StoreError, now_ms};
 use super::{SqlStore, Tx};
@@ -24,6 +24,7 @@ fn job_state_str(state: JobState) -> &'static str {
         JobState::Active => "Active",
         JobState::Complete => "Complete",
         JobState::Failed => "Failed",
+        JobState::Scheduled => "Scheduled",
     }
 }
 
@@ -31,6 +32,7 @@ fn parse_job_state(s: &str) -> JobState {
     match s {
         "Complete" => JobState::Complete,
         "Failed" => JobState::Failed,
+        "Scheduled" => JobState::Scheduled,
         _ => JobState::Active,
     }
 }
@@ -65,6 +67,7 @@ impl SqlStore {
         );
         let (succeeded, failed, active) = match state {
             JobState::Active => counts.unwrap_or_default(),
+            JobState::Scheduled => (0, 0, 0),
             _ => frozen,
         };
         Ok(Job {
@@ -72,12 +75,14 @@ impl SqlStore {
             version: to_u64(row.try_get("version")?),
             spec: parse("job spec", &row.try_get::<String, _>("spec")?)?,
             created_at: row.try_get("created_at")?,
+            owner: row.try_get("owner")?,
             status: JobStatus {
                 state,
                 succeeded,
                 failed,
                 active,
                 finished_at: row.try_get("finished_at")?,
+                last_fired: row.try_get("last_fired")?,
                 message: row.try_get("message")?,
             },
         })
@@ -159,16 +164,24 @@ impl JobStore for SqlStore {
             .execute(&mut *tx)
             .await?;
         let now = now_ms();
+        // A schedule counts its times from now: none before it was applied
+        // fires.
+        let (state, last_fired) = match spec.schedule {
+            Some(_) => ("Scheduled", Some(now)),
+            None => ("Active", None),
+        };
         sqlx::query(
-            "INSERT INTO jobs (name, spec, state, message, next_run, version, created_at, finished_at, succeeded, failed) \
-             VALUES ($1, $2, 'Active', '', 1, $3, $4, NULL, 0, 0) \
-             ON CONFLICT (name) DO UPDATE SET spec = $2, state = 'Active', message = '', next_run = 1, \
-             version = $3, created_at = $4, finished_at = NULL, succeeded = 0, failed = 0",
+            "INSERT INTO jobs (name, spec, state, message, next_run, version, created_at, finished_at, succeeded, failed, owner, last_fired) \
+             VALUES ($1, $2, $5, '', 1, $3, $4, NULL, 0, 0, NULL, $6) \
+             ON CONFLICT (name) DO UPDATE SET spec = $2, state = $5, message = '', next_run = 1, \
+             version = $3, created_at = $4, finished_at = NULL, succeeded = 0, failed = 0, last_fired = $6",
         )
         .bind(name)
         .bind(json(spec))
         .bind(to_i64(version))
         .bind(now)
+        .bind(state)
+        .bind(last_fired)
         .execute(&mut *tx)
         .await?;
         let verb = if existing.is_some() {
@@ -219,7 +232,11 @@ impl JobStore for SqlStore {
 
     async fn delete_job(&self, name: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM job_runs WHERE job = $1")
+        sqlx::query("DELETE FROM job_runs WHERE job = $1 OR job IN (SELECT name FROM jobs WHERE owner = $1)")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM jobs WHERE owner = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
@@ -386,6 +403,82 @@ impl JobStore for SqlStore {
             }
         }
         self.job_event(&mut tx, &change.events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn schedules(&self) -> Result<Vec<Job>> {
+        let rows = sqlx::query("SELECT * FROM jobs WHERE state = 'Scheduled' ORDER BY name")
+            .fetch_all(&self.reads)
+            .await?;
+        rows.iter().map(|r| self.job_from_row(r, None)).collect()
+    }
+
+    async fn children(&self, schedule: &str) -> Result<Vec<Job>> {
+        let mut tx = self.reads.begin().await?;
+        let rows = sqlx::query("SELECT * FROM jobs WHERE owner = $1 ORDER BY created_at, name")
+            .bind(schedule)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let name: String = row.try_get("name")?;
+            let counts = self.counts_of(&mut *tx, &name).await?;
+            jobs.push(self.job_from_row(&row, Some(counts))?);
+        }
+        tx.rollback().await?;
+        Ok(jobs)
+    }
+
+    async fn fire(&self, firing: &Firing) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let version =
+            sqlx::query("SELECT version FROM jobs WHERE name = $1 AND state = 'Scheduled'")
+                .bind(&firing.schedule)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get::<i64, _>("version"))
+                .transpose()?;
+        if version.map(to_u64) != Some(firing.version) {
+            tx.rollback().await?;
+            return Err(StoreError::Conflict(format!(
+                "schedule {:?} changed since it was planned",
+                firing.schedule
+            )));
+        }
+        for name in &firing.delete {
+            sqlx::query("DELETE FROM job_runs WHERE job = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM jobs WHERE name = $1 AND owner = $2")
+                .bind(name)
+                .bind(&firing.schedule)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(at) = firing.fired_for {
+            sqlx::query("UPDATE jobs SET last_fired = $1 WHERE name = $2")
+                .bind(at)
+                .bind(&firing.schedule)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some((name, spec)) = &firing.start {
+            self.claim_artifacts(&mut tx, std::iter::once(&spec.artifact))
+                .await?;
+            sqlx::query(
+                "INSERT INTO jobs (name, spec, state, message, next_run, version, created_at, owner) \
+                 VALUES ($1, $2, 'Active', '', 1, 1, $3, $4)",
+            )
+            .bind(name)
+            .bind(json(spec))
+            .bind(now_ms())
+            .bind(&firing.schedule)
+            .execute(&mut *tx)
+            .await?;
+        }
+        self.job_event(&mut tx, &firing.events).await?;
         tx.commit().await?;
         Ok(())
     }
