@@ -7,6 +7,11 @@ use super::*;
 
 fn outcome(name: &str, text: &str) -> String {
     match Manifest::parse(Path::new(name), text) {
+        Ok(m) if m.job.is_some() => {
+            let spec = m.to_job_spec(Digest::of(b"component"));
+            let spec = serde_json::to_string_pretty(&spec).unwrap_or_default();
+            format!("ok: job {}\n{spec}\n", m.name)
+        }
         Ok(m) => {
             let digest = Digest::of(b"component");
             let spec = serde_json::to_string_pretty(&m.to_spec(digest, Default::default()))
