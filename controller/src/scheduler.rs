@@ -218,6 +218,17 @@ impl Scheduler {
         Ok(name)
     }
 
+    /// Places one replica on `node` itself, if it passes the filter, and
+    /// records it (every-node placement).
+    pub fn place_on(&mut self, request: &Request<'_>, node: &str) -> Result<String, Unschedulable> {
+        let Some(&i) = self.index.get(node) else {
+            return Err(Unschedulable::default());
+        };
+        place(request, &self.nodes[i..=i], &[], |_| 0)?;
+        self.adjust(request.app, node, request.reservation, true);
+        Ok(node.to_owned())
+    }
+
     /// Forgets a replica of `app` on `node` that reserved `reservation`.
     pub fn release(&mut self, app: &str, node: &str, reservation: u64) {
         self.adjust(app, node, reservation, false);

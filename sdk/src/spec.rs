@@ -45,6 +45,12 @@ impl AppSpec {
         {
             return broken(format!("scale.{field}"), message);
         }
+        if self.placement.every_node && self.scale.is_some() {
+            return broken(
+                "placement.every_node",
+                "an app on every node has one replica per node; it cannot also scale on demand ([scale])",
+            );
+        }
         for (i, host) in self.hosts.iter().enumerate() {
             let host = normalize_host(host);
             let ok = !host.is_empty()

@@ -92,6 +92,9 @@ pub struct Picture {
     /// looks at besides those in demand (10,000 sleeping apps cost a tick
     /// nothing).
     awake_scaled: BTreeSet<String>,
+    /// Apps placed on every matching node: planned whenever a node
+    /// changes.
+    every_node: BTreeSet<String>,
     /// Each node's replica digest over the states recorded here, kept up
     /// to date as replicas come and go (a heartbeat's drift check costs
     /// what it reports, not what the node holds).
@@ -113,18 +116,29 @@ impl Picture {
         } else {
             self.awake_scaled.remove(&app.name);
         }
+        if app.spec.placement.every_node {
+            self.every_node.insert(app.name.clone());
+        } else {
+            self.every_node.remove(&app.name);
+        }
         self.apps.insert(app.name.clone(), app);
     }
 
     /// Forgets a deleted app.
     fn drop_app(&mut self, name: &str) {
         self.awake_scaled.remove(name);
+        self.every_node.remove(name);
         self.apps.remove(name);
     }
 
     /// The digest of the states recorded for `node`'s replicas.
     pub fn replica_digest(&self, node: &str) -> ReplicaDigest {
         self.digests.get(node).copied().unwrap_or_default()
+    }
+
+    /// The apps placed on every matching node.
+    pub fn every_node(&self) -> &BTreeSet<String> {
+        &self.every_node
     }
 
     /// The apps with a `[scale]` section that have replicas.

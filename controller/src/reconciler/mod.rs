@@ -102,6 +102,8 @@ pub struct DesiredApp {
     /// A node to place new replicas on when it fits: the node holding
     /// requests for the app while it wakes.
     pub prefer: Option<String>,
+    /// One replica on every matching node instead of `replicas`.
+    pub every_node: bool,
 }
 
 impl DesiredApp {
@@ -130,6 +132,7 @@ impl DesiredApp {
             spread: app.spec.placement.spread.unwrap_or(true),
             conditions: app.status.conditions.clone(),
             prefer: None,
+            every_node: app.spec.placement.every_node,
         }
     }
 }
@@ -325,6 +328,11 @@ impl Reconciler {
             let picture = self.informer.read();
             for node in &dirty.nodes {
                 apps.extend(picture.replicas_on(node).map(|r| r.app.clone()));
+            }
+            if !dirty.nodes.is_empty() {
+                // A node that joins, leaves or changes its labels may
+                // change where every-node apps run.
+                apps.extend(picture.every_node().iter().cloned());
             }
             Scope::Apps(apps)
         };

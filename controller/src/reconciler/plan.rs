@@ -115,7 +115,6 @@ fn plan_app(
     scheduler: &mut Scheduler,
     actions: &mut Vec<Action>,
 ) {
-    let want = app.replicas as usize;
     let node_of = |r: &ObservedReplica| nodes.get(r.node.as_str()).copied();
     let is_ready = |r: &ObservedReplica| {
         r.state == ReplicaState::Ready && node_of(r).is_some_and(|n| n.slot.ready)
@@ -124,6 +123,26 @@ fn plan_app(
         .iter()
         .partition(|r| r.revision == app.revision && node_of(r).is_some_and(|n| !n.draining));
     let proven = app.good_revision == Some(app.revision);
+    // Every-node placement: the nodes that should run one replica each
+    // (those matching that are ready, or already run one), else none.
+    let targets: Option<Vec<&str>> = app.every_node.then(|| {
+        let mut targets: Vec<&str> = nodes
+            .values()
+            .filter(|n| !n.draining && !n.lost)
+            .filter(|n| {
+                app.selector
+                    .iter()
+                    .all(|(k, v)| n.slot.labels.get(k) == Some(v))
+            })
+            .filter(|n| {
+                (n.slot.ready && !n.slot.cordoned) || current.iter().any(|r| r.node == n.slot.name)
+            })
+            .map(|n| n.slot.name.as_str())
+            .collect();
+        targets.sort_unstable();
+        targets
+    });
+    let want = targets.as_ref().map_or(app.replicas as usize, Vec::len);
 
     // A rollout that fails (a replica of the new revision failed, or the
     // deadline passed) returns to the last good revision.
@@ -169,6 +188,18 @@ fn plan_app(
         });
     }
 
+    // Every node: one replica per target node; the others go.
+    if let Some(targets) = &targets {
+        let mut kept: HashSet<&str> = HashSet::new();
+        current.sort_by_key(|r| (!is_ready(r), r.id.clone()));
+        current.retain(|r| {
+            let keep = targets.contains(&r.node.as_str()) && kept.insert(r.node.as_str());
+            if !keep {
+                actions.push(retire(r, RemoveReason::ScaledDown));
+            }
+            keep
+        });
+    }
     // Scale down: drop not-ready replicas first, then where the app is most
     // concentrated, then the newest-named (ids sort by creation only
     // loosely, but deterministically).
@@ -203,6 +234,12 @@ fn plan_app(
         let ceiling = want + app.max_surge as usize;
         missing = missing.min(ceiling.saturating_sub(current.len() + outgoing.len()));
     }
+    let uncovered: Vec<&str> = targets
+        .iter()
+        .flatten()
+        .filter(|n| !current.iter().any(|r| r.node == **n))
+        .copied()
+        .collect();
     for placed in 0..missing {
         let request = Request {
             app: &app.name,
@@ -211,7 +248,12 @@ fn plan_app(
             spread: app.spread,
             prefer: app.prefer.as_deref(),
         };
-        match scheduler.place(&request) {
+        let placement = match uncovered.get(placed) {
+            Some(node) => scheduler.place_on(&request, node),
+            None if targets.is_some() => break,
+            None => scheduler.place(&request),
+        };
+        match placement {
             Ok(node) => actions.push(Action::Place {
                 app: app.name.clone(),
                 revision: app.revision,
@@ -219,7 +261,10 @@ fn plan_app(
             }),
             Err(why) => {
                 unschedulable = Some((why, missing - placed));
-                break;
+                // Every node: the other nodes may still fit.
+                if targets.is_none() {
+                    break;
+                }
             }
         }
     }
@@ -256,7 +301,7 @@ fn plan_app(
             revision: app.revision,
         });
     }
-    let conditions = conditions(app, &current, ready_current, unschedulable, is_ready);
+    let conditions = conditions(want, &current, ready_current, unschedulable, is_ready);
     if conditions != app.conditions {
         actions.push(Action::SetConditions {
             app: app.name.clone(),
@@ -266,7 +311,7 @@ fn plan_app(
 }
 
 fn conditions(
-    app: &DesiredApp,
+    want: usize,
     current: &[&ObservedReplica],
     ready: usize,
     unschedulable: Option<(Unschedulable, usize)>,
@@ -286,7 +331,6 @@ fn conditions(
             message: "every replica is placed on a node".into(),
         },
     };
-    let want = app.replicas as usize;
     let mut message = format!("{ready}/{want} replicas ready");
     let failed: Vec<String> = current
         .iter()

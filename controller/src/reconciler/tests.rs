@@ -21,6 +21,7 @@ fn app(name: &str, replicas: u32) -> DesiredApp {
         progress_deadline_ms: 60_000,
         conditions: Vec::new(),
         prefer: None,
+        every_node: false,
     }
 }
 
@@ -456,4 +457,86 @@ fn ready_replicas_retire_then_go_once_drained() {
         removes(&plan(&apps, &nodes, &replicas)),
         [("r2", RemoveReason::Drained)]
     );
+}
+
+#[test]
+fn every_node_follows_nodes_and_their_labels() {
+    let mut apps = vec![DesiredApp {
+        every_node: true,
+        selector: BTreeMap::from([("role".to_owned(), "edge".to_owned())]),
+        ..app("agent", 1)
+    }];
+    let labelled = |name: &str, role: &str| {
+        let mut n = node(name);
+        n.slot.labels.insert("role".into(), role.into());
+        n
+    };
+    let mut nodes = vec![
+        labelled("a", "edge"),
+        labelled("b", "edge"),
+        labelled("c", "core"),
+    ];
+    // One on each matching node, whatever `replicas` says.
+    let actions = plan(&apps, &nodes, &[]);
+    assert_eq!(places(&actions), ["a", "b"]);
+    let replicas = named(settle(&mut apps, Vec::new(), &actions));
+    let conditions = plan(&apps, &nodes, &replicas);
+    let replicas = named(settle(&mut apps, replicas, &conditions));
+    let again = plan(&apps, &nodes, &replicas);
+    assert!(again.is_empty(), "quiet once placed: {again:?}");
+    // A node joins: it gets one.
+    nodes.push(labelled("d", "edge"));
+    let actions = plan(&apps, &nodes, &replicas);
+    assert_eq!(places(&actions), ["d"]);
+    let replicas = named(settle(&mut apps, replicas, &actions));
+    // A node stops matching: its replica goes; a lost node's too.
+    nodes[0].slot.labels.insert("role".into(), "core".into());
+    nodes[1].lost = true;
+    let actions = plan(&apps, &nodes, &replicas);
+    let mut gone: Vec<&str> = removes(&actions).iter().map(|(id, _)| *id).collect();
+    gone.sort_unstable();
+    let on = |node: &str| {
+        replicas
+            .iter()
+            .find(|r| r.node == node)
+            .map(|r| r.id.as_str())
+            .unwrap()
+    };
+    let mut want = vec![on("a"), on("b")];
+    want.sort_unstable();
+    assert_eq!(gone, want);
+    assert!(places(&actions).is_empty());
+    // A cordoned node without one gets none.
+    nodes.push(
+        NodeSlot {
+            cordoned: true,
+            ..labelled("e", "edge").slot
+        }
+        .into_observed(),
+    );
+    let replicas = named(settle(&mut apps, replicas, &actions));
+    let last = plan(&apps, &nodes, &replicas);
+    assert!(places(&last).is_empty(), "{last:?}");
+}
+
+impl NodeSlot {
+    fn into_observed(self) -> ObservedNode {
+        ObservedNode {
+            slot: self,
+            draining: false,
+            lost: false,
+        }
+    }
+}
+
+/// Replicas named after their node (settle names them by action index,
+/// which repeats from one plan to the next).
+fn named(replicas: Vec<ObservedReplica>) -> Vec<ObservedReplica> {
+    replicas
+        .into_iter()
+        .map(|r| ObservedReplica {
+            id: format!("{}-{}", r.app, r.node),
+            ..r
+        })
+        .collect()
 }

@@ -150,6 +150,11 @@ pub struct Placement {
     pub node_selector: BTreeMap<String, String>,
     /// Spread replicas across nodes and `zone` labels (on by default).
     pub spread: Option<bool>,
+    /// One replica on every node that matches `node_selector` (and is
+    /// not draining), following nodes as they join and leave, instead of
+    /// a replica count: Kubernetes' DaemonSet.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub every_node: bool,
 }
 
 /// An HTTP health check run by the node against each replica.
