@@ -93,9 +93,10 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// A job's manifest describes a command; any other an HTTP app.
+    /// A job's or a worker's manifest describes a command; any other an
+    /// HTTP app.
     pub fn of(manifest: &Manifest) -> Self {
-        if manifest.job.is_some() {
+        if manifest.job.is_some() || manifest.worker.is_some() {
             Kind::Command
         } else {
             Kind::Http

@@ -337,3 +337,106 @@ async fn skiff_run_streams_the_output_and_exits_with_the_guest_status() {
     // Nothing is left behind.
     assert!(cluster.admin.jobs().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_worker_runs_on_restarts_with_back_off_and_rolls_out() {
+    let cluster = Cluster::start(&NODES).await;
+    let artifact = countdown(&cluster).await;
+    let worker = |args: &[&str], version: &str| -> skiff_sdk::api::AppSpec {
+        serde_json::from_value(serde_json::json!({
+            "artifact": artifact,
+            "replicas": 2,
+            "kind": "worker",
+            "args": args,
+            "env": { "GREETING": version },
+            "quota": { "memory_bytes": 16 << 20, "concurrency": 1, "reserve_bytes": 1 << 20 },
+        }))
+        .unwrap()
+    };
+    // A worker that keeps running is Ready, and its output is the app's.
+    cluster
+        .admin
+        .apply_app("pulse", &worker(&["--every", "100"], "v1"))
+        .await
+        .unwrap();
+    cluster.wait_ready("pulse", 2, SETTLE).await;
+    let mut lines = Vec::new();
+    cluster
+        .admin
+        .logs("pulse", false, |e| {
+            lines.push(e.line);
+            true
+        })
+        .await
+        .unwrap();
+    assert!(lines.iter().any(|l| l.starts_with("v1 ")), "{lines:?}");
+    // A new revision rolls out like an app's.
+    let app = cluster
+        .admin
+        .apply_app("pulse", &worker(&["--every", "100"], "v2"))
+        .await
+        .unwrap();
+    assert_eq!(app.revision, 2);
+    cluster.wait_revision("pulse", 2, 2).await;
+
+    // One that exits at once is restarted after 1 s, 2 s, 4 s...
+    cluster
+        .admin
+        .apply_app("crashy", &worker(&["1"], "v1"))
+        .await
+        .unwrap();
+    let restarts: Vec<String> = cluster
+        .wait(
+            "three restarts of a crashing worker",
+            SETTLE,
+            |c| async move {
+                let events = c.admin.events(Some("crashy"), 0, 1000).await.ok()?;
+                let restarts: Vec<String> = events
+                    .into_iter()
+                    .filter(|e| e.kind == EventKind::ReplicaRestarting)
+                    .map(|e| e.message)
+                    .collect();
+                (restarts.len() >= 6).then_some(restarts)
+            },
+        )
+        .await;
+    for delay in [
+        "restart 1 in 1000 ms",
+        "restart 2 in 2000 ms",
+        "restart 3 in 4000 ms",
+    ] {
+        assert!(
+            restarts
+                .iter()
+                .any(|m| m.contains(delay) && m.contains("CrashLoopBackOff: exit 0")),
+            "{delay}: {restarts:?}"
+        );
+    }
+    let replicas = cluster.admin.replicas("crashy").await.unwrap();
+    assert!(
+        replicas
+            .iter()
+            .all(|r| r.state != skiff_sdk::api::ReplicaState::Ready)
+    );
+    // An HTTP component is no worker.
+    let hello = cluster
+        .admin
+        .upload_artifact(Bytes::from(example("hello")))
+        .await
+        .unwrap()
+        .digest;
+    let mut http = worker(&[], "v1");
+    http.artifact = hello;
+    let refused = cluster
+        .admin
+        .apply_app("notaworker", &http)
+        .await
+        .unwrap_err();
+    match refused {
+        ClientError::Api { status, body, .. } => {
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+            assert_eq!(body.error.field.as_deref(), Some("artifact"));
+        }
+        other => panic!("{other}"),
+    }
+}

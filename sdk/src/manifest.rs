@@ -72,6 +72,15 @@
 //! keep_failed = 1
 //! ```
 //!
+//! A `[worker]` table makes the app a worker: each replica runs a
+//! `wasi:cli/run` component continuously, restarted (with a growing
+//! back-off while it keeps failing) when it exits:
+//!
+//! ```toml
+//! [worker]
+//! args = ["--queue", "jobs"]
+//! ```
+//!
 //! The `[component] files` are the app's static files: the guest reads them
 //! read-only at `/<path>`, and nothing else of the node's file system.
 //!
@@ -86,7 +95,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 use crate::api::{
-    AppSpec, HealthCheck, IntOrPercent, JobSpec, Placement, UpdateStrategy,
+    AppKind, AppSpec, HealthCheck, IntOrPercent, JobSpec, Placement, UpdateStrategy,
     default_failure_threshold, default_health_interval_ms, validate_name,
 };
 use crate::scale::ScaleSpec;
@@ -138,6 +147,21 @@ pub struct Manifest {
     /// completion (see [`Manifest::to_job_spec`]).
     #[serde(default)]
     pub job: Option<JobSection>,
+    /// This app is a worker: a `wasi:cli/run` component each replica runs
+    /// continuously, restarted when it exits.
+    #[serde(default)]
+    pub worker: Option<WorkerSection>,
+}
+
+/// `[worker]`: a command each replica runs continuously. Without
+/// `resources.fuel` and `resources.timeout` an instance may run a day on
+/// ten trillion fuel (the most a quota allows) before it is restarted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSection {
+    /// Arguments after the program name.
+    #[serde(default)]
+    pub args: Vec<String>,
 }
 
 /// `[job]`: a command component run to completion. `[resources]` apply
@@ -469,6 +493,14 @@ impl Manifest {
                 ));
             }
         }
+        if self.job.is_some() && self.worker.is_some() {
+            let span = text.find("[worker]").map(|i| i..i);
+            return Err(error(
+                span,
+                Some("worker".into()),
+                "a manifest is a job ([job]) or a worker ([worker]), not both".into(),
+            ));
+        }
         if self.job.is_some() {
             // An app's sections mean nothing to a job: refused rather
             // than silently ignored.
@@ -602,11 +634,28 @@ impl Manifest {
     pub fn to_spec(&self, artifact: Digest, files: BTreeMap<String, Digest>) -> AppSpec {
         let strategy = UpdateStrategy::default();
         let scale = self.scale.map(ScaleSection::to_spec);
+        let mut quota = self.quota();
+        let (kind, args) = match &self.worker {
+            Some(worker) => {
+                // A worker's instance lives on: its run is its life.
+                quota.fuel = self.resources.fuel.unwrap_or(crate::quota::MAX_FUEL);
+                quota.timeout_ms = self
+                    .resources
+                    .timeout
+                    .unwrap_or(crate::quota::MAX_TIMEOUT_MS);
+                // One instance per replica.
+                quota.concurrency = 1;
+                (AppKind::Worker, worker.args.clone())
+            }
+            None => (AppKind::Http, Vec::new()),
+        };
         AppSpec {
+            kind,
+            args,
             artifact,
             replicas: scale.map_or(self.replicas, |s| s.clamp(self.replicas)),
             scale,
-            quota: self.quota(),
+            quota,
             hosts: self.http.hosts.clone(),
             env: self.env.clone(),
             allowed_outbound_hosts: self.capabilities.allowed_outbound_hosts.clone(),

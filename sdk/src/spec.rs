@@ -45,6 +45,27 @@ impl AppSpec {
         {
             return broken(format!("scale.{field}"), message);
         }
+        if self.kind == crate::api::AppKind::Worker {
+            let http_only = [
+                ("hosts", !self.hosts.is_empty()),
+                ("health", self.health.is_some()),
+                ("scale", self.scale.is_some()),
+            ];
+            if let Some((field, _)) = http_only.iter().find(|(_, set)| *set) {
+                return broken(
+                    *field,
+                    format!("a worker serves no HTTP: it has no {field}"),
+                );
+            }
+        } else if !self.args.is_empty() {
+            return broken("args", "only a worker takes arguments (kind = \"worker\")");
+        }
+        if let Some(i) = self.args.iter().position(|a| a.contains('\0')) {
+            return broken(
+                format!("args[{i}]"),
+                "an argument may not contain a NUL character",
+            );
+        }
         if self.placement.every_node && self.scale.is_some() {
             return broken(
                 "placement.every_node",

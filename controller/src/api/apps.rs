@@ -41,9 +41,13 @@ pub fn check_spec(spec: &AppSpec) -> Result<(), ApiError> {
         .map_err(|e| ApiError::invalid("invalid_field", &e.field, e.message))
 }
 
-/// [`check_spec`], then that the component and every file were uploaded.
+/// [`check_spec`], then that the component and every file were uploaded
+/// (and a worker's component is a command).
 async fn validate_spec(state: &AppState, spec: &AppSpec) -> Result<(), ApiError> {
     check_spec(spec)?;
+    if spec.kind == skiff_sdk::api::AppKind::Worker {
+        super::jobs::check_command(state, &spec.artifact).await?;
+    }
     let head = state
         .store
         .artifact_chunk(&spec.artifact, 0)

@@ -11,6 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use skiff_sdk::Digest;
 use skiff_sdk::api::{
     ErrorBody, Job, JobSpec, LogEntry, NodeRuns, Run, RunAssignment, RunReports, validate_name,
 };
@@ -27,15 +28,22 @@ use crate::store::StoreError;
 const RUNS_RECHECK: Duration = Duration::from_secs(1);
 /// How often a followed run's output is read again.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+/// The artifact being checked (named like a spec's field, for messages).
+struct Artifact<'a> {
+    artifact: &'a Digest,
+}
+
 /// Longest name of a schedule: its jobs add `-<unix seconds>` (11
 /// characters) and must still be DNS labels.
 const MAX_SCHEDULE_NAME: usize = 52;
 /// Largest component read back to check what it exports.
 const MAX_INSPECTED: u64 = 256 << 20;
 
-/// The checks a job's component passes: stored, a component, a command
-/// (exports `wasi:cli/run`) and not an HTTP app. 422 naming `artifact`.
-async fn check_command(state: &AppState, spec: &JobSpec) -> Result<(), ApiError> {
+/// The checks a job's or a worker's component passes: stored, a
+/// component, a command (exports `wasi:cli/run`) and not an HTTP app. 422
+/// naming `artifact`.
+pub(super) async fn check_command(state: &AppState, artifact: &Digest) -> Result<(), ApiError> {
+    let spec = Artifact { artifact };
     let invalid = |message: String| ApiError::invalid("invalid_field", "artifact", message);
     let info = state
         .store
@@ -124,7 +132,7 @@ pub async fn apply(
             ),
         ));
     }
-    check_command(&state, &spec).await?;
+    check_command(&state, &spec.artifact).await?;
     let old_nodes = node_set(&state, &name).await;
     let (job, changed) = state
         .store

@@ -237,6 +237,7 @@ pub async fn heartbeat(
             .report_replicas(&name, &changed)
             .await
             .map_err(ApiError::store("recording a heartbeat"))?;
+        restarts_as_events(&state, &name, &changed).await;
     }
     if drifted {
         return Ok(Json(HeartbeatReply { resend_full: true }).into_response());
@@ -492,4 +493,33 @@ pub async fn metrics(
         )],
         body,
     ))
+}
+
+/// A worker replica that exited and waits to restart says so in its
+/// reason (`CrashLoopBackOff: ...`); each such report is also an event.
+async fn restarts_as_events(state: &AppState, node: &str, changed: &[ReplicaStatus]) {
+    for status in changed {
+        let Some(reason) = status
+            .reason
+            .as_deref()
+            .filter(|r| r.starts_with("CrashLoopBackOff"))
+        else {
+            continue;
+        };
+        let app = state
+            .informer
+            .read()
+            .replicas
+            .get(&status.id)
+            .map(|r| r.app.clone());
+        let event = crate::store::NewEvent {
+            app,
+            node: Some(node.to_owned()),
+            kind: skiff_sdk::api::EventKind::ReplicaRestarting,
+            message: format!("replica {} on {node}: {reason}", status.id),
+        };
+        if let Err(error) = state.store.record_event(event).await {
+            tracing::warn!(error = %crate::error_chain(&error), "recording a restart");
+        }
+    }
 }

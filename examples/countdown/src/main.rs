@@ -5,7 +5,8 @@
 //! `--fail` (exit 1), `--exit CODE` (exit with CODE through WASI's
 //! `exit-with-code`), `--burn` (compute forever: the fuel quota stops it),
 //! `--hog` (allocate forever: the memory quota stops it), `--sleep MS`
-//! (wait before counting), `--trap` (panic).
+//! (wait before counting), `--trap` (panic). And `--every MS`: print a
+//! numbered tick every MS milliseconds, forever (a worker).
 
 use std::io::Write as _;
 
@@ -22,6 +23,7 @@ fn main() {
             "--sleep" => sleep_ms = args.next().and_then(|c| c.parse().ok()).unwrap_or(0),
             "--burn" => burn(),
             "--hog" => hog(),
+            "--every" => every(args.next().and_then(|c| c.parse().ok()).unwrap_or(1000)),
             "--trap" => panic!("asked to trap"),
             n => from = n.parse().unwrap_or(from),
         }
@@ -45,6 +47,15 @@ fn main() {
         eprintln!("failing as asked");
         std::process::exit(1);
     }
+}
+
+fn every(ms: u64) -> ! {
+    let greeting = std::env::var("GREETING").unwrap_or_else(|_| "tick".into());
+    for n in 1.. {
+        println!("{greeting} {n}");
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+    unreachable!("counts forever")
 }
 
 fn burn() -> ! {

@@ -215,9 +215,20 @@ impl Agent {
             }
         }
 
+        self.follow_workers(apps, &by_app);
         let mut pending = Vec::new();
         for (app, replicas) in by_app {
-            if self.converge_app(&runtime, app, &replicas).await {
+            let http: Vec<&Assignment> = replicas
+                .iter()
+                .filter(|a| a.spec.kind.is_http())
+                .copied()
+                .collect();
+            if http.is_empty() {
+                // Workers only (see `workers`): nothing serves HTTP.
+                runtime.remove(app);
+                continue;
+            }
+            if self.converge_app(&runtime, app, &http).await {
                 pending.push(app.to_owned());
             }
         }

@@ -19,6 +19,7 @@
 //! - `converge`: make the runtime run the assignments (which revision serves).
 //! - `health`: judge what serves (health checks, first-requests verdict).
 //! - `runs`: carry out the job runs placed here and report them.
+//! - `workers`: run worker replicas continuously, restarting them with back-off.
 //!
 //! And: [`disk`] (the state directory: assignments, endpoints, static file
 //! trees), `fetch` (components and files by digest; freeing the disk no
@@ -36,6 +37,7 @@ mod health;
 pub mod router;
 mod runs;
 mod wake;
+mod workers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -292,6 +294,12 @@ pub struct Agent {
     runs: Mutex<runs::Runs>,
     /// Wakes the run reporter.
     runs_report: Notify,
+    /// Worker replicas supervised here (see `workers`).
+    workers: Mutex<workers::Workers>,
+    /// Cancelled when the node shuts down: stops runs and workers.
+    stopping: CancellationToken,
+    /// This agent, for the tasks it spawns.
+    me: std::sync::Weak<Agent>,
 }
 
 impl Agent {
@@ -315,7 +323,10 @@ impl Agent {
                 "resuming the last assignments from disk"
             );
         }
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            stopping: CancellationToken::new(),
+            workers: Mutex::new(workers::Workers::default()),
             config,
             ingress,
             client,
@@ -364,7 +375,12 @@ impl Agent {
 
     /// Runs the converge, control and judge loops until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let stop_work = async {
+            shutdown.cancelled().await;
+            self.stopping.cancel();
+        };
         tokio::join!(
+            stop_work,
             self.converge_loop(&shutdown),
             self.prune_loop(&shutdown),
             self.control_loop(&shutdown),

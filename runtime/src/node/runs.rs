@@ -105,12 +105,15 @@ impl Agent {
                     );
                     let this = self.clone();
                     let run = run.clone();
-                    self.router.runtime().tasks.spawn(async move {
+                    let stopping = self.stopping.clone();
+                    tokio::spawn(async move {
                         tokio::select! {
                             () = this.carry_out(&run) => {}
                             () = cancel.cancelled() => {
                                 tracing::info!(run = %run.id, "run stopped: no longer assigned");
                             }
+                            // Run again once the node is back (at least once).
+                            () = stopping.cancelled() => {}
                         }
                     });
                 }

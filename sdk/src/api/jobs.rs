@@ -182,6 +182,8 @@ impl JobSpec {
             strategy: super::UpdateStrategy::default(),
             health: None,
             scale: None,
+            kind: super::AppKind::Worker,
+            args: self.args.clone(),
         };
         app.quota.concurrency = 1;
         app.validate()

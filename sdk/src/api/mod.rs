@@ -230,6 +230,39 @@ pub struct AppSpec {
     /// `replicas` is the count the autoscaler last set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale: Option<crate::scale::ScaleSpec>,
+    /// What the component is: an HTTP handler (the default) or a worker.
+    #[serde(default, skip_serializing_if = "AppKind::is_http")]
+    pub kind: AppKind,
+    /// A worker's arguments after the program name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+}
+
+/// What an app's component is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AppKind {
+    /// Serves HTTP: exports `wasi:http/incoming-handler`; a fresh instance
+    /// per request.
+    #[default]
+    Http,
+    /// A worker: a command (exports `wasi:cli/run`) that each replica runs
+    /// continuously, restarted when it exits, after a back-off that grows
+    /// while it keeps exiting within [`WORKER_STABLE_MS`] of its start
+    /// (`CrashLoopBackOff`). Its quota applies to each run: `fuel` and
+    /// `timeout` bound one instance's whole life.
+    Worker,
+}
+
+/// A worker that ran this long before exiting restarts at once, and its
+/// back-off starts over.
+pub const WORKER_STABLE_MS: u64 = 10_000;
+
+impl AppKind {
+    /// The default kind.
+    pub fn is_http(&self) -> bool {
+        *self == AppKind::Http
+    }
 }
 
 /// One condition of an app, Kubernetes style.
@@ -575,6 +608,9 @@ event_kinds! {
     JobDeleted,
     /// A schedule's firing was skipped or missed (why in the message).
     JobSkipped,
+    /// A worker's replica exited and is restarted after a back-off
+    /// (`CrashLoopBackOff`).
+    ReplicaRestarting,
 }
 
 impl std::fmt::Display for EventKind {
