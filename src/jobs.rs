@@ -201,6 +201,10 @@ pub async fn job(connect: &Connect, name: &str) -> anyhow::Result<()> {
                 .map(skiff_sdk::api::utc)
                 .unwrap_or_else(|| "-".into())
         )?;
+        if job.spec.placement.every_node {
+            outln!("  fired by each matching node's own clock; its runs:")?;
+            return runs_table(&runs);
+        }
         let started: Vec<Vec<String>> = client
             .jobs()
             .await?
@@ -213,6 +217,10 @@ pub async fn job(connect: &Connect, name: &str) -> anyhow::Result<()> {
             &started,
         );
     }
+    runs_table(&runs)
+}
+
+fn runs_table(runs: &[Run]) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = runs
         .iter()
         .map(|r| {

@@ -209,6 +209,16 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
             "schedule.timezone",
         ),
         (spec(Digest::of(b"never uploaded"), &[]), "artifact"),
+        (
+            JobSpec {
+                placement: skiff_sdk::api::Placement {
+                    every_node: true,
+                    ..Default::default()
+                },
+                ..spec(command, &[])
+            },
+            "placement.every_node",
+        ),
     ];
     for (job, field) in cases {
         let error = cluster.admin.apply_job("bad", &job).await.unwrap_err();
@@ -439,4 +449,58 @@ async fn a_worker_runs_on_restarts_with_back_off_and_rolls_out() {
         }
         other => panic!("{other}"),
     }
+}
+
+#[tokio::test]
+async fn a_node_local_schedule_fires_on_every_node_while_the_controller_is_away() {
+    let mut cluster = Cluster::start(&NODES).await;
+    let artifact = countdown(&cluster).await;
+    let job = JobSpec {
+        schedule: Some(Schedule::new("* * * * * *")),
+        placement: skiff_sdk::api::Placement {
+            every_node: true,
+            ..Default::default()
+        },
+        keep_runs: 100,
+        ..spec(artifact, &["0"])
+    };
+    cluster.admin.apply_job("local", &job).await.unwrap();
+    cluster
+        .wait("runs of the schedule from both nodes", SETTLE, |c| {
+            fired_on_both(c, 0, i64::MAX)
+        })
+        .await;
+    // The controller goes away for a few of the schedule's seconds: the
+    // time itself is what is tested, so the test waits it out.
+    cluster.kill_controller();
+    let down = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    cluster.restart_controller();
+    let up = down + 3_000;
+    // Runs fired while it was away are reported once it is back.
+    let runs = cluster
+        .wait("runs fired while the controller was away", SETTLE, |c| {
+            fired_on_both(c, down + 1_000, up)
+        })
+        .await;
+    let id = &runs.iter().find(|r| r.created_at > down).unwrap().id;
+    assert!(id.starts_with("local."), "{id}");
+}
+
+/// The runs of the node-local schedule `local`, once both nodes have a
+/// succeeded one fired in `after..before` (Unix ms).
+async fn fired_on_both(c: &Cluster, after: i64, before: i64) -> Option<Vec<Run>> {
+    let runs = c.admin.runs("local").await.ok()?;
+    let mut nodes: Vec<String> = runs
+        .iter()
+        .filter(|r| r.state == RunState::Succeeded)
+        .filter(|r| (after..before).contains(&r.created_at))
+        .map(|r| r.node.clone())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    (nodes == ["a", "b"]).then_some(runs)
 }

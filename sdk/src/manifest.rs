@@ -548,7 +548,9 @@ impl Manifest {
             let (key, value) = self.key_of(&e.field);
             let span = match value {
                 Some(value) => find_value(text, value).map(|s| s..s),
-                None => find_key(text, key.rsplit('.').next().unwrap_or(&key)).map(|i| i..i),
+                None => find_key(text, key.rsplit('.').next().unwrap_or(&key))
+                    .or_else(|| text.find(&format!("[{key}]")))
+                    .map(|i| i..i),
             };
             return Err(error(span, Some(key), e.message));
         }

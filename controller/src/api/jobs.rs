@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use skiff_sdk::Digest;
 use skiff_sdk::api::{
-    ErrorBody, Job, JobSpec, LogEntry, NodeRuns, Run, RunAssignment, RunReports, validate_name,
+    ErrorBody, Job, JobSpec, LogEntry, NodeRuns, NodeSchedule, Run, RunAssignment, RunReports,
+    validate_name,
 };
 use skiff_sdk::component::Interface;
 
@@ -134,6 +135,13 @@ pub async fn apply(
     }
     check_command(&state, &spec.artifact).await?;
     let old_nodes = node_set(&state, &name).await;
+    let was_local = state
+        .store
+        .job(&name)
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|j| j.spec.placement.every_node);
     let (job, changed) = state
         .store
         .apply_job(&name, &spec)
@@ -153,6 +161,10 @@ pub async fn apply(
         // The old runs are gone: their nodes stop them.
         for node in old_nodes {
             state.runs.ring_node(&node);
+        }
+        if was_local || job.spec.placement.every_node {
+            // Every node looks at its node-local schedules again.
+            state.runs.ring_all();
         }
         state.runs.ring_jobs();
     }
@@ -249,6 +261,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     who.require_admin()?;
     let nodes = node_set(&state, &name).await;
+    let local = load(&state, &name).await?.spec.placement.every_node;
     state
         .store
         .delete_job(&name)
@@ -256,6 +269,9 @@ pub async fn delete(
         .map_err(ApiError::store("deleting a job"))?;
     for node in nodes {
         state.runs.ring_node(&node);
+    }
+    if local {
+        state.runs.ring_all();
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -400,15 +416,49 @@ pub struct RunsWatchQuery {
     timeout_ms: Option<u64>,
 }
 
-/// The version of a node's set of runs: a digest of their ids.
-fn runs_version(runs: &[RunAssignment]) -> String {
+/// The version of a node's set of runs and schedules: a digest of their
+/// ids and versions.
+fn runs_version(runs: &[RunAssignment], schedules: &[NodeSchedule]) -> String {
     use sha2::Digest as _;
     let mut hash = sha2::Sha256::new();
     for run in runs {
         hash.update(run.id.as_bytes());
         hash.update(b"\n");
     }
+    for schedule in schedules {
+        hash.update(format!("{}@{}\n", schedule.job, schedule.version).as_bytes());
+    }
     hex::encode(&hash.finalize()[..12])
+}
+
+/// The node-local schedules (`placement.every_node`) whose selector
+/// matches `node`'s labels.
+async fn local_schedules(state: &AppState, node: &str) -> Result<Vec<NodeSchedule>, ApiError> {
+    let labels = match state.informer.read().nodes.get(node) {
+        Some(n) => n.labels.clone(),
+        None => return Ok(Vec::new()),
+    };
+    let schedules = state
+        .store
+        .schedules()
+        .await
+        .map_err(ApiError::store("reading schedules"))?;
+    Ok(schedules
+        .into_iter()
+        .filter(|j| j.spec.placement.every_node)
+        .filter(|j| {
+            j.spec
+                .placement
+                .node_selector
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .map(|j| NodeSchedule {
+            job: j.name,
+            version: j.version,
+            spec: std::sync::Arc::new(j.spec),
+        })
+        .collect())
 }
 
 /// The runs placed on the node that have not finished; long-polls with
@@ -436,10 +486,15 @@ pub async fn node_runs(
             .node_runs(&name)
             .await
             .map_err(ApiError::store("reading a node's runs"))?;
-        let version = runs_version(&runs);
+        let schedules = local_schedules(&state, &name).await?;
+        let version = runs_version(&runs, &schedules);
         let now = tokio::time::Instant::now();
         if query.after.as_deref() != Some(version.as_str()) || now >= deadline {
-            return Ok(Json(NodeRuns { version, runs }));
+            return Ok(Json(NodeRuns {
+                version,
+                runs,
+                schedules,
+            }));
         }
         tokio::select! {
             _ = bell.changed() => {}

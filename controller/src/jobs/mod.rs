@@ -52,6 +52,14 @@ impl RunBell {
         }
     }
 
+    /// Every node's runs (their node-local schedules) changed.
+    pub fn ring_all(&self) {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        for tx in nodes.values() {
+            tx.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
     /// A receiver that sees every [`RunBell::ring_node`] of `node`.
     pub fn node(&self, node: &str) -> watch::Receiver<u64> {
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());

@@ -28,6 +28,10 @@ pub fn plan_schedule(schedule: &Job, children: &[Job], now: i64) -> Scheduled {
     let Some(cron) = &schedule.spec.schedule else {
         return Scheduled::default();
     };
+    if schedule.spec.placement.every_node {
+        // Fired by each matching node's own clock (see the node's `cron`).
+        return Scheduled::default();
+    }
     let name = schedule.name.as_str();
     let event = |message: String| NewEvent {
         app: Some(name.to_owned()),

@@ -20,6 +20,7 @@
 //! - `health`: judge what serves (health checks, first-requests verdict).
 //! - `runs`: carry out the job runs placed here and report them.
 //! - `workers`: run worker replicas continuously, restarting them with back-off.
+//! - `cron`: fire the node-local schedules by this node's clock, also offline.
 //!
 //! And: [`disk`] (the state directory: assignments, endpoints, static file
 //! trees), `fetch` (components and files by digest; freeing the disk no
@@ -31,6 +32,7 @@
 mod api;
 mod control;
 mod converge;
+mod cron;
 pub mod disk;
 mod fetch;
 mod health;
@@ -300,6 +302,8 @@ pub struct Agent {
     stopping: CancellationToken,
     /// This agent, for the tasks it spawns.
     me: std::sync::Weak<Agent>,
+    /// The node-local schedules it fires (see `cron`), as stored.
+    schedules: watch::Sender<Arc<Vec<skiff_sdk::api::NodeSchedule>>>,
 }
 
 impl Agent {
@@ -323,8 +327,12 @@ impl Agent {
                 "resuming the last assignments from disk"
             );
         }
+        let schedules: Vec<skiff_sdk::api::NodeSchedule> = state
+            .read_or_set_aside(cron::SCHEDULES_FILE)?
+            .unwrap_or_default();
         Ok(Arc::new_cyclic(|me| Self {
             me: me.clone(),
+            schedules: watch::channel(Arc::new(schedules)).0,
             stopping: CancellationToken::new(),
             workers: Mutex::new(workers::Workers::default()),
             config,
@@ -382,6 +390,7 @@ impl Agent {
         tokio::join!(
             stop_work,
             self.converge_loop(&shutdown),
+            self.cron_loop(&shutdown),
             self.prune_loop(&shutdown),
             self.control_loop(&shutdown),
             self.judge_loop(&shutdown),

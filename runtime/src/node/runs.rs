@@ -19,6 +19,7 @@ use skiff_sdk::{Client, ClientError, error_chain};
 use tokio_util::sync::CancellationToken;
 
 use super::control::{LONG_POLL_WAIT, needs_registration};
+use super::disk::StateFile;
 use super::fetch::Load;
 use super::{Agent, lock};
 use crate::command::{CommandEnd, CommandRun};
@@ -37,6 +38,9 @@ pub(super) struct RunTask {
     cancel: CancellationToken,
     /// Its last report (the final one once it has finished).
     last: Option<RunReport>,
+    /// A run of a node-local schedule: the schedule and the time it fired
+    /// for (the controller learns of it from its reports).
+    local: Option<(String, i64)>,
 }
 
 /// Runs known here, and reports not yet answered.
@@ -46,12 +50,53 @@ pub(super) struct Runs {
     unsent: Vec<RunReport>,
 }
 
+impl Runs {
+    /// The node-local runs whose ids start with `prefix` that have not
+    /// finished.
+    pub(super) fn active_local(&self, prefix: &str) -> Vec<String> {
+        self.tasks
+            .iter()
+            .filter(|(id, t)| {
+                t.local.is_some()
+                    && id.starts_with(prefix)
+                    && !t.last.as_ref().is_some_and(|r| r.state.finished())
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Stops a node-local run (`replace`) and reports it so.
+    pub(super) fn stop(&mut self, id: &str) {
+        let Some(task) = self.tasks.get_mut(id) else {
+            return;
+        };
+        task.cancel.cancel();
+        let mut report = finished(
+            &CommandEnd {
+                exit_code: None,
+                reason: Some("replaced".into()),
+                message: Some("a newer firing of its schedule replaced it".into()),
+            },
+            task.last.as_ref().and_then(|r| r.started_at),
+        );
+        report.id = id.to_owned();
+        if let Some((job, at)) = &task.local {
+            report.job = Some(job.clone());
+            report.fired_for = Some(*at);
+        }
+        task.last = Some(report.clone());
+        self.unsent.retain(|r| r.id != id);
+        self.unsent.push(report);
+    }
+}
+
 impl Agent {
     /// Long-polls the runs placed here and starts or stops them, until the
     /// controller no longer knows this node's credential.
     pub(super) async fn poll_runs(self: &Arc<Self>, client: &Client) -> ClientError {
         let mut after: Option<String> = None;
         let mut failures = 0u32;
+        let mut file = StateFile::new(self.state.clone(), super::cron::SCHEDULES_FILE);
         loop {
             match client
                 .node_runs(&self.config.name, after.as_deref(), LONG_POLL_WAIT)
@@ -60,6 +105,7 @@ impl Agent {
                 Ok(set) => {
                     failures = 0;
                     if after.as_deref() != Some(set.version.as_str()) {
+                        self.follow_schedules(set.schedules, &mut file).await;
                         self.follow_runs(set.runs);
                         after = Some(set.version);
                     }
@@ -81,42 +127,22 @@ impl Agent {
         let mut runs = lock(&self.runs);
         let listed: std::collections::HashSet<&str> = set.iter().map(|r| r.id.as_str()).collect();
         runs.tasks.retain(|id, task| {
-            let keep = listed.contains(id.as_str());
+            // Node-local runs are this node's own, not the controller's.
+            let keep = task.local.is_some() || listed.contains(id.as_str());
             if !keep {
                 task.cancel.cancel();
             }
             keep
         });
         let mut resend = Vec::new();
+        let mut fresh = Vec::new();
         for run in &set {
             match runs.tasks.get(&run.id) {
                 // Finished here, yet still listed: the report was lost.
                 Some(task) => {
                     resend.extend(task.last.as_ref().filter(|r| r.state.finished()).cloned())
                 }
-                None => {
-                    let cancel = CancellationToken::new();
-                    runs.tasks.insert(
-                        run.id.clone(),
-                        RunTask {
-                            cancel: cancel.clone(),
-                            last: None,
-                        },
-                    );
-                    let this = self.clone();
-                    let run = run.clone();
-                    let stopping = self.stopping.clone();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            () = this.carry_out(&run) => {}
-                            () = cancel.cancelled() => {
-                                tracing::info!(run = %run.id, "run stopped: no longer assigned");
-                            }
-                            // Run again once the node is back (at least once).
-                            () = stopping.cancelled() => {}
-                        }
-                    });
-                }
+                None => fresh.push(run.clone()),
             }
         }
         for report in resend {
@@ -125,7 +151,36 @@ impl Agent {
             }
         }
         drop(runs);
+        for run in fresh {
+            self.start_run(run, None);
+        }
         self.runs_report.notify_one();
+    }
+
+    /// Starts carrying out a run (a node-local schedule's, fired for
+    /// `local_at`, or one the controller placed).
+    pub(super) fn start_run(self: &Arc<Self>, run: RunAssignment, local_at: Option<i64>) {
+        let cancel = CancellationToken::new();
+        lock(&self.runs).tasks.insert(
+            run.id.clone(),
+            RunTask {
+                cancel: cancel.clone(),
+                last: None,
+                local: local_at.map(|at| (run.job.clone(), at)),
+            },
+        );
+        let this = self.clone();
+        let stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = this.carry_out(&run) => {}
+                () = cancel.cancelled() => {
+                    tracing::info!(run = %run.id, "run stopped");
+                }
+                // Run again once the node is back (at least once).
+                () = stopping.cancelled() => {}
+            }
+        });
     }
 
     /// Fetches the component, runs it, reports.
@@ -185,6 +240,8 @@ impl Agent {
                         exit_code: None,
                         reason: None,
                         message: None,
+                        job: None,
+                        fired_for: None,
                     },
                 );
             })
@@ -203,6 +260,10 @@ impl Agent {
         let Some(task) = runs.tasks.get_mut(id) else {
             return;
         };
+        if let Some((job, at)) = &task.local {
+            report.job = Some(job.clone());
+            report.fired_for = Some(*at);
+        }
         task.last = Some(report.clone());
         runs.unsent.retain(|r| r.id != id || r.state.finished());
         runs.unsent.push(report);
@@ -223,7 +284,19 @@ impl Agent {
                 continue;
             }
             match client.report_runs(&self.config.name, &batch).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    // A node-local run is forgotten once its end is told.
+                    let mut runs = lock(&self.runs);
+                    for report in batch.iter().filter(|r| r.state.finished()) {
+                        let told = runs
+                            .tasks
+                            .get(&report.id)
+                            .is_some_and(|t| t.local.is_some());
+                        if told {
+                            runs.tasks.remove(&report.id);
+                        }
+                    }
+                }
                 Err(e) => {
                     {
                         // Back in front of what was queued meanwhile.
@@ -257,5 +330,7 @@ fn finished(end: &CommandEnd, started_at: Option<i64>) -> RunReport {
         exit_code: end.exit_code,
         reason: end.reason.clone(),
         message: end.message.clone(),
+        job: None,
+        fired_for: None,
     }
 }

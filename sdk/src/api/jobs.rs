@@ -169,6 +169,12 @@ impl JobSpec {
         {
             return broken(&format!("schedule.{}", e.field), e.message);
         }
+        if self.placement.every_node && self.schedule.is_none() {
+            return broken(
+                "placement.every_node",
+                "every-node placement is for schedules (each matching node fires it by its own clock); give the job a schedule".into(),
+            );
+        }
         // Quota, environment and outbound hosts follow the app rules.
         let mut app = super::AppSpec {
             artifact: self.artifact,
@@ -367,7 +373,8 @@ pub struct RunAssignment {
     pub spec: Arc<JobSpec>,
 }
 
-/// A node's runs to carry out: those placed on it that have not finished.
+/// A node's runs to carry out: those placed on it that have not finished,
+/// and the node-local schedules it fires itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeRuns {
@@ -375,6 +382,25 @@ pub struct NodeRuns {
     pub version: String,
     /// The runs.
     pub runs: Vec<RunAssignment>,
+    /// Schedules with `placement.every_node` whose selector matches this
+    /// node: it fires them by its own clock, also while the controller is
+    /// unreachable, and reports their runs (ids
+    /// `<schedule>.<node>.<unix seconds>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<NodeSchedule>,
+}
+
+/// A schedule a node fires itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSchedule {
+    /// The schedule's name.
+    pub job: String,
+    /// Its version (a new spec is a new version).
+    pub version: u64,
+    /// Its spec (with `schedule` set).
+    #[schema(value_type = JobSpec)]
+    pub spec: Arc<JobSpec>,
 }
 
 /// What a node reports of a run (`POST /v1/nodes/{name}/runs`).
@@ -400,6 +426,13 @@ pub struct RunReport {
     /// Details.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// A run of a node-local schedule (which the controller did not
+    /// create): the schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// With `job`: the time it fired for (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired_for: Option<i64>,
 }
 
 /// Body of `POST /v1/nodes/{name}/runs`.

@@ -19,8 +19,8 @@ pub use agent::{
 };
 pub use jobs::{
     DEFAULT_BACKOFF_MS, DEFAULT_KEEP_RUNS, DEFAULT_RETRIES, Job, JobSpec, JobState, JobStatus,
-    MAX_BACKOFF_MS, MAX_COMPLETIONS, MAX_PARALLELISM, NodeRuns, Run, RunAssignment, RunReport,
-    RunReports, RunState, reason,
+    MAX_BACKOFF_MS, MAX_COMPLETIONS, MAX_PARALLELISM, NodeRuns, NodeSchedule, Run, RunAssignment,
+    RunReport, RunReports, RunState, reason,
 };
 pub use schedule::{
     ConcurrencyPolicy, DEFAULT_KEEP_FAILED, DEFAULT_KEEP_SUCCEEDED, Schedule, ScheduleError, utc,

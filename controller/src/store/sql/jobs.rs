@@ -126,6 +126,59 @@ impl SqlStore {
         Ok(counts)
     }
 
+    /// Records a run a node fired for one of its node-local schedules (a
+    /// report about a run the controller did not create), keeping that
+    /// node's newest `keep_runs` finished runs of it; `None` if `job` is no
+    /// such schedule (or the run is known already).
+    async fn insert_local_run(
+        &self,
+        tx: &mut Tx<'_>,
+        node: &str,
+        job: &str,
+        at: i64,
+        report: &RunReport,
+    ) -> Result<Option<AnyRow>> {
+        let Some(row) =
+            sqlx::query("SELECT spec FROM jobs WHERE name = $1 AND state = 'Scheduled'")
+                .bind(job)
+                .fetch_optional(&mut **tx)
+                .await?
+        else {
+            return Ok(None);
+        };
+        let spec: JobSpec = parse("job spec", &row.try_get::<String, _>("spec")?)?;
+        if !spec.placement.every_node || !report.id.starts_with(&format!("{job}.{node}.")) {
+            return Ok(None);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO job_runs (id, job, seq, node, state, reservation, created_at, started_at, finished_at, exit_code, reason, message) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING RETURNING job",
+        )
+        .bind(&report.id)
+        .bind(job)
+        .bind(at.div_euclid(1000))
+        .bind(node)
+        .bind(report.state.as_str())
+        .bind(at)
+        .bind(report.started_at)
+        .bind(report.finished_at)
+        .bind(report.exit_code.map(i64::from))
+        .bind(report.reason.clone())
+        .bind(report.message.clone())
+        .fetch_optional(&mut **tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM job_runs WHERE job = $1 AND node = $2 AND state IN ('Succeeded', 'Failed') AND seq NOT IN \
+             (SELECT seq FROM job_runs WHERE job = $1 AND node = $2 ORDER BY seq DESC LIMIT $3)",
+        )
+        .bind(job)
+        .bind(node)
+        .bind(i64::from(spec.keep_runs))
+        .execute(&mut **tx)
+        .await?;
+        Ok(inserted)
+    }
+
     async fn job_event(&self, tx: &mut Tx<'_>, events: &[NewEvent]) -> Result<()> {
         for event in events {
             self.event_in(tx, event.clone()).await?;
@@ -541,7 +594,15 @@ impl JobStore for SqlStore {
                     .bind(report.reason.clone())
                     .bind(report.message.as_ref().map(|m| truncate(m, 2048)));
             }
-            if let Some(row) = query.fetch_optional(&mut *tx).await? {
+            let mut updated = query.fetch_optional(&mut *tx).await?;
+            if updated.is_none()
+                && let (Some(job), Some(at)) = (&report.job, report.fired_for)
+            {
+                updated = self
+                    .insert_local_run(&mut tx, node, job, at, report)
+                    .await?;
+            }
+            if let Some(row) = updated {
                 let job: String = row.try_get("job")?;
                 if report.state == RunState::Failed {
                     let why = report.reason.as_deref().unwrap_or("failed");
