@@ -65,6 +65,8 @@ fn report(id: &str, state: RunState, reason: Option<&str>) -> RunReport {
             .then_some(if reason.is_some() { 1 } else { 0 }),
         reason: reason.map(str::to_owned),
         message: None,
+        job: None,
+        fired_for: None,
     }
 }
 
