@@ -94,6 +94,7 @@ fn pure() {
             progress_deadline_ms: 60_000,
             conditions: Vec::new(),
             prefer: None,
+            every_node: false,
         })
         .collect();
     let nodes: Vec<ObservedNode> = slots()

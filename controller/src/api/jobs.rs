@@ -29,11 +29,6 @@ use crate::store::StoreError;
 const RUNS_RECHECK: Duration = Duration::from_secs(1);
 /// How often a followed run's output is read again.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
-/// The artifact being checked (named like a spec's field, for messages).
-struct Artifact<'a> {
-    artifact: &'a Digest,
-}
-
 /// Longest name of a schedule: its jobs add `-<unix seconds>` (11
 /// characters) and must still be DNS labels.
 const MAX_SCHEDULE_NAME: usize = 52;
@@ -44,11 +39,10 @@ const MAX_INSPECTED: u64 = 256 << 20;
 /// component, a command (exports `wasi:cli/run`) and not an HTTP app. 422
 /// naming `artifact`.
 pub(super) async fn check_command(state: &AppState, artifact: &Digest) -> Result<(), ApiError> {
-    let spec = Artifact { artifact };
     let invalid = |message: String| ApiError::invalid("invalid_field", "artifact", message);
     let info = state
         .store
-        .artifact(&spec.artifact)
+        .artifact(artifact)
         .await
         .map_err(ApiError::store("looking up an artifact"))?
         .ok_or_else(|| {
@@ -57,21 +51,21 @@ pub(super) async fn check_command(state: &AppState, artifact: &Digest) -> Result
                 "artifact",
                 format!(
                     "artifact {} has not been uploaded (POST /v1/artifacts)",
-                    spec.artifact
+                    artifact
                 ),
             )
         })?;
     if info.size > MAX_INSPECTED {
         return Err(invalid(format!(
             "artifact {} is too large for a job",
-            spec.artifact
+            artifact
         )));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(info.size).unwrap_or(0));
     for seq in 0..info.chunks {
         let chunk = state
             .store
-            .artifact_chunk(&spec.artifact, seq)
+            .artifact_chunk(artifact, seq)
             .await
             .map_err(ApiError::store("reading an artifact"))?
             .unwrap_or_default();
@@ -80,14 +74,14 @@ pub(super) async fn check_command(state: &AppState, artifact: &Digest) -> Result
     if !looks_like_component(&bytes) {
         return Err(invalid(format!(
             "artifact {} is a file, not a Wasm component",
-            spec.artifact
+            artifact
         )));
     }
     let interface = Interface::of(&bytes);
     if interface.serves_http() {
         return Err(invalid(format!(
             "artifact {} is an HTTP component (it exports wasi:http/incoming-handler): deploy it as an app; a job runs a command that exports wasi:cli/run",
-            spec.artifact
+            artifact
         )));
     }
     if !interface
@@ -97,7 +91,7 @@ pub(super) async fn check_command(state: &AppState, artifact: &Digest) -> Result
     {
         return Err(invalid(format!(
             "artifact {} does not export wasi:cli/run (it exports {}): a job runs a command component, e.g. a Rust `fn main` built for wasm32-wasip2",
-            spec.artifact,
+            artifact,
             if interface.exports.is_empty() {
                 "nothing".to_owned()
             } else {

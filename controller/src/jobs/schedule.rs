@@ -174,7 +174,7 @@ mod tests {
     fn policies_and_missed_times() {
         let running = job("tick-1", JobState::Active, None);
         let forbid = every(2, ConcurrencyPolicy::Forbid);
-        let firing = plan_schedule(&forbid, &[running.clone()], T0 + 2_000)
+        let firing = plan_schedule(&forbid, std::slice::from_ref(&running), T0 + 2_000)
             .firing
             .unwrap();
         assert_eq!(firing.start, None);
