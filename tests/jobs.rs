@@ -504,3 +504,27 @@ async fn fired_on_both(c: &Cluster, after: i64, before: i64) -> Option<Vec<Run>>
     nodes.dedup();
     (nodes == ["a", "b"]).then_some(runs)
 }
+
+#[tokio::test]
+async fn a_finished_job_is_deleted_after_keep_finished() {
+    let cluster = Cluster::start(&NODES[..1]).await;
+    let artifact = countdown(&cluster).await;
+    let job = JobSpec {
+        keep_finished_ms: Some(100),
+        ..spec(artifact, &["1"])
+    };
+    cluster.admin.apply_job("brief", &job).await.unwrap();
+    cluster
+        .wait("the finished job deleted", SETTLE, |c| async move {
+            match c.admin.job("brief").await {
+                Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Some(()),
+                _ => None,
+            }
+        })
+        .await;
+    let events = cluster.admin.events(Some("brief"), 0, 100).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.kind == EventKind::JobComplete),
+        "{events:?}"
+    );
+}

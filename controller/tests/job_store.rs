@@ -159,6 +159,8 @@ async fn runs_are_placed_reported_counted_and_pruned() {
         assert_eq!(runs.len(), 1, "{b}");
         assert_eq!(runs[0].id, "batch.3", "{b}");
         assert!(s.active_jobs().await.unwrap().is_empty(), "{b}");
+        // Without `keep_finished_ms` a finished job is kept.
+        assert!(s.expiring_jobs().await.unwrap().is_empty(), "{b}");
 
         // A job's component is not collected while the job exists.
         assert!(s.collect_artifacts(0).await.unwrap().is_empty(), "{b}");
@@ -182,6 +184,19 @@ async fn runs_are_placed_reported_counted_and_pruned() {
             "{b}"
         );
         assert!(s.runs("batch").await.unwrap().is_empty(), "{b}");
+        // With it, the finished job is listed with when it finished.
+        let short = JobSpec {
+            keep_finished_ms: Some(5),
+            ..spec.clone()
+        };
+        let (brief, _) = s.apply_job("brief", &short).await.unwrap();
+        let mut done = change("brief", brief.version, &[]);
+        done.finish = Some(JobState::Failed);
+        s.change_job(&done).await.unwrap();
+        let expiring = s.expiring_jobs().await.unwrap();
+        assert_eq!(expiring.len(), 1, "{b}");
+        assert_eq!((expiring[0].0.as_str(), expiring[0].2), ("brief", 5), "{b}");
+        s.delete_job("brief").await.unwrap();
         s.delete_job("batch").await.unwrap();
         assert!(s.job("batch").await.unwrap().is_none(), "{b}");
         assert!(matches!(

@@ -64,6 +64,7 @@
 //! retries = 3                    # failed runs tolerated (default 3)
 //! backoff = "1s"                 # first retry delay, doubling (max 5m)
 //! keep_runs = 20                 # finished runs kept once the job is done
+//! keep_finished = "1h"           # the finished job and its runs are deleted after this long
 //! schedule = "*/5 * * * *"       # optional: run at these times (cron; a 6th, leading field is seconds)
 //! timezone = "Europe/Paris"      # default UTC
 //! concurrency_policy = "forbid"  # allow (default) | forbid | replace, while the last firing's job runs
@@ -188,6 +189,9 @@ pub struct JobSection {
     /// Finished runs kept once the job has finished.
     #[serde(default)]
     pub keep_runs: Option<u32>,
+    /// How long a finished job (and its runs) is kept (milliseconds).
+    #[serde(default, deserialize_with = "millis")]
+    pub keep_finished: Option<u64>,
     /// Run at these times (cron syntax, optional seconds field) instead of
     /// once.
     #[serde(default)]
@@ -614,6 +618,7 @@ impl Manifest {
             retries: job.retries.unwrap_or(d.retries),
             backoff_ms: job.backoff.unwrap_or(d.backoff_ms),
             keep_runs: job.keep_runs.unwrap_or(d.keep_runs),
+            keep_finished_ms: job.keep_finished,
             schedule: job.schedule.map(|cron| {
                 let s = crate::api::Schedule::new(cron);
                 crate::api::Schedule {

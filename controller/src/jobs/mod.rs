@@ -29,6 +29,8 @@ use crate::store::{Store, StoreError, now_ms};
 /// Longest time between passes while jobs are active: picks up what other
 /// controllers recorded and nodes that were lost.
 pub const RESYNC: Duration = Duration::from_millis(500);
+/// How often finished jobs past their `keep_finished_ms` are deleted.
+pub const EXPIRY_EVERY: Duration = Duration::from_secs(5);
 
 /// Wakes whoever waits on runs: the job controller (a job was applied or
 /// a run reported) and each node's runs watch (its runs changed).
@@ -83,6 +85,7 @@ pub async fn run(
 ) {
     let mut leading_since: Option<tokio::time::Instant> = None;
     let mut wake_at: Option<i64> = None;
+    let mut expired_at = tokio::time::Instant::now();
     loop {
         let delay = wake_at
             .map(|at| Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)))
@@ -106,6 +109,12 @@ pub async fn run(
         // As for replicas: a node's runs are lost only once this leader
         // has given it a whole grace to be heard from.
         let evict_lost = since.elapsed() >= node_grace;
+        if expired_at.elapsed() >= EXPIRY_EVERY {
+            expired_at = tokio::time::Instant::now();
+            if let Err(error) = expire(store.as_ref()).await {
+                tracing::warn!(error = %crate::error_chain(&error), "deleting expired jobs failed");
+            }
+        }
         match pass(store.as_ref(), &informer, &bell, evict_lost).await {
             Ok(next) => wake_at = next,
             Err(error) => {
@@ -114,6 +123,21 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Deletes the finished jobs kept longer than their `keep_finished_ms`.
+async fn expire(store: &dyn Store) -> Result<(), StoreError> {
+    let now = now_ms();
+    for (name, finished_at, keep) in store.expiring_jobs().await? {
+        if finished_at.saturating_add(i64::try_from(keep).unwrap_or(i64::MAX)) <= now {
+            match store.delete_job(&name).await {
+                Ok(()) => tracing::info!(job = %name, "finished job deleted: kept long enough"),
+                Err(StoreError::NotFound { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Fires the schedules whose time came; returns the earliest next time.

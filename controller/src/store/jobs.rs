@@ -89,6 +89,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// Applies one pass's change of one job (see [`JobChange`]); when it
     /// finishes the job, also drops its finished runs beyond `keep_runs`.
     async fn change_job(&self, change: &JobChange) -> Result<()>;
+    /// The finished jobs whose spec sets `keep_finished_ms`, with when
+    /// they finished.
+    async fn expiring_jobs(&self) -> Result<Vec<(String, i64, u64)>>;
     /// Every schedule (a job whose state is `Scheduled`).
     async fn schedules(&self) -> Result<Vec<Job>>;
     /// The jobs a schedule started, oldest first.

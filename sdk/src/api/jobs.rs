@@ -92,6 +92,11 @@ pub struct JobSpec {
     /// Finished runs kept once the job has finished (the newest).
     #[serde(default = "default_keep_runs")]
     pub keep_runs: u32,
+    /// A finished job, with its runs, is deleted this many milliseconds
+    /// after it finished (Kubernetes' `ttlSecondsAfterFinished`). Absent:
+    /// kept until deleted (a schedule's jobs go by its history limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_finished_ms: Option<u64>,
     /// Destinations the guest may reach (as for apps). Empty: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_outbound_hosts: Vec<String>,
@@ -117,6 +122,7 @@ impl JobSpec {
             retries: DEFAULT_RETRIES,
             backoff_ms: DEFAULT_BACKOFF_MS,
             keep_runs: DEFAULT_KEEP_RUNS,
+            keep_finished_ms: None,
             allowed_outbound_hosts: Vec::new(),
             placement: Placement::default(),
             schedule: None,

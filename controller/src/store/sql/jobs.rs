@@ -460,6 +460,24 @@ impl JobStore for SqlStore {
         Ok(())
     }
 
+    async fn expiring_jobs(&self) -> Result<Vec<(String, i64, u64)>> {
+        // The retention is in the spec: finished jobs are read and those
+        // without one skipped (a pass every `EXPIRY_EVERY` at most).
+        let rows = sqlx::query(
+            "SELECT name, finished_at, spec FROM jobs WHERE state IN ('Complete', 'Failed') AND spec LIKE '%keep_finished_ms%'",
+        )
+        .fetch_all(&self.reads)
+        .await?;
+        let mut expiring = Vec::new();
+        for row in rows {
+            let spec: JobSpec = parse("job spec", &row.try_get::<String, _>("spec")?)?;
+            if let (Some(keep), Some(at)) = (spec.keep_finished_ms, row.try_get("finished_at")?) {
+                expiring.push((row.try_get("name")?, at, keep));
+            }
+        }
+        Ok(expiring)
+    }
+
     async fn schedules(&self) -> Result<Vec<Job>> {
         let rows = sqlx::query("SELECT * FROM jobs WHERE state = 'Scheduled' ORDER BY name")
             .fetch_all(&self.reads)
