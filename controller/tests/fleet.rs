@@ -617,6 +617,13 @@ async fn an_assignments_watch_answers_only_what_changed() {
         assert_eq!(removed, BTreeSet::from(["web-0".to_owned()]), "{b}");
         held = next;
 
+        // A new replica count changes every replica's assignment.
+        api.store.scale_app("web", 9, None).await.unwrap();
+        let (next, sent, _) =
+            follow(held, |h| h.replicas.iter().all(|a| a.spec.replicas == 9)).await;
+        assert_eq!(sent.len(), 5, "{b}: {sent:?}");
+        held = next;
+
         // What the deltas built is the whole set.
         let whole = get(format!(
             "/v1/nodes/n1/assignments?after={}",

@@ -76,8 +76,10 @@ pub struct HttpStats {
 }
 
 /// Per node: the assignments version last answered and what it held.
+/// (The picture version it was read at is kept too: the base of a delta
+/// from the picture's change log.)
 pub(crate) type SentAssignments =
-    std::collections::HashMap<String, (u64, Arc<crate::informer::Sent>)>;
+    std::collections::HashMap<String, (u64, u64, Arc<crate::informer::Sent>)>;
 
 /// Shared state of the API handlers.
 #[derive(Clone)]

@@ -417,8 +417,8 @@ pub async fn assignments(
     let base = {
         let mut sent = state.sent.lock().unwrap_or_else(|e| e.into_inner());
         match (query.delta, query.after, sent.get(&name)) {
-            (Some(true), Some(after), Some((version, _))) if *version == after => {
-                sent.remove(&name).map(|(_, held)| held)
+            (Some(true), Some(after), Some((version, _, _))) if *version == after => {
+                sent.remove(&name).map(|(_, at, held)| (at, held))
             }
             _ => None,
         }
@@ -429,23 +429,26 @@ pub async fn assignments(
         Some(_) => (None, state.informer.assignments(&name, base)),
         None => (base, None),
     };
-    let (answer, now) = match from_picture {
+    let (answer, now, at) = match from_picture {
         Some(found) => found,
         None => {
+            // Read from the store: no picture version covers it, so the
+            // next delta walks the node's replicas.
             let whole = state
                 .store
                 .assignments(&name)
                 .await
                 .map_err(ApiError::store("reading assignments"))?;
-            let (answer, now) = crate::informer::delta(whole, base.as_deref());
-            (answer, Arc::new(now))
+            let (answer, now) =
+                crate::informer::delta(whole, base.as_ref().map(|(_, held)| &**held));
+            (answer, Arc::new(now), 0)
         }
     };
     state
         .sent
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(name.clone(), (answer.version, now));
+        .insert(name.clone(), (answer.version, at, now));
     if let Some(guard) = guard {
         guard.finish();
     }

@@ -38,7 +38,7 @@ use skiff_sdk::delta::EndpointsDelta;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use assign::{Sent, delta};
+pub use assign::{ChangeLog, Sent, delta};
 pub use demand::{Demand, REPORT_STALE_MS, Totals};
 pub use endpoints::{ENDPOINT_DELTAS, Published};
 pub use failure::{Detector, REWATCH_WINDOW, WatchGuard};
@@ -106,6 +106,8 @@ pub struct Picture {
     pub node_touched: HashMap<String, u64>,
     /// Nodes touched by the change being applied (to notify afterwards).
     touched: BTreeSet<String>,
+    /// Which replicas changed on each node, by version.
+    log: ChangeLog,
 }
 
 impl Picture {
@@ -188,11 +190,13 @@ impl Picture {
             .entry(replica.node.clone())
             .or_default()
             .insert(replica.id.clone());
+        self.log.record(&replica.node, self.version, &replica.id);
         self.replicas.insert(replica.id.clone(), Arc::new(replica));
     }
 
     fn remove_replica(&mut self, id: &str) -> Option<Arc<Replica>> {
         let replica = self.replicas.remove(id)?;
+        self.log.record(&replica.node, self.version, id);
         if let Some(digest) = self.digests.get_mut(&replica.node) {
             digest.remove(&replica.id, replica.state, replica.reason.as_deref());
         }
@@ -718,6 +722,7 @@ impl Informer {
         {
             let mut picture = self.picture.write().unwrap_or_else(|e| e.into_inner());
             fresh.version = picture.version + 1;
+            fresh.log.reset(fresh.version);
             for node in fresh.nodes.keys().chain(picture.nodes.keys()) {
                 fresh.node_touched.insert(node.clone(), fresh.version);
             }
