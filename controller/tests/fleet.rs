@@ -60,10 +60,15 @@ impl Pipeline {
         let leases = Leases::new(Duration::from_secs(60));
         let informer = Informer::new(store.clone(), leases.clone());
         informer.rebuild_now().await.unwrap();
+        // Every pass plans the unsettled apps too (no resync to wait for):
+        // the outcomes are compared after each step, not over time.
         let reconciler = Reconciler::new(
             store.clone(),
             informer.clone(),
-            ReconcilerOptions::default(),
+            ReconcilerOptions {
+                resync: Duration::ZERO,
+                ..ReconcilerOptions::default()
+            },
         );
         Self {
             store,

@@ -296,6 +296,11 @@ pub struct Reconciler {
     options: ReconcilerOptions,
     /// Apps not yet at rest: planned again every resync until they are.
     unsettled: BTreeSet<String>,
+    /// When the unsettled apps were last planned: a pass woken by a change
+    /// plans them only once a resync has passed since (at 500 applies a
+    /// second, 2,500 new apps wait out their settling time at once, and
+    /// planning all of them at every change made each apply cost them).
+    unsettled_at: Option<tokio::time::Instant>,
 }
 
 impl Reconciler {
@@ -306,6 +311,7 @@ impl Reconciler {
             informer,
             options,
             unsettled: BTreeSet::new(),
+            unsettled_at: None,
         }
     }
 
@@ -324,7 +330,14 @@ impl Reconciler {
             Scope::Everything
         } else {
             let mut apps = dirty.apps;
-            apps.extend(self.unsettled.iter().cloned());
+            // What changes is dirty; what waits for time is caught here.
+            let due = self
+                .unsettled_at
+                .is_none_or(|at| at.elapsed() >= self.options.resync);
+            if due {
+                self.unsettled_at = Some(tokio::time::Instant::now());
+                apps.extend(self.unsettled.iter().cloned());
+            }
             let picture = self.informer.read();
             for node in &dirty.nodes {
                 apps.extend(picture.replicas_on(node).map(|r| r.app.clone()));
