@@ -373,7 +373,15 @@ impl SqlStore {
             .fetch_one(&mut **tx)
             .await?;
         let id: i64 = row.try_get("id")?;
-        let floor = id - to_i64(self.options.event_cap);
+        // Trimmed in batches (every `batch`th event drops the oldest
+        // `batch` beyond the cap at once), so that one event in `batch`,
+        // not every one, pays for the trim; never more than the cap kept.
+        let cap = to_i64(self.options.event_cap);
+        let batch = (cap / 4).clamp(1, 64);
+        if id % batch != 0 {
+            return Ok(());
+        }
+        let floor = id - cap + batch;
         // On PostgreSQL concurrent writers would delete overlapping ranges
         // and deadlock: one transaction at a time trims (the others leave
         // it to the next writer, so the cap is overshot by a few rows at
@@ -387,7 +395,7 @@ impl SqlStore {
                     .try_get::<bool, _>("got")?,
             };
         if trim {
-            // An indexed range delete of (usually) one row keeps the cap.
+            // An indexed range delete of a batch keeps the cap.
             sqlx::query("DELETE FROM events WHERE id <= $1")
                 .bind(floor)
                 .execute(&mut **tx)
