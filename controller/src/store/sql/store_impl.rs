@@ -88,7 +88,9 @@ impl Store for SqlStore {
             std::iter::once(&spec.artifact).chain(spec.files.values()),
         )
         .await?;
-        let (created, new_revision, message) = match &current {
+        // The app as it is after the write, built from what was written
+        // (reading it back took two more round trips per apply).
+        let (created, new_revision, message, app) = match &current {
             None => {
                 sqlx::query(
                     "INSERT INTO apps (name, spec, replicas, revision, conditions, version, created_at, updated_at) \
@@ -101,10 +103,27 @@ impl Store for SqlStore {
                 .execute(&mut *tx)
                 .await?;
                 self.insert_revision(&mut tx, name, 1, spec, now).await?;
+                let app = App {
+                    name: name.to_owned(),
+                    spec: spec.clone(),
+                    revision: 1,
+                    version: 1,
+                    status: skiff_sdk::api::AppStatus {
+                        desired_replicas: spec.replicas,
+                        ready_replicas: 0,
+                        conditions: Vec::new(),
+                        good_revision: None,
+                    },
+                    created_at: now,
+                    updated_at: now,
+                    capability_changes: None,
+                    observed: None,
+                };
                 (
                     true,
                     true,
                     format!("app created at revision 1 with {} replicas", spec.replicas),
+                    app,
                 )
             }
             Some(app) if revision_identity(&app.spec) == revision_identity(spec) => {
@@ -119,10 +138,16 @@ impl Store for SqlStore {
                 }
                 self.update_app(&mut tx, app, spec, app.revision, now)
                     .await?;
+                let mut after = app.clone();
+                after.spec.replicas = spec.replicas;
+                after.status.desired_replicas = spec.replicas;
+                after.version += 1;
+                after.updated_at = now;
                 (
                     false,
                     false,
                     format!("replicas {} -> {}", app.spec.replicas, spec.replicas),
+                    after,
                 )
             }
             Some(app) => {
@@ -130,7 +155,15 @@ impl Store for SqlStore {
                 self.update_app(&mut tx, app, spec, number, now).await?;
                 self.insert_revision(&mut tx, name, number, spec, now)
                     .await?;
-                (false, true, format!("revision {number} applied"))
+                let mut after = app.clone();
+                after.spec = spec.clone();
+                after.revision = number;
+                after.version += 1;
+                after.updated_at = now;
+                // No replica runs the new revision yet.
+                after.status.desired_replicas = spec.replicas;
+                after.status.ready_replicas = 0;
+                (false, true, format!("revision {number} applied"), after)
             }
         };
         let kind = if created {
@@ -148,8 +181,9 @@ impl Store for SqlStore {
             },
         )
         .await?;
+        self.finish(tx, Changed::app(name)).await?;
         Ok(Applied {
-            app: self.commit_app(tx, name).await?,
+            app,
             created,
             new_revision,
         })
