@@ -673,6 +673,7 @@ impl SqlStore {
     }
 }
 
+mod apply;
 mod artifacts;
 mod jobs;
 mod reads;

@@ -9,9 +9,7 @@ use skiff_sdk::api::{
 };
 use sqlx::Row;
 
-use super::super::rows::{
-    check_version, json, not_found, parse, revision_identity, to_i64, to_u64,
-};
+use super::super::rows::{check_version, json, not_found, parse, to_i64, to_u64};
 use super::super::{
     Applied, ArtifactInfo, Changed, LogSource, NewEvent, Page, ReplicaChange, Result, StatusUpdate,
     Store, StoreError, TokenKind, now_ms,
@@ -79,114 +77,7 @@ impl Store for SqlStore {
         spec: &AppSpec,
         if_version: Option<u64>,
     ) -> Result<Applied> {
-        let mut tx = self.pool.begin().await?;
-        let now = now_ms();
-        let current = self.load_app(&mut tx, name).await?;
-        check_version("app", name, current.as_ref().map(|a| a.version), if_version)?;
-        self.claim_artifacts(
-            &mut tx,
-            std::iter::once(&spec.artifact).chain(spec.files.values()),
-        )
-        .await?;
-        // The app as it is after the write, built from what was written
-        // (reading it back took two more round trips per apply).
-        let (created, new_revision, message, app) = match &current {
-            None => {
-                sqlx::query(
-                    "INSERT INTO apps (name, spec, replicas, revision, conditions, version, created_at, updated_at) \
-                     VALUES ($1, $2, $3, 1, '[]', 1, $4, $4)",
-                )
-                .bind(name)
-                .bind(json(&revision_identity(spec)))
-                .bind(i64::from(spec.replicas))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                self.insert_revision(&mut tx, name, 1, spec, now).await?;
-                let app = App {
-                    name: name.to_owned(),
-                    spec: spec.clone(),
-                    revision: 1,
-                    version: 1,
-                    status: skiff_sdk::api::AppStatus {
-                        desired_replicas: spec.replicas,
-                        ready_replicas: 0,
-                        conditions: Vec::new(),
-                        good_revision: None,
-                    },
-                    created_at: now,
-                    updated_at: now,
-                    capability_changes: None,
-                    observed: None,
-                };
-                (
-                    true,
-                    true,
-                    format!("app created at revision 1 with {} replicas", spec.replicas),
-                    app,
-                )
-            }
-            Some(app) if revision_identity(&app.spec) == revision_identity(spec) => {
-                if app.spec.replicas == spec.replicas {
-                    let app = app.clone();
-                    tx.rollback().await?;
-                    return Ok(Applied {
-                        app,
-                        created: false,
-                        new_revision: false,
-                    });
-                }
-                self.update_app(&mut tx, app, spec, app.revision, now)
-                    .await?;
-                let mut after = app.clone();
-                after.spec.replicas = spec.replicas;
-                after.status.desired_replicas = spec.replicas;
-                after.version += 1;
-                after.updated_at = now;
-                (
-                    false,
-                    false,
-                    format!("replicas {} -> {}", app.spec.replicas, spec.replicas),
-                    after,
-                )
-            }
-            Some(app) => {
-                let number = app.revision + 1;
-                self.update_app(&mut tx, app, spec, number, now).await?;
-                self.insert_revision(&mut tx, name, number, spec, now)
-                    .await?;
-                let mut after = app.clone();
-                after.spec = spec.clone();
-                after.revision = number;
-                after.version += 1;
-                after.updated_at = now;
-                // No replica runs the new revision yet.
-                after.status.desired_replicas = spec.replicas;
-                after.status.ready_replicas = 0;
-                (false, true, format!("revision {number} applied"), after)
-            }
-        };
-        let kind = if created {
-            EventKind::AppCreated
-        } else {
-            EventKind::AppUpdated
-        };
-        self.event_in(
-            &mut tx,
-            NewEvent {
-                app: Some(name.into()),
-                node: None,
-                kind,
-                message,
-            },
-        )
-        .await?;
-        self.finish(tx, Changed::app(name)).await?;
-        Ok(Applied {
-            app,
-            created,
-            new_revision,
-        })
+        self.apply(name, spec, if_version).await
     }
 
     async fn app(&self, name: &str) -> Result<Option<App>> {
