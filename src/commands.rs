@@ -446,20 +446,31 @@ pub async fn logs(connect: &Connect, name: &str, follow: bool) -> anyhow::Result
     let mut closed = None;
     client
         .logs(name, follow, |entry| {
-            let written = if as_json {
-                serde_json::to_string(&entry)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|line| outln!("{line}"))
-            } else if entry.stream == "skiff" {
-                eprintln!("[{}] {}", entry.node, entry.line);
-                Ok(())
-            } else {
-                outln!("{} | {}", entry.node, entry.line)
-            };
             // Stop reading once nothing more can be written.
-            closed = written.err();
+            closed = print_entry(&entry, as_json, true).err();
             closed.is_none()
         })
         .await?;
     closed.map_or(Ok(()), Err)
+}
+
+/// Prints one log entry: as a JSON line, or its text (after `node | `
+/// with `with_node`); Skiff's own notes (a node that cannot be read) go to
+/// stderr.
+pub fn print_entry(
+    entry: &skiff_sdk::api::LogEntry,
+    as_json: bool,
+    with_node: bool,
+) -> anyhow::Result<()> {
+    if as_json {
+        let line = serde_json::to_string(entry)?;
+        outln!("{line}")
+    } else if entry.stream == "skiff" {
+        eprintln!("[{}] {}", entry.node, entry.line);
+        Ok(())
+    } else if with_node {
+        outln!("{} | {}", entry.node, entry.line)
+    } else {
+        outln!("{}", entry.line)
+    }
 }

@@ -248,17 +248,8 @@ pub async fn run_logs(connect: &Connect, job: &str, run: &str, follow: bool) -> 
     let mut closed = None;
     client
         .run_logs(job, run, follow, |entry| {
-            let written = if as_json {
-                serde_json::to_string(&entry)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|line| outln!("{line}"))
-            } else if entry.stream == "skiff" {
-                eprintln!("[{}] {}", entry.node, entry.line);
-                Ok(())
-            } else {
-                outln!("{}", entry.line)
-            };
-            closed = written.err();
+            // A run is on one node: its lines alone.
+            closed = crate::commands::print_entry(&entry, as_json, false).err();
             closed.is_none()
         })
         .await?;

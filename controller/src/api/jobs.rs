@@ -2,15 +2,12 @@
 //! output. And the node's side: `GET /v1/nodes/{name}/runs` (a long-poll
 //! of the runs placed on it) and `POST /v1/nodes/{name}/runs` (reports).
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use skiff_sdk::Digest;
 use skiff_sdk::api::{
     ErrorBody, Job, JobSpec, LogEntry, NodeRuns, NodeSchedule, Run, RunAssignment, RunReports,
@@ -23,9 +20,10 @@ use super::{AppState, Auth, JsonBody, QueryParams};
 use crate::error::ApiError;
 use crate::store::StoreError;
 
-/// How often a runs watch re-reads the store without being rung: runs
-/// placed by another controller (the leader) reach a node watching this
-/// one within it.
+/// How often a runs watch re-reads the store without being rung, when
+/// other controllers share it: runs placed by another controller (the
+/// leader) reach a node watching this one within it. With one controller
+/// (SQLite) every change rings, and a watch costs nothing while waiting.
 const RUNS_RECHECK: Duration = Duration::from_secs(1);
 /// How often a followed run's output is read again.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
@@ -325,29 +323,13 @@ pub async fn run_logs(
     who.require_admin()?;
     let run = find_run(&state, &job, &id).await?;
     let follow = query.follow.unwrap_or(false);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-    tokio::spawn(gather(state, job, run, follow, tx));
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|chunk| (Ok::<_, Infallible>(chunk), rx))
-    });
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    Ok(super::logs::ndjson(|tx| {
+        gather(state, job, run, follow, tx)
+    }))
 }
 
 /// Sends a run's output; with `follow`, until it has finished.
-async fn gather(
-    state: AppState,
-    job: String,
-    mut run: Run,
-    follow: bool,
-    tx: tokio::sync::mpsc::Sender<Bytes>,
-) {
+async fn gather(state: AppState, job: String, mut run: Run, follow: bool, tx: super::logs::Sender) {
     let client = super::node_proxy::client();
     let mut since = 0;
     let mut warned = false;
@@ -380,9 +362,7 @@ async fn gather(
             if entry.stream != "skiff" {
                 since = entry.seq + 1;
             }
-            let mut line = serde_json::to_vec(&entry).unwrap_or_default();
-            line.push(b'\n');
-            if tx.send(Bytes::from(line)).await.is_err() {
+            if !super::logs::send_entry(&tx, &entry).await {
                 return;
             }
         }
@@ -490,9 +470,14 @@ pub async fn node_runs(
                 schedules,
             }));
         }
+        let recheck = if state.store.shared() {
+            RUNS_RECHECK.min(deadline - now)
+        } else {
+            deadline - now
+        };
         tokio::select! {
             _ = bell.changed() => {}
-            () = tokio::time::sleep(RUNS_RECHECK.min(deadline - now)) => {}
+            () = tokio::time::sleep(recheck) => {}
         }
     }
 }

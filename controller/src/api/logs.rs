@@ -54,23 +54,43 @@ pub async fn logs(
         return Err(ApiError::NotFound(format!("app {name:?} not found")));
     }
     let follow = query.follow.unwrap_or(false);
+    Ok(ndjson(|tx| gather(state, name, follow, tx)))
+}
+
+/// A newline-delimited JSON answer whose lines `produce` (spawned) sends;
+/// it ends when `produce` returns, and `produce` sees the client leave as
+/// a failed send.
+pub(super) fn ndjson<F>(produce: impl FnOnce(Sender) -> F) -> Response
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-    tokio::spawn(gather(state, name, follow, tx));
+    tokio::spawn(produce(tx));
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
             .map(|chunk| (Ok::<_, Infallible>(chunk), rx))
     });
-    Ok((
+    (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(stream),
     )
-        .into_response())
+        .into_response()
+}
+
+/// Where a log stream's lines go.
+pub(super) type Sender = tokio::sync::mpsc::Sender<Bytes>;
+
+/// Sends one entry as a line; `false` once the client has gone.
+pub(super) async fn send_entry(tx: &Sender, entry: &LogEntry) -> bool {
+    let mut line = serde_json::to_vec(entry).unwrap_or_default();
+    line.push(b'\n');
+    tx.send(Bytes::from(line)).await.is_ok()
 }
 
 /// Reads the nodes (once, or until the client goes away) and sends lines.
-async fn gather(state: AppState, app: String, follow: bool, tx: tokio::sync::mpsc::Sender<Bytes>) {
+async fn gather(state: AppState, app: String, follow: bool, tx: Sender) {
     let client = node_proxy::client();
     let mut cursors: HashMap<String, u64> = HashMap::new();
     let mut warned: HashSet<String> = HashSet::new();
@@ -109,9 +129,7 @@ async fn gather(state: AppState, app: String, follow: bool, tx: tokio::sync::mps
         }
         batch.sort_by(|a, b| (a.time, &a.node, a.seq).cmp(&(b.time, &b.node, b.seq)));
         for entry in batch {
-            let mut line = serde_json::to_vec(&entry).unwrap_or_default();
-            line.push(b'\n');
-            if tx.send(Bytes::from(line)).await.is_err() {
+            if !send_entry(&tx, &entry).await {
                 return;
             }
         }

@@ -342,6 +342,10 @@ pub trait Store: JobStore + Send + Sync + 'static {
     /// controllers sharing the database are not seen; watchers re-check
     /// periodically for those.
     fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Whether other controllers may write the same database (PostgreSQL):
+    /// a watch woken only by this controller's own writes must then also
+    /// look again now and then for theirs.
+    fn shared(&self) -> bool;
     /// The names written since the last call ([`Changed`]), by this store
     /// and — on PostgreSQL, through `LISTEN`/`NOTIFY` — by every other
     /// controller on the database. One consumer (the informer) drains it;

@@ -352,17 +352,20 @@ fn app_spec(app: &str, a: &Assignment, replicas: usize, files: Option<PathBuf>) 
         quota,
         env: a.spec.env.clone().into_iter().collect(),
         capabilities: Capabilities {
-            // The controller validated the entries; one that does not
-            // parse here grants nothing rather than everything.
-            outbound: Arc::new(
-                OutboundRules::parse(&a.spec.allowed_outbound_hosts).unwrap_or_else(|(i, e)| {
-                    tracing::warn!(%app, entry = i, error = %e, "outbound grant ignored");
-                    OutboundRules::default()
-                }),
-            ),
+            outbound: granted(app, &a.spec.allowed_outbound_hosts),
             files,
         },
     }
+}
+
+/// The outbound grants of `app` (an app's, a job's or a worker's). The
+/// controller validated the entries; one that does not parse here grants
+/// nothing rather than everything.
+pub(super) fn granted(app: &str, hosts: &[String]) -> Arc<OutboundRules> {
+    Arc::new(OutboundRules::parse(hosts).unwrap_or_else(|(i, e)| {
+        tracing::warn!(%app, entry = i, error = %e, "outbound grant ignored");
+        OutboundRules::default()
+    }))
 }
 
 /// What converging one app means, decided from plain data: the replicas

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skiff_sdk::api::{RunAssignment, RunReport, RunState, reason};
-use skiff_sdk::capability::OutboundRules;
 use skiff_sdk::{Client, ClientError, error_chain};
 use tokio_util::sync::CancellationToken;
 
@@ -213,12 +212,7 @@ impl Agent {
             env: spec.env.clone().into_iter().collect(),
             quota: spec.quota,
             capabilities: Capabilities {
-                outbound: Arc::new(
-                    OutboundRules::parse(&spec.allowed_outbound_hosts).unwrap_or_else(|(i, e)| {
-                        tracing::warn!(job = %run.job, entry = i, error = %e, "outbound grant ignored");
-                        OutboundRules::default()
-                    }),
-                ),
+                outbound: super::converge::granted(&run.job, &spec.allowed_outbound_hosts),
                 files: None,
             },
         };

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use skiff_sdk::api::{Assignment, ReplicaState, WORKER_STABLE_MS, reason};
-use skiff_sdk::capability::OutboundRules;
 use tokio_util::sync::CancellationToken;
 
 use super::fetch::Load;
@@ -125,9 +124,7 @@ impl Agent {
                 env: spec.env.clone().into_iter().collect(),
                 quota: spec.quota,
                 capabilities: Capabilities {
-                    outbound: Arc::new(
-                        OutboundRules::parse(&spec.allowed_outbound_hosts).unwrap_or_default(),
-                    ),
+                    outbound: super::converge::granted(&a.app, &spec.allowed_outbound_hosts),
                     files: None,
                 },
             };

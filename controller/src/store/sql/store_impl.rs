@@ -609,6 +609,10 @@ impl Store for SqlStore {
             .collect()
     }
 
+    fn shared(&self) -> bool {
+        self.dialect == Dialect::Postgres
+    }
+
     fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
     }
