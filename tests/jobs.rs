@@ -470,16 +470,28 @@ async fn a_node_local_schedule_fires_on_every_node_while_the_controller_is_away(
             fired_on_both(c, 0, i64::MAX)
         })
         .await;
-    // The controller goes away for a few of the schedule's seconds: the
-    // time itself is what is tested, so the test waits it out.
+    // The controller goes away until both nodes have finished a run fired
+    // a whole second later (their own logs say so).
     cluster.kill_controller();
-    let down = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let down = now_ms();
+    common::poll::eventually(SETTLE, "both nodes firing offline", || {
+        ["a", "b"]
+            .iter()
+            .all(|node| {
+                let log = cluster.nodes[*node]
+                    .as_ref()
+                    .map(|p| p.log())
+                    .unwrap_or_default();
+                log.lines()
+                    .filter(|l| l.contains("run finished"))
+                    .filter_map(|l| fired_second(l, node))
+                    .any(|second| second * 1000 > down + 1_000)
+            })
+            .then_some(())
+    })
+    .await;
     cluster.restart_controller();
-    let up = down + 3_000;
+    let up = now_ms();
     // Runs fired while it was away are reported once it is back.
     let runs = cluster
         .wait("runs fired while the controller was away", SETTLE, |c| {
@@ -527,4 +539,20 @@ async fn a_finished_job_is_deleted_after_keep_finished() {
         events.iter().any(|e| e.kind == EventKind::JobComplete),
         "{events:?}"
     );
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// The second a node-local run named in a log line fired for: its id is
+/// `local.<node>.<unix seconds>`.
+fn fired_second(line: &str, node: &str) -> Option<i64> {
+    let prefix = format!("local.{node}.");
+    let rest = &line[line.find(&prefix)? + prefix.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
