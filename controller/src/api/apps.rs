@@ -9,10 +9,12 @@ use skiff_sdk::api::{
     validate_name,
 };
 
+use skiff_sdk::Digest;
 use skiff_sdk::api::MAX_REPLICAS;
 use skiff_sdk::capability::CapabilityDiff;
 
 use super::artifacts::looks_like_component;
+use super::inspected::Use;
 use super::{AppState, Auth, JsonBody, QueryParams, etag, if_match};
 use crate::error::ApiError;
 use crate::store::StoreError;
@@ -47,31 +49,8 @@ async fn validate_spec(state: &AppState, spec: &AppSpec) -> Result<(), ApiError>
     check_spec(spec)?;
     if spec.kind == skiff_sdk::api::AppKind::Worker {
         super::jobs::check_command(state, &spec.artifact).await?;
-    }
-    let head = state
-        .store
-        .artifact_chunk(&spec.artifact, 0)
-        .await
-        .map_err(ApiError::store("looking up an artifact"))?;
-    match head {
-        None => {
-            return Err(ApiError::invalid(
-                "unknown_artifact",
-                "artifact",
-                format!(
-                    "artifact {} has not been uploaded (POST /v1/artifacts)",
-                    spec.artifact
-                ),
-            ));
-        }
-        Some(head) if !looks_like_component(&head) => {
-            return Err(ApiError::invalid(
-                "invalid_field",
-                "artifact",
-                format!("artifact {} is a file, not a Wasm component", spec.artifact),
-            ));
-        }
-        Some(_) => {}
+    } else if !state.inspected.passed(&spec.artifact, Use::Component) {
+        check_component(state, &spec.artifact).await?;
     }
     for (path, digest) in &spec.files {
         let exists = state
@@ -89,6 +68,32 @@ async fn validate_spec(state: &AppState, spec: &AppSpec) -> Result<(), ApiError>
         }
     }
     Ok(())
+}
+
+/// That `artifact` was uploaded and is a Wasm component (read from its
+/// first chunk), as a 422 naming `artifact`; remembered once it passes.
+async fn check_component(state: &AppState, artifact: &Digest) -> Result<(), ApiError> {
+    let head = state
+        .store
+        .artifact_chunk(artifact, 0)
+        .await
+        .map_err(ApiError::store("looking up an artifact"))?;
+    match head {
+        None => Err(ApiError::invalid(
+            "unknown_artifact",
+            "artifact",
+            format!("artifact {artifact} has not been uploaded (POST /v1/artifacts)"),
+        )),
+        Some(head) if !looks_like_component(&head) => Err(ApiError::invalid(
+            "invalid_field",
+            "artifact",
+            format!("artifact {artifact} is a file, not a Wasm component"),
+        )),
+        Some(_) => {
+            state.inspected.pass(artifact, Use::Component);
+            Ok(())
+        }
+    }
 }
 
 /// Puts an app's extra hosts in the one form they are compared in (no

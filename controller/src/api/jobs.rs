@@ -17,6 +17,7 @@ use skiff_sdk::component::Interface;
 
 use super::artifacts::looks_like_component;
 use super::{AppState, Auth, JsonBody, QueryParams};
+use super::inspected::Use;
 use crate::error::ApiError;
 use crate::store::StoreError;
 
@@ -37,6 +38,9 @@ const MAX_INSPECTED: u64 = 256 << 20;
 /// component, a command (exports `wasi:cli/run`) and not an HTTP app. 422
 /// naming `artifact`.
 pub(super) async fn check_command(state: &AppState, artifact: &Digest) -> Result<(), ApiError> {
+    if state.inspected.passed(artifact, Use::Command) {
+        return Ok(());
+    }
     let invalid = |message: String| ApiError::invalid("invalid_field", "artifact", message);
     let info = state
         .store
@@ -97,6 +101,7 @@ pub(super) async fn check_command(state: &AppState, artifact: &Digest) -> Result
             }
         )));
     }
+    state.inspected.pass(artifact, Use::Command);
     Ok(())
 }
 

@@ -6,6 +6,7 @@ mod artifacts;
 mod node_proxy;
 pub use apps::check_spec;
 mod endpoints;
+mod inspected;
 mod jobs;
 mod logs;
 mod nodes;
@@ -107,6 +108,8 @@ pub struct AppState {
     pub(crate) credentials: Arc<crate::auth::CredentialCache>,
     /// Wakes the job controller and the nodes' runs watches.
     pub runs: Arc<crate::jobs::RunBell>,
+    /// Artifacts already found fit for an app or a job.
+    pub(crate) inspected: Arc<inspected::Inspected>,
 }
 
 impl AppState {
@@ -120,6 +123,7 @@ impl AppState {
         Self {
             informer,
             credentials: Arc::default(),
+            inspected: Arc::default(),
             runs: Arc::default(),
             sent: Arc::default(),
             store,

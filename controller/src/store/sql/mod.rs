@@ -465,11 +465,14 @@ impl SqlStore {
         .bind(now)
         .execute(&mut **tx)
         .await?;
-        sqlx::query("DELETE FROM revisions WHERE app = $1 AND number < $2")
-            .bind(name)
-            .bind(to_i64(number.saturating_sub(KEEP_REVISIONS)))
-            .execute(&mut **tx)
-            .await?;
+        // Until there are more than KEEP_REVISIONS there is none to drop.
+        if number > KEEP_REVISIONS {
+            sqlx::query("DELETE FROM revisions WHERE app = $1 AND number < $2")
+                .bind(name)
+                .bind(to_i64(number - KEEP_REVISIONS))
+                .execute(&mut **tx)
+                .await?;
+        }
         Ok(())
     }
 
