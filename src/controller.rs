@@ -120,12 +120,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             "listening": addr.to_string(),
             "role": "controller",
             "backend": backend,
+            "dashboard": format!("http://{addr}/ui"),
             "admin_token_file": tokens.admin,
             "join_token_file": tokens.join,
         })
     );
     eprintln!(
-        "skiff controller on http://{addr} ({backend}); admin token in {}, node join token in {}",
+        "skiff controller on http://{addr} ({backend}), dashboard http://{addr}/ui; admin token in {}, node join token in {}",
         tokens.admin.display(),
         tokens.join.display()
     );

@@ -96,6 +96,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             "listening": controller.addr.to_string(),
             "role": "up",
             "api": format!("http://{}", controller.addr),
+            "dashboard": format!("http://{}/ui", controller.addr),
             "admin_token_file": controller.tokens.admin,
             "nodes": nodes.iter().map(|(name, n)| serde_json::json!({
                 "name": name, "ingress": n.addr.to_string(), "allocator": crate::node::allocator_name(&n.allocator),
@@ -107,6 +108,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         "  controller API  http://{}   (SQLite in {})",
         controller.addr,
         args.data_dir.display()
+    );
+    eprintln!(
+        "  dashboard       http://{}/ui   (sign in with the admin token file's content)",
+        controller.addr
     );
     for (name, n) in &nodes {
         eprintln!(

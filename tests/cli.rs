@@ -89,27 +89,6 @@ async fn get(addr: std::net::SocketAddr, app: &str) -> common::Reply {
     .await
 }
 
-/// A copy of the hello manifest in `dir` with `VERSION` set and the
-/// component path made absolute.
-fn hello_app(dir: &Path, version: &str) -> std::path::PathBuf {
-    let app = dir.join(format!("hello-{version}"));
-    std::fs::create_dir_all(&app).unwrap();
-    let source = common::example_path("hello");
-    let manifest = std::fs::read_to_string(root().join("examples/hello/skiff.toml"))
-        .unwrap()
-        .replace(
-            "../target/wasm32-wasip2/release/hello.wasm",
-            source.to_str().unwrap(),
-        )
-        .replace("VERSION = \"1.0.0\"", &format!("VERSION = \"{version}\""))
-        .lines()
-        .filter(|l| !l.starts_with("build ="))
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(app.join("skiff.toml"), manifest).unwrap();
-    app
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_build_package_deploy_curl_scale_logs_and_roll_back_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
@@ -183,7 +162,7 @@ async fn new_build_package_deploy_curl_scale_logs_and_roll_back_through_the_cli(
     }
 
     // A new revision, then back.
-    let v2 = hello_app(work, "2.0.0");
+    let v2 = common::hello_manifest(work, "2.0.0");
     let out = ok(work, &["deploy", v2.to_str().unwrap()]);
     assert!(out.contains("\"revision\":2"), "{out}");
     assert_eq!(
@@ -230,7 +209,7 @@ async fn new_build_package_deploy_curl_scale_logs_and_roll_back_through_the_cli(
         },
     )
     .await;
-    let broken = hello_app(work, "broken");
+    let broken = common::hello_manifest(work, "broken");
     let manifest = std::fs::read_to_string(broken.join("skiff.toml"))
         .unwrap()
         .replace(

@@ -35,6 +35,7 @@ pub mod reconciler;
 pub mod role;
 pub mod scheduler;
 pub mod store;
+pub mod ui;
 
 use std::path::PathBuf;
 use std::time::Duration;

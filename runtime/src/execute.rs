@@ -84,6 +84,7 @@ impl Runtime {
             self.unrouted.fetch_add(1, Ordering::Relaxed);
             return error_response(Outcome::NotFound, None);
         };
+        let arrived = std::time::Instant::now();
         let outcome_response = |outcome: Outcome| {
             app.stats.record(outcome);
             error_response(outcome, Some(&app.name))
@@ -217,6 +218,7 @@ impl Runtime {
                 }
             };
             task_app.stats.record(outcome);
+            task_app.stats.latency().observe(arrived.elapsed());
             if let Some(client) = client {
                 task_app.stats.probation.record(client, outcome);
             }

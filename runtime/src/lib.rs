@@ -53,6 +53,6 @@ pub use host::Capabilities;
 pub use quota::Outcome;
 pub use registry::{
     AppRef, AppStats, DEFAULT_DOMAIN, DEFAULT_MAX_REQUEST_BODY, DEFAULT_QUEUE_TIMEOUT, Deployment,
-    FUEL_YIELD_INTERVAL, Preloaded, Runtime, RuntimeConfig,
+    FUEL_YIELD_INTERVAL, LATENCY_BUCKETS_MS, Latency, Preloaded, Runtime, RuntimeConfig,
 };
 pub use skiff_sdk::error_chain;

@@ -92,6 +92,9 @@ pub struct Deployment {
 #[derive(Debug, Default)]
 pub struct AppStats {
     counts: [AtomicU64; Outcome::ALL.len()],
+    /// How long the requests that ran an instance took (arrival to the
+    /// end of the guest's handler, queueing included).
+    latency: Latency,
     /// Accesses (HTTP, sockets, files) refused by the app's grants.
     pub(crate) denied: Arc<AtomicU64>,
     /// The first-requests verdict window, while a node judges the app.
@@ -129,6 +132,56 @@ impl AppStats {
 
     pub(crate) fn record(&self, outcome: Outcome) {
         self.counts[outcome.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The latency histogram of the requests that ran an instance.
+    pub fn latency(&self) -> &Latency {
+        &self.latency
+    }
+}
+
+/// A latency histogram with fixed buckets, as Prometheus histograms are:
+/// counts per upper bound, and the sum.
+#[derive(Debug, Default)]
+pub struct Latency {
+    buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+/// Upper bounds of the latency buckets, in milliseconds (`+Inf` is the
+/// count).
+pub const LATENCY_BUCKETS_MS: [f64; 12] = [
+    0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
+];
+
+impl Latency {
+    /// Counts one request that took `took`.
+    pub fn observe(&self, took: Duration) {
+        let ms = took.as_secs_f64() * 1000.0;
+        if let Some(i) = LATENCY_BUCKETS_MS.iter().position(|le| ms <= *le) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound of [`LATENCY_BUCKETS_MS`] (each counts
+    /// the requests at most that long), then the count and the sum in
+    /// microseconds.
+    pub fn snapshot(&self) -> ([u64; LATENCY_BUCKETS_MS.len()], u64, u64) {
+        let mut cumulative = [0; LATENCY_BUCKETS_MS.len()];
+        let mut running = 0;
+        for (out, bucket) in cumulative.iter_mut().zip(&self.buckets) {
+            running += bucket.load(Ordering::Relaxed);
+            *out = running;
+        }
+        (
+            cumulative,
+            self.count.load(Ordering::Relaxed),
+            self.sum_us.load(Ordering::Relaxed),
+        )
     }
 }
 

@@ -57,6 +57,27 @@ pub fn example_path(name: &str) -> PathBuf {
     examples_dir().join(format!("{name}.wasm"))
 }
 
+/// A copy of the hello manifest in `dir` with `VERSION` set and the
+/// component path made absolute.
+pub fn hello_manifest(dir: &Path, version: &str) -> std::path::PathBuf {
+    let app = dir.join(format!("hello-{version}"));
+    std::fs::create_dir_all(&app).unwrap();
+    let source = example_path("hello");
+    let manifest = std::fs::read_to_string(root().join("examples/hello/skiff.toml"))
+        .unwrap()
+        .replace(
+            "../target/wasm32-wasip2/release/hello.wasm",
+            source.to_str().unwrap(),
+        )
+        .replace("VERSION = \"1.0.0\"", &format!("VERSION = \"{version}\""))
+        .lines()
+        .filter(|l| !l.starts_with("build ="))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(app.join("skiff.toml"), manifest).unwrap();
+    app
+}
+
 /// The bytes of an example component.
 pub fn example(name: &str) -> Vec<u8> {
     let path = example_path(name);

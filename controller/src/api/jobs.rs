@@ -16,8 +16,8 @@ use skiff_sdk::api::{
 use skiff_sdk::component::Interface;
 
 use super::artifacts::looks_like_component;
-use super::{AppState, Auth, JsonBody, QueryParams};
 use super::inspected::Use;
+use super::{AppState, Auth, JsonBody, QueryParams};
 use crate::error::ApiError;
 use crate::store::StoreError;
 

@@ -368,7 +368,7 @@ async fn count_responses(
         artifacts::upload, artifacts::download, artifacts::delete,
         apps::apply, apps::list, apps::show, apps::delete, apps::revisions, apps::replicas, logs::logs, apps::rollback, apps::scale,
         nodes::register, nodes::heartbeat, nodes::activate, nodes::list, nodes::show, nodes::cordon, nodes::uncordon,
-        nodes::drain, nodes::delete, nodes::assignments, nodes::metrics, endpoints::watch,
+        nodes::drain, nodes::delete, nodes::assignments, nodes::metrics, nodes::replicas, endpoints::watch,
         system::events,
         jobs::apply, jobs::list, jobs::show, jobs::delete, jobs::runs, jobs::run_logs, jobs::node_runs, jobs::report,
     ),
@@ -503,6 +503,7 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/{name}/drain", post(nodes::drain))
         .route("/nodes/{name}/assignments", get(nodes::assignments))
         .route("/nodes/{name}/metrics", get(nodes::metrics))
+        .route("/nodes/{name}/replicas", get(nodes::replicas))
         .route("/endpoints", get(endpoints::watch))
         .route("/events", get(system::events))
         .route("/openapi.json", get(system::openapi))
@@ -514,6 +515,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
+        .merge(crate::ui::router())
         .fallback(system::not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use skiff_sdk::api::{
     Assignments, ErrorBody, Heartbeat, HeartbeatReply, Node, NodeRegistration, RegisterNode,
-    ReplicaStatus, validate_name,
+    Replica, ReplicaStatus, validate_name,
 };
 use skiff_sdk::scale::Activate;
 
@@ -262,7 +262,7 @@ pub async fn list(
         .await
         .map_err(ApiError::store("listing nodes"))?;
     for node in &mut found.items {
-        state.informer.leases().overlay(node);
+        state.informer.present(node);
     }
     let last = found
         .more
@@ -287,8 +287,38 @@ pub async fn show(
         .await
         .map_err(ApiError::store("reading a node"))?
         .ok_or_else(|| ApiError::NotFound(format!("node {name:?} not found")))?;
-    state.informer.leases().overlay(&mut node);
+    state.informer.present(&mut node);
     Ok((etag(node.version), Json(node)))
+}
+
+/// The replicas assigned to a node, by app, from the controller's picture
+/// (for the dashboard's node page; no database read).
+#[utoipa::path(get, path = "/v1/nodes/{name}/replicas", params(("name" = String, Path)),
+    responses((status = 200, body = Vec<Replica>), (status = 404, body = ErrorBody)))]
+pub async fn replicas(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<Replica>>, ApiError> {
+    who.require_admin()?;
+    state
+        .informer
+        .caught_up(std::time::Duration::from_secs(1))
+        .await;
+    let picture = state.informer.read();
+    if !picture.nodes.contains_key(&name) {
+        return Err(ApiError::NotFound(format!("node {name:?} not found")));
+    }
+    let mut found: Vec<Replica> = picture
+        .by_node
+        .get(&name)
+        .into_iter()
+        .flatten()
+        .filter_map(|id| picture.replicas.get(id))
+        .map(|r| Replica::clone(r))
+        .collect();
+    found.sort_by(|a, b| (&a.app, &a.id).cmp(&(&b.app, &b.id)));
+    Ok(Json(found))
 }
 
 async fn set_flags(

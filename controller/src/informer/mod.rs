@@ -421,6 +421,20 @@ impl Informer {
         node
     }
 
+    /// Gives `node` its live lease and what is placed on it (takes the
+    /// picture's read lock: not to be called while holding it).
+    pub fn present(&self, node: &mut Node) {
+        self.leases.overlay(node);
+        let picture = self.read();
+        node.allocation = Some(skiff_sdk::api::NodeAllocation {
+            replicas: picture
+                .by_node
+                .get(&node.name)
+                .map_or(0, |r| u32::try_from(r.len()).unwrap_or(u32::MAX)),
+            reserved_bytes: picture.allocated.get(&node.name).copied().unwrap_or(0),
+        });
+    }
+
     /// Keeps the picture current until `shutdown`: rebuilds at once, then
     /// applies changes as the store announces them, checks leases every
     /// [`LEASE_CHECK`], and rebuilds every `full_resync` or on request.

@@ -113,6 +113,24 @@ impl NodeRouter {
             "Requests served here, by app and outcome.",
             &requests,
         );
+        let mut latency = String::new();
+        for (app, stats) in &apps {
+            let (buckets, count, sum_us) = stats.latency().snapshot();
+            for (le, n) in crate::LATENCY_BUCKETS_MS.iter().zip(buckets) {
+                let _ = writeln!(
+                    latency,
+                    "skiff_node_request_duration_seconds_bucket{{app=\"{app}\",le=\"{}\"}} {n}",
+                    le / 1000.0
+                );
+            }
+            let _ = writeln!(
+                latency,
+                "skiff_node_request_duration_seconds_bucket{{app=\"{app}\",le=\"+Inf\"}} {count}\n\
+                 skiff_node_request_duration_seconds_sum{{app=\"{app}\"}} {}\n\
+                 skiff_node_request_duration_seconds_count{{app=\"{app}\"}} {count}",
+                sum_us as f64 / 1e6
+            );
+        }
         let per_app = |value: &dyn Fn(&str, &crate::AppStats) -> u64| -> Vec<(String, u64)> {
             apps.iter()
                 .map(|(app, s)| (format!("{{app=\"{app}\"}}"), value(app, s)))
@@ -167,6 +185,11 @@ impl NodeRouter {
             "counter",
             "Forwards that failed (upstream-failed).",
             &load(&self.stats.failed),
+        );
+        let _ = write!(
+            out,
+            "# HELP skiff_node_request_duration_seconds Time from a request's arrival to the end of the guest's handler, for requests that ran an instance.\n\
+             # TYPE skiff_node_request_duration_seconds histogram\n{latency}"
         );
         out
     }

@@ -450,6 +450,21 @@ pub struct Node {
     pub last_heartbeat: Option<i64>,
     /// First registration (Unix ms).
     pub registered_at: i64,
+    /// What the scheduler placed here (filled in by the API from the
+    /// controller's picture; absent in a node's own records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<NodeAllocation>,
+}
+
+/// What the scheduler placed on a node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAllocation {
+    /// Replicas assigned to the node.
+    pub replicas: u32,
+    /// Memory those replicas reserve, bytes (of the node's declared
+    /// `capacity.memory_bytes`).
+    pub reserved_bytes: u64,
 }
 
 /// A replica as placed by the scheduler and last reported by its node

@@ -529,6 +529,7 @@ impl SqlStore {
             version: to_u64(row.try_get("version")?),
             last_heartbeat: last,
             registered_at: row.try_get("registered_at")?,
+            allocation: None,
         })
     }
 
