@@ -103,6 +103,7 @@ impl ApiError {
                 ApiError::NotFound(format!("{kind} {name:?} not found"))
             }
             StoreError::Conflict(message) => ApiError::Conflict(message),
+            StoreError::CapabilitiesNotApproved(diff) => ApiError::CapabilitiesNotApproved(*diff),
             full @ StoreError::Full { .. } => ApiError::StoreFull(format!(
                 "{full}; remove artifacts no app uses (DELETE /v1/artifacts/{{digest}}) or raise --max-artifact-store"
             )),

@@ -167,36 +167,39 @@ pub async fn apply(
     who.require_admin()?;
     let mut spec = body.decode()?;
     check_name(&name)?;
-    let mut expected = if_match(&headers)?;
+    let expected = if_match(&headers)?;
     normalize_hosts(&mut spec);
     validate_spec(&state, &spec).await?;
     check_hosts_free(&state, &name, &spec).await?;
-    let current = state
-        .store
-        .app(&name)
-        .await
-        .map_err(ApiError::store("reading an app"))?;
-    if let Some(scale) = &spec.scale {
-        // The autoscaler owns the count: applying a new revision keeps it
-        // (within the new bounds); `replicas` only starts a new app.
-        spec.replicas = scale.clamp(current.as_ref().map_or(spec.replicas, |a| a.spec.replicas));
-    }
-    let diff = CapabilityDiff::between(current.as_ref().map(|a| &a.spec), &spec);
-    if diff.widens() {
-        if !query.approve_capabilities {
-            return Err(ApiError::CapabilitiesNotApproved(diff));
+    // Decided against the app as stored, within the apply's transaction.
+    let approved = query.approve_capabilities;
+    let diff = std::sync::Mutex::new(CapabilityDiff::default());
+    let check = |current: Option<&App>, spec: &mut AppSpec| {
+        if let Some(scale) = &spec.scale {
+            // The autoscaler owns the count: applying a new revision keeps
+            // it (within the new bounds); `replicas` only starts a new app.
+            spec.replicas = scale.clamp(current.map_or(spec.replicas, |a| a.spec.replicas));
         }
-        // The approval is of this difference: the write must land on the
-        // version it was computed against.
-        if expected.is_none() {
-            expected = current.as_ref().map(|a| a.version);
+        let found = CapabilityDiff::between(current.map(|a| &a.spec), spec);
+        let mut expected = expected;
+        if found.widens() {
+            if !approved {
+                return Err(StoreError::CapabilitiesNotApproved(Box::new(found)));
+            }
+            // The approval is of this difference: the write must land on
+            // the version it was computed against.
+            if expected.is_none() {
+                expected = current.map(|a| a.version);
+            }
+            tracing::info!(app = %name, added_outbound_hosts = ?found.added_outbound_hosts,
+                added_files = ?found.added_files, "capabilities widened with approval");
         }
-        tracing::info!(app = %name, added_outbound_hosts = ?diff.added_outbound_hosts,
-            added_files = ?diff.added_files, "capabilities widened with approval");
-    }
+        *diff.lock().unwrap_or_else(|e| e.into_inner()) = found;
+        Ok(expected)
+    };
     let mut applied = state
         .store
-        .apply_app(&name, &spec, expected)
+        .apply_app_checked(&name, spec, &check)
         .await
         .map_err(|e| match e {
             // Collected between the check above and the write.
@@ -210,6 +213,7 @@ pub async fn apply(
             ),
             e => ApiError::store("applying an app")(e),
         })?;
+    let diff = diff.into_inner().unwrap_or_else(|e| e.into_inner());
     if !diff.is_empty() {
         applied.app.capability_changes = Some(diff);
     }

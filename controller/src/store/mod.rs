@@ -46,6 +46,10 @@ pub enum StoreError {
         /// Its name or number.
         name: String,
     },
+    /// Applying the app would widen its capabilities, and the apply did
+    /// not approve that (decided by the caller's [`ApplyCheck`]).
+    #[error("capabilities widen without approval")]
+    CapabilitiesNotApproved(Box<skiff_sdk::capability::CapabilityDiff>),
     /// A version or uniqueness conflict: someone else changed it first.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -134,6 +138,13 @@ pub struct Applied {
     /// A new revision was created (the spec changed beyond `replicas`).
     pub new_revision: bool,
 }
+
+/// What an apply decides against the app as stored: given it (or `None`)
+/// and the spec about to be written, may adjust the spec and returns the
+/// version the write must land on (`None`: whatever is stored), or an
+/// error that refuses the apply (nothing is written).
+pub type ApplyCheck<'a> =
+    dyn Fn(Option<&App>, &mut AppSpec) -> Result<Option<u64>> + Send + Sync + 'a;
 
 /// A stored artifact's size and chunk count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -294,6 +305,19 @@ pub trait Store: JobStore + Send + Sync + 'static {
         name: &str,
         spec: &AppSpec,
         if_version: Option<u64>,
+    ) -> Result<Applied> {
+        self.apply_app_checked(name, spec.clone(), &|_, _| Ok(if_version))
+            .await
+    }
+    /// [`Store::apply_app`], with `check` deciding against the app as
+    /// stored, inside the apply's transaction (one read instead of a read
+    /// before and another within): it may adjust the spec, returns the
+    /// version the write must land on, or refuses with an error.
+    async fn apply_app_checked(
+        &self,
+        name: &str,
+        spec: AppSpec,
+        check: &ApplyCheck<'_>,
     ) -> Result<Applied>;
     /// One app.
     async fn app(&self, name: &str) -> Result<Option<App>>;

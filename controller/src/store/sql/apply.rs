@@ -5,7 +5,7 @@
 use skiff_sdk::api::{App, AppSpec, EventKind};
 
 use super::super::rows::{check_version, json, revision_identity};
-use super::super::{Applied, Changed, NewEvent, Result, now_ms};
+use super::super::{Applied, ApplyCheck, Changed, NewEvent, Result, now_ms};
 use super::SqlStore;
 
 impl SqlStore {
@@ -13,13 +13,16 @@ impl SqlStore {
     pub(super) async fn apply(
         &self,
         name: &str,
-        spec: &AppSpec,
-        if_version: Option<u64>,
+        mut spec: AppSpec,
+        check: &ApplyCheck<'_>,
     ) -> Result<Applied> {
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
         let current = self.load_app(&mut tx, name).await?;
+        // Refusing drops the transaction: it rolls back, nothing written.
+        let if_version = check(current.as_ref(), &mut spec)?;
         check_version("app", name, current.as_ref().map(|a| a.version), if_version)?;
+        let spec = &spec;
         self.claim_artifacts(
             &mut tx,
             std::iter::once(&spec.artifact).chain(spec.files.values()),

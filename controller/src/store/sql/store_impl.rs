@@ -11,8 +11,8 @@ use sqlx::Row;
 
 use super::super::rows::{check_version, json, not_found, parse, to_i64, to_u64};
 use super::super::{
-    Applied, ArtifactInfo, Changed, LogSource, NewEvent, Page, ReplicaChange, Result, StatusUpdate,
-    Store, StoreError, TokenKind, now_ms,
+    Applied, ApplyCheck, ArtifactInfo, Changed, LogSource, NewEvent, Page, ReplicaChange, Result,
+    StatusUpdate, Store, StoreError, TokenKind, now_ms,
 };
 use super::{Dialect, SqlStore, app_event};
 
@@ -71,13 +71,13 @@ impl Store for SqlStore {
         self.remove_artifact(digest).await
     }
 
-    async fn apply_app(
+    async fn apply_app_checked(
         &self,
         name: &str,
-        spec: &AppSpec,
-        if_version: Option<u64>,
+        spec: AppSpec,
+        check: &ApplyCheck<'_>,
     ) -> Result<Applied> {
-        self.apply(name, spec, if_version).await
+        self.apply(name, spec, check).await
     }
 
     async fn app(&self, name: &str) -> Result<Option<App>> {
