@@ -209,14 +209,7 @@ async fn new_build_package_deploy_curl_scale_logs_and_roll_back_through_the_cli(
         },
     )
     .await;
-    let broken = common::hello_manifest(work, "broken");
-    let manifest = std::fs::read_to_string(broken.join("skiff.toml"))
-        .unwrap()
-        .replace(
-            "path = \"/healthz\"",
-            "path = \"/nope\"\ninterval = \"100ms\"",
-        );
-    std::fs::write(broken.join("skiff.toml"), manifest).unwrap();
+    let broken = common::hello_manifest_unhealthy(work, "broken");
     fails(
         work,
         &["deploy", broken.to_str().unwrap()],

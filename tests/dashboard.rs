@@ -286,6 +286,20 @@ async fn the_dashboard_shows_and_manages_what_the_cli_does() {
     .await;
     screenshot(&page, "app").await;
 
+    // A rollout whose new replicas never pass their health check stays in
+    // progress: the page shows old → new and what still serves.
+    let stuck = common::hello_manifest_unhealthy(work, "stuck");
+    skiff(work, &["deploy", "--no-wait", stuck.to_str().unwrap()]);
+    let progress = wait_text(
+        &page,
+        "#rollout-summary",
+        "rollout 2 → 3 in progress",
+        |t| t.contains("2 → 3") && t.contains("1 old still serving"),
+    )
+    .await;
+    assert!(progress.contains("0/1 new ready"), "{progress}");
+    screenshot(&page, "rollout").await;
+
     // Roll back to revision 1 from the page.
     confirm(&page, "button[data-rollback='1']").await;
     common::poll(DEADLINE, "rolled back to version 1.0.0", || async {

@@ -78,6 +78,20 @@ pub fn hello_manifest(dir: &Path, version: &str) -> std::path::PathBuf {
     app
 }
 
+/// [`hello_manifest`] with a health check that always fails (a path
+/// hello answers 404, checked every 100 ms): its rollout never completes.
+pub fn hello_manifest_unhealthy(dir: &Path, version: &str) -> std::path::PathBuf {
+    let app = hello_manifest(dir, version);
+    let manifest = std::fs::read_to_string(app.join("skiff.toml"))
+        .unwrap()
+        .replace(
+            "path = \"/healthz\"",
+            "path = \"/nope\"\ninterval = \"100ms\"",
+        );
+    std::fs::write(app.join("skiff.toml"), manifest).unwrap();
+    app
+}
+
 /// The bytes of an example component.
 pub fn example(name: &str) -> Vec<u8> {
     let path = example_path(name);
