@@ -326,10 +326,11 @@ pub async fn rollout(connect: &Connect, command: &Rollout) -> anyhow::Result<()>
                             ""
                         }
                         .into(),
+                        r.spec.source.clone().unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
-            table(&["REVISION", "CREATED", "ARTIFACT", ""], &rows)?;
+            table(&["REVISION", "CREATED", "ARTIFACT", "", "SOURCE"], &rows)?;
         }
         Rollout::Status { name, timeout } => {
             // Only what happens from now on, plus the current state.

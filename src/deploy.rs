@@ -59,12 +59,18 @@ pub struct DeployArgs {
     /// How long to follow the rollout before giving up, e.g. `2m`.
     #[arg(long, default_value = "2m", value_parser = quantity::parse_duration)]
     pub timeout: Duration,
+    /// A registry (`host[:port]`) reached over plain HTTP although it is
+    /// not on a loopback address (for `oci://` sources). Repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure: Vec<String>,
 }
 
 /// A built, checked component.
 pub struct Built {
     pub manifest: Manifest,
     pub manifest_file: PathBuf,
+    /// The manifest's text, as written.
+    pub manifest_text: String,
     pub path: PathBuf,
     pub bytes: Vec<u8>,
     /// The declared static files by relative (and guest) path.
@@ -155,8 +161,11 @@ pub fn build_as(
             skiff_sdk::error_chain(&e)
         ))
     })?;
+    let manifest_text = std::fs::read_to_string(&file)
+        .map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))?;
     Ok(Built {
         manifest,
+        manifest_text,
         manifest_file: file,
         path,
         bytes,
@@ -165,7 +174,11 @@ pub fn build_as(
 }
 
 /// Checks `bytes` is a valid component of `kind`; returns its imports.
-fn check_component(path: &Path, bytes: &[u8], kind: Kind) -> anyhow::Result<Vec<String>> {
+pub(crate) fn check_component(
+    path: &Path,
+    bytes: &[u8],
+    kind: Kind,
+) -> anyhow::Result<Vec<String>> {
     skiff_sdk::component::validate_component(bytes)
         .map_err(|why| Failure::Build(format!("{}: {why}", path.display())))?;
     let interface = Interface::of(bytes);
@@ -251,6 +264,7 @@ pub fn unbundle(path: &Path, kind: Option<Kind>) -> anyhow::Result<Built> {
     check_component(&component, &bundle.component, kind)?;
     Ok(Built {
         manifest,
+        manifest_text: bundle.manifest,
         manifest_file,
         path: component,
         bytes: bundle.component,
@@ -287,10 +301,16 @@ fn progress_bar() -> skiff_sdk::client::Progress {
 
 /// `skiff deploy`: build, upload, apply, follow.
 pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> {
-    let built = if args.dir.extension().is_some_and(|e| e == BUNDLE_EXTENSION) {
-        unbundle(&args.dir, None)?
-    } else {
-        build(&args.dir, args.no_build)?
+    let (built, source) = match args.dir.to_str().filter(|d| d.starts_with("oci://")) {
+        Some(reference) => {
+            let (built, pinned) = crate::oci::pull(reference, None, &args.insecure).await?;
+            eprintln!("pulled {pinned}");
+            (built, Some(pinned.to_string()))
+        }
+        None if args.dir.extension().is_some_and(|e| e == BUNDLE_EXTENSION) => {
+            (unbundle(&args.dir, None)?, None)
+        }
+        None => (build(&args.dir, args.no_build)?, None),
     };
     let client = connect.client()?;
     let name = built.manifest.name.clone();
@@ -321,7 +341,8 @@ pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> 
         );
         return Ok(());
     }
-    let spec = built.manifest.to_spec(artifact.digest, files);
+    let mut spec = built.manifest.to_spec(artifact.digest, files);
+    spec.source = source;
     let seen = latest_event(&client, &name).await;
     let applied = if args.approve_capabilities {
         client.apply_app_approved(&name, &spec).await

@@ -9,6 +9,7 @@ mod flags;
 mod jobs;
 mod new;
 mod node;
+mod oci;
 mod serve;
 mod up;
 
@@ -46,6 +47,9 @@ enum Command {
         #[command(flatten)]
         connect: client::Connect,
     },
+    /// Build the app in DIR (or take a bundle) and publish it to an OCI
+    /// registry: REGISTRY/REPO:TAG. Prints the pushed digest.
+    Push(oci::PushArgs),
     /// List apps.
     Apps {
         #[command(flatten)]
@@ -270,6 +274,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Drain { node, connect } => c::node_action(&connect, &node, "drain").await,
         Command::Events { args, connect } => c::events(&connect, &args).await,
         Command::Run { args, connect } => jobs::run(&connect, &args).await,
+        Command::Push(args) => oci::push(&args).await,
         Command::Jobs { connect } => jobs::jobs(&connect).await,
         Command::Job { name, connect } => jobs::job(&connect, &name).await,
     }

@@ -31,6 +31,7 @@ pub mod component;
 pub mod delta;
 pub mod digest;
 pub mod manifest;
+pub mod oci;
 pub mod quantity;
 pub mod quota;
 pub mod scale;

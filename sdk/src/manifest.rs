@@ -659,6 +659,7 @@ impl Manifest {
         AppSpec {
             kind,
             args,
+            source: None,
             artifact,
             replicas: scale.map_or(self.replicas, |s| s.clamp(self.replicas)),
             scale,

@@ -37,6 +37,18 @@ impl AppSpec {
         if self.replicas > MAX_REPLICAS {
             return broken("replicas", format!("at most {MAX_REPLICAS} replicas"));
         }
+        if let Some(source) = &self.source {
+            match crate::oci::OciRef::parse(source) {
+                Err(e) => return broken("source", e.0),
+                Ok(r) if r.digest.is_none() || !source.starts_with("oci://") => {
+                    return broken(
+                        "source",
+                        "an oci:// reference pinned to its manifest digest (@sha256:…)",
+                    );
+                }
+                Ok(_) => {}
+            }
+        }
         if let Err(e) = self.quota.validate() {
             return broken(format!("quota.{}", e.field), e.reason);
         }

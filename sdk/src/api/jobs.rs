@@ -196,6 +196,7 @@ impl JobSpec {
             scale: None,
             kind: super::AppKind::Worker,
             args: self.args.clone(),
+            source: None,
         };
         app.quota.concurrency = 1;
         app.validate()

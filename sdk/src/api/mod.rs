@@ -236,6 +236,12 @@ pub struct AppSpec {
     /// A worker's arguments after the program name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// Where the component came from, when it was deployed from an OCI
+    /// registry: `oci://REGISTRY/REPO[:TAG]@sha256:…`, always pinned to the
+    /// manifest digest the tag named when it was applied (shown by
+    /// `skiff rollout history`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// What an app's component is.

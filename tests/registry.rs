@@ -1,0 +1,294 @@
+//! Apps in an OCI registry, against a real one: Debian's `docker-registry`
+//! (the CNCF distribution registry) on loopback, and a real `skiff up`.
+//! `skiff push` in the Wasm OCI layout (checked with plain HTTP against the
+//! registry, as `wkg`/`oras` read it), `skiff deploy oci://…` by tag and by
+//! digest, a moved tag that changes nothing until applied again, the
+//! reference and digest in `skiff rollout history`, and bad references.
+//!
+//! Needs `docker-registry` (installed by `.ci/run`); skipped without it
+//! outside CI, a failure in CI.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the report
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{SkiffProcess, send};
+use http::{Method, StatusCode};
+
+/// A registry process on a free loopback port, storing in a temp dir.
+struct Registry {
+    child: Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}
+
+async fn registry() -> Option<Registry> {
+    let Some(program) = find("docker-registry") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install docker-registry (see .ci/run)"
+        );
+        eprintln!("docker-registry is not installed: skipping the registry test");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(program)
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let registry = Registry {
+        child,
+        addr,
+        _dir: dir,
+    };
+    common::poll(
+        Duration::from_secs(30),
+        "the registry answering /v2/",
+        || async {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(_) => {
+                    let reply = send(addr, "localhost", Method::GET, "/v2/", Bytes::new()).await;
+                    if reply.status == StatusCode::OK {
+                        Ok(())
+                    } else {
+                        Err(reply.status.to_string())
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+    Some(registry)
+}
+
+/// `skiff <args>` in `dir`: (exit code, stdout, stderr).
+fn skiff(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("SKIFF_CONTROLLER")
+        .env_remove("SKIFF_TOKEN")
+        .env_remove("SKIFF_DATA_DIR")
+        .env_remove("SKIFF_REGISTRY_USERNAME")
+        .env_remove("SKIFF_REGISTRY_PASSWORD")
+        .output()
+        .unwrap();
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let (code, out, err) = skiff(dir, args);
+    assert_eq!(code, 0, "skiff {args:?} failed:\n{err}");
+    out
+}
+
+fn fails(dir: &Path, args: &[&str], message: &str) {
+    let (code, _, err) = skiff(dir, args);
+    assert_ne!(code, 0, "skiff {args:?} should fail");
+    assert!(
+        err.contains(message),
+        "skiff {args:?}: expected {message:?} in:\n{err}"
+    );
+}
+
+/// A GET to the registry with an `Accept` for OCI manifests.
+async fn registry_get(addr: std::net::SocketAddr, path: &str) -> (StatusCode, Vec<u8>) {
+    use http_body_util::{BodyExt, Full};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(path)
+        .header(http::header::HOST, addr.to_string())
+        .header(
+            http::header::ACCEPT,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, body.to_vec())
+}
+
+async fn hello_says(ingress: std::net::SocketAddr) -> String {
+    send(ingress, "hello.localhost", Method::GET, "/", Bytes::new())
+        .await
+        .text()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_then_deploy_from_a_registry_by_tag_and_by_digest() {
+    let Some(registry) = registry().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    common::examples_dir();
+    let reg = registry.addr.to_string();
+
+    // Push: the digest printed, the layout as wkg and oras read it.
+    let v1 = common::hello_manifest(work, "1.0.0");
+    let tag = format!("{reg}/skiff/hello:v1");
+    let out = ok(work, &["push", v1.to_str().unwrap(), &tag]);
+    let pushed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let digest1 = pushed["digest"].as_str().unwrap().to_owned();
+    assert!(digest1.starts_with("sha256:"), "{out}");
+    let (status, body) = registry_get(registry.addr, "/v2/skiff/hello/manifests/v1").await;
+    assert_eq!(status, StatusCode::OK);
+    let manifest: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.wasm.config.v0+json"
+    );
+    assert_eq!(manifest["layers"][0]["mediaType"], "application/wasm");
+    assert_eq!(
+        manifest["layers"][1]["annotations"]["org.opencontainers.image.title"],
+        "skiff.toml"
+    );
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let (status, component) =
+        registry_get(registry.addr, &format!("/v2/skiff/hello/blobs/{layer}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(component, common::example("hello"));
+    // The same inputs push the same manifest.
+    let again: serde_json::Value =
+        serde_json::from_str(ok(work, &["push", v1.to_str().unwrap(), &tag]).trim()).unwrap();
+    assert_eq!(again["digest"], digest1.as_str());
+
+    // Deploy by tag, through a real cluster.
+    let mut up = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    up.args([
+        "up",
+        "--listen",
+        "127.0.0.1:0",
+        "--ingress",
+        "127.0.0.1:0",
+        "--memory",
+        "1Gi",
+    ])
+    .current_dir(work);
+    let up = SkiffProcess::spawn(up);
+    let ingress: std::net::SocketAddr = up.ready["nodes"][0]["ingress"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    ok(work, &["deploy", &format!("oci://{tag}")]);
+    assert_eq!(
+        hello_says(ingress).await,
+        "Hello from Skiff! version=1.0.0\n"
+    );
+    let history = ok(work, &["rollout", "history", "hello"]);
+    assert!(
+        history.contains(&format!("oci://{tag}@{digest1}")),
+        "{history}"
+    );
+
+    // The tag moves to 2.0.0: nothing changes until it is applied again.
+    let v2 = common::hello_manifest(work, "2.0.0");
+    let moved: serde_json::Value =
+        serde_json::from_str(ok(work, &["push", v2.to_str().unwrap(), &tag]).trim()).unwrap();
+    let digest2 = moved["digest"].as_str().unwrap().to_owned();
+    assert_ne!(digest2, digest1);
+    assert_eq!(
+        hello_says(ingress).await,
+        "Hello from Skiff! version=1.0.0\n"
+    );
+    ok(work, &["deploy", &format!("oci://{tag}")]);
+    assert_eq!(
+        hello_says(ingress).await,
+        "Hello from Skiff! version=2.0.0\n"
+    );
+
+    // By digest: the first push again, whatever the tag says.
+    ok(
+        work,
+        &["deploy", &format!("oci://{reg}/skiff/hello@{digest1}")],
+    );
+    assert_eq!(
+        hello_says(ingress).await,
+        "Hello from Skiff! version=1.0.0\n"
+    );
+    let history = ok(work, &["rollout", "history", "hello"]);
+    assert!(history.contains(&format!("@{digest2}")), "{history}");
+
+    // Bad input: each a clear error, and hello keeps serving.
+    fails(
+        work,
+        &["deploy", &format!("oci://{reg}/skiff/hello")],
+        "give a tag",
+    );
+    fails(
+        work,
+        &["deploy", &format!("oci://{reg}/skiff/nothing:v1")],
+        "no such repository or tag",
+    );
+    fails(
+        work,
+        &["deploy", "oci://127.0.0.1:1/skiff/hello:v1"],
+        "cannot reach the registry 127.0.0.1:1",
+    );
+    fails(
+        work,
+        &[
+            "push",
+            v1.to_str().unwrap(),
+            &format!("{reg}/skiff/hello@{digest1}"),
+        ],
+        "push to a tag",
+    );
+    assert_eq!(
+        hello_says(ingress).await,
+        "Hello from Skiff! version=1.0.0\n"
+    );
+    drop(up);
+}
