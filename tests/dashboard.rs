@@ -36,17 +36,9 @@ impl Drop for Driver {
     }
 }
 
-fn find(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(program))
-        .find(|p| p.is_file())
-}
-
 /// Starts ChromeDriver, or `None` (outside CI) when it is not installed.
 async fn driver() -> Option<Driver> {
-    let Some(path) = find("chromedriver") else {
+    let Some(path) = common::on_path("chromedriver") else {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI must install chromium and chromium-driver (see .ci/run)"
@@ -80,7 +72,8 @@ async fn driver() -> Option<Driver> {
 
 /// A headless Chromium session, with a fresh profile in `profile`.
 async fn browser(driver: &Driver, profile: &Path) -> Client {
-    let chromium = find("chromium").unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    let chromium =
+        common::on_path("chromium").unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),

@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -33,16 +33,8 @@ impl Drop for Registry {
     }
 }
 
-fn find(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(program))
-        .find(|p| p.is_file())
-}
-
 async fn registry() -> Option<Registry> {
-    let Some(program) = find("docker-registry") else {
+    let Some(program) = common::on_path("docker-registry") else {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI must install docker-registry (see .ci/run)"

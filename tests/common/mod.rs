@@ -92,6 +92,15 @@ pub fn hello_manifest_unhealthy(dir: &Path, version: &str) -> std::path::PathBuf
     app
 }
 
+/// `program` as found on the `PATH`, if it is installed.
+pub fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}
+
 /// The bytes of an example component.
 pub fn example(name: &str) -> Vec<u8> {
     let path = example_path(name);
