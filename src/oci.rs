@@ -80,19 +80,38 @@ fn registry_error(
     e: oci_client::errors::OciDistributionError,
 ) -> anyhow::Error {
     use oci_client::errors::OciDistributionError as E;
+    use oci_client::errors::OciErrorCode as Code;
+    let refused = || {
+        let given = std::env::var_os("SKIFF_REGISTRY_USERNAME").is_some();
+        format!(
+            "the registry {} refused {} (SKIFF_REGISTRY_USERNAME and SKIFF_REGISTRY_PASSWORD)",
+            reference.registry,
+            if given {
+                "the credentials"
+            } else {
+                "anonymous access: it needs credentials"
+            }
+        )
+    };
     let why = match &e {
-        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
-            "the registry refused the credentials (set SKIFF_REGISTRY_USERNAME and SKIFF_REGISTRY_PASSWORD)".to_owned()
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => refused(),
+        E::ServerError {
+            code: 401 | 403, ..
+        } => refused(),
+        E::RegistryError { envelope, .. }
+            if envelope
+                .errors
+                .iter()
+                .any(|e| matches!(e.code, Code::Unauthorized | Code::Denied)) =>
+        {
+            refused()
         }
         E::ImageManifestNotFoundError(_) => "no such repository or tag".to_owned(),
         E::RegistryError { envelope, .. }
-            if envelope.errors.iter().any(|e| {
-                matches!(
-                    e.code,
-                    oci_client::errors::OciErrorCode::ManifestUnknown
-                        | oci_client::errors::OciErrorCode::NameUnknown
-                )
-            }) =>
+            if envelope
+                .errors
+                .iter()
+                .any(|e| matches!(e.code, Code::ManifestUnknown | Code::NameUnknown)) =>
         {
             "no such repository or tag".to_owned()
         }

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{SkiffProcess, root, send};
+use common::{root, send};
 use http::{Method, StatusCode};
 
 /// `skiff <args>` run in `dir`; returns (exit code, stdout, stderr).
@@ -94,24 +94,9 @@ async fn new_build_package_deploy_curl_scale_logs_and_roll_back_through_the_cli(
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path();
     common::examples_dir();
-    let mut up = Command::new(env!("CARGO_BIN_EXE_skiff"));
-    up.args([
-        "up",
-        "--listen",
-        "127.0.0.1:0",
-        "--ingress",
-        "127.0.0.1:0",
-        "--memory",
-        "1Gi",
-    ])
-    .current_dir(work);
-    let up = SkiffProcess::spawn(up);
+    let up = common::skiff_up(work);
     assert_eq!(up.ready["role"], "up");
-    let ingress: std::net::SocketAddr = up.ready["nodes"][0]["ingress"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ingress = up.ingress();
 
     // The real example's manifest, built by its own build command.
     let out = ok(

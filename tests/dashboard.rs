@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{SkiffProcess, root};
+use common::root;
 use fantoccini::{Client, ClientBuilder, Locator};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -181,18 +181,7 @@ async fn the_dashboard_shows_and_manages_what_the_cli_does() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path();
     common::examples_dir();
-    let mut up = Command::new(env!("CARGO_BIN_EXE_skiff"));
-    up.args([
-        "up",
-        "--listen",
-        "127.0.0.1:0",
-        "--ingress",
-        "127.0.0.1:0",
-        "--memory",
-        "1Gi",
-    ])
-    .current_dir(work);
-    let mut up = SkiffProcess::spawn(up);
+    let mut up = common::skiff_up(work);
     let ui = up.ready["dashboard"].as_str().unwrap().to_owned();
     let token = std::fs::read_to_string(work.join(up.ready["admin_token_file"].as_str().unwrap()))
         .unwrap()
@@ -339,11 +328,7 @@ async fn the_dashboard_shows_and_manages_what_the_cli_does() {
     )
     .unwrap();
     skiff(work, &["deploy", echo.to_str().unwrap()]);
-    let ingress: std::net::SocketAddr = up.ready["nodes"][0]["ingress"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ingress = up.ingress();
     page.goto(&format!("{ui}/apps/echo")).await.unwrap();
     common::poll(DEADLINE, "echo's requests charted and logged", || async {
         for _ in 0..10 {

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{SkiffProcess, send};
+use common::send;
 use http::{Method, StatusCode};
 
 /// A registry process on a free loopback port, storing in a temp dir.
@@ -33,7 +33,8 @@ impl Drop for Registry {
     }
 }
 
-async fn registry() -> Option<Registry> {
+/// A registry; with `htpasswd`, one that asks for basic auth.
+async fn registry(htpasswd: Option<&str>) -> Option<Registry> {
     let Some(program) = common::on_path("docker-registry") else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -51,11 +52,21 @@ async fn registry() -> Option<Registry> {
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-            dir.path().join("data").display()
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{}",
+            dir.path().join("data").display(),
+            match htpasswd {
+                Some(_) => format!(
+                    "auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n",
+                    dir.path().join("htpasswd").display()
+                ),
+                None => String::new(),
+            }
         ),
     )
     .unwrap();
+    if let Some(line) = htpasswd {
+        std::fs::write(dir.path().join("htpasswd"), format!("{line}\n")).unwrap();
+    }
     let child = Command::new(program)
         .arg("serve")
         .arg(&config)
@@ -75,7 +86,8 @@ async fn registry() -> Option<Registry> {
             match tokio::net::TcpStream::connect(addr).await {
                 Ok(_) => {
                     let reply = send(addr, "localhost", Method::GET, "/v2/", Bytes::new()).await;
-                    if reply.status == StatusCode::OK {
+                    // 401 when it asks for auth: up all the same.
+                    if reply.status == StatusCode::OK || reply.status == StatusCode::UNAUTHORIZED {
                         Ok(())
                     } else {
                         Err(reply.status.to_string())
@@ -91,18 +103,30 @@ async fn registry() -> Option<Registry> {
 
 /// `skiff <args>` in `dir`: (exit code, stdout, stderr).
 fn skiff(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    skiff_as(dir, args, None)
+}
+
+/// [`skiff`] with registry credentials `(user, password)`.
+fn skiff_as(dir: &Path, args: &[&str], login: Option<(&str, &str)>) -> (i32, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    command
+        .env_remove("SKIFF_REGISTRY_USERNAME")
+        .env_remove("SKIFF_REGISTRY_PASSWORD");
+    if let Some((user, password)) = login {
+        command
+            .env("SKIFF_REGISTRY_USERNAME", user)
+            .env("SKIFF_REGISTRY_PASSWORD", password);
+    }
     let Output {
         status,
         stdout,
         stderr,
-    } = Command::new(env!("CARGO_BIN_EXE_skiff"))
+    } = command
         .args(args)
         .current_dir(dir)
         .env_remove("SKIFF_CONTROLLER")
         .env_remove("SKIFF_TOKEN")
         .env_remove("SKIFF_DATA_DIR")
-        .env_remove("SKIFF_REGISTRY_USERNAME")
-        .env_remove("SKIFF_REGISTRY_PASSWORD")
         .output()
         .unwrap();
     (
@@ -159,7 +183,7 @@ async fn hello_says(ingress: std::net::SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_then_deploy_from_a_registry_by_tag_and_by_digest() {
-    let Some(registry) = registry().await else {
+    let Some(registry) = registry(None).await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -197,23 +221,8 @@ async fn push_then_deploy_from_a_registry_by_tag_and_by_digest() {
     assert_eq!(again["digest"], digest1.as_str());
 
     // Deploy by tag, through a real cluster.
-    let mut up = Command::new(env!("CARGO_BIN_EXE_skiff"));
-    up.args([
-        "up",
-        "--listen",
-        "127.0.0.1:0",
-        "--ingress",
-        "127.0.0.1:0",
-        "--memory",
-        "1Gi",
-    ])
-    .current_dir(work);
-    let up = SkiffProcess::spawn(up);
-    let ingress: std::net::SocketAddr = up.ready["nodes"][0]["ingress"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let up = common::skiff_up(work);
+    let ingress = up.ingress();
     ok(work, &["deploy", &format!("oci://{tag}")]);
     assert_eq!(
         hello_says(ingress).await,
@@ -278,6 +287,55 @@ async fn push_then_deploy_from_a_registry_by_tag_and_by_digest() {
         ],
         "push to a tag",
     );
+    assert_eq!(
+        hello_says(ingress).await,
+        "Hello from Skiff! version=1.0.0\n"
+    );
+    drop(up);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_with_htpasswd_auth_takes_the_right_credentials_only() {
+    let hash = bcrypt::hash("s3cret-pass", 5).unwrap();
+    let Some(registry) = registry(Some(&format!("skiff:{hash}"))).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    common::examples_dir();
+    let v1 = common::hello_manifest(work, "1.0.0");
+    let tag = format!("{}/skiff/hello:v1", registry.addr);
+    let push = ["push", v1.to_str().unwrap(), tag.as_str()];
+
+    // Anonymous, then a wrong password: refused, naming the registry and
+    // never the secret.
+    let (code, _, err) = skiff_as(work, &push, None);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!(
+            "the registry {} refused anonymous access",
+            registry.addr
+        )),
+        "{err}"
+    );
+    let (code, _, err) = skiff_as(work, &push, Some(("skiff", "wrong-pass")));
+    assert_ne!(code, 0);
+    assert!(err.contains("refused the credentials"), "{err}");
+    assert!(!err.contains("wrong-pass"), "the secret leaked: {err}");
+
+    // The right ones push and deploy.
+    let (code, out, err) = skiff_as(work, &push, Some(("skiff", "s3cret-pass")));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sha256:"), "{out}");
+    assert!(!err.contains("s3cret-pass") && !out.contains("s3cret-pass"));
+    let up = common::skiff_up(work);
+    let ingress = up.ingress();
+    let deploy = format!("oci://{tag}");
+    let (code, _, err) = skiff_as(work, &["deploy", &deploy], None);
+    assert_ne!(code, 0);
+    assert!(err.contains("refused anonymous access"), "{err}");
+    let (code, _, err) = skiff_as(work, &["deploy", &deploy], Some(("skiff", "s3cret-pass")));
+    assert_eq!(code, 0, "{err}");
     assert_eq!(
         hello_says(ingress).await,
         "Hello from Skiff! version=1.0.0\n"

@@ -101,6 +101,22 @@ pub fn on_path(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// `skiff up` in `dir` on free loopback ports, one node declaring 1 GiB.
+pub fn skiff_up(dir: &Path) -> SkiffProcess {
+    let mut up = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    up.args([
+        "up",
+        "--listen",
+        "127.0.0.1:0",
+        "--ingress",
+        "127.0.0.1:0",
+        "--memory",
+        "1Gi",
+    ])
+    .current_dir(dir);
+    SkiffProcess::spawn(up)
+}
+
 /// The bytes of an example component.
 pub fn example(name: &str) -> Vec<u8> {
     let path = example_path(name);
@@ -348,6 +364,15 @@ impl SkiffProcess {
     }
 
     /// The address from the readiness line.
+    /// The ingress of the first node of a `skiff up`.
+    pub fn ingress(&self) -> SocketAddr {
+        self.ready["nodes"][0]["ingress"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.ready["listening"].as_str().unwrap().parse().unwrap()
     }
