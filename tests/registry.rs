@@ -342,3 +342,142 @@ async fn a_registry_with_htpasswd_auth_takes_the_right_credentials_only() {
     );
     drop(up);
 }
+
+/// Pushes `layers` (media type, bytes) as an image with the Wasm config.
+async fn push_raw(
+    registry: std::net::SocketAddr,
+    tag: &str,
+    layers: &[(&str, &[u8], Option<&str>)],
+) {
+    use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+    let client = oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..ClientConfig::default()
+    });
+    let layers: Vec<ImageLayer> = layers
+        .iter()
+        .map(|(media, bytes, title)| {
+            ImageLayer::new(
+                bytes.to_vec(),
+                (*media).to_owned(),
+                title.map(|t| {
+                    std::collections::BTreeMap::from([(
+                        skiff_sdk::oci::TITLE.to_owned(),
+                        t.to_owned(),
+                    )])
+                }),
+            )
+        })
+        .collect();
+    let config = Config::new(b"{}".to_vec(), skiff_sdk::oci::WASM_CONFIG.to_owned(), None);
+    let reference: oci_client::Reference = format!("{registry}/{tag}").parse().unwrap();
+    client
+        .push(
+            &reference,
+            &layers,
+            config,
+            &oci_client::secrets::RegistryAuth::Anonymous,
+            None,
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_and_foreign_artifacts_are_refused_and_the_app_keeps_serving() {
+    let Some(registry) = registry(None).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    common::examples_dir();
+    let reg = registry.addr.to_string();
+    let v1 = common::hello_manifest(work, "1.0.0");
+    ok(
+        work,
+        &[
+            "push",
+            v1.to_str().unwrap(),
+            &format!("{reg}/skiff/hello:v1"),
+        ],
+    );
+    let up = common::skiff_up(work);
+    let ingress = up.ingress();
+    ok(work, &["deploy", &format!("oci://{reg}/skiff/hello:v1")]);
+    let manifest_toml = std::fs::read(v1.join("skiff.toml")).unwrap();
+
+    // A layer that is not a component.
+    push_raw(
+        registry.addr,
+        "skiff/foreign:v1",
+        &[
+            ("application/wasm", b"not a component", None),
+            (
+                skiff_sdk::oci::MANIFEST_LAYER,
+                &manifest_toml,
+                Some("skiff.toml"),
+            ),
+        ],
+    )
+    .await;
+    fails(
+        work,
+        &["deploy", &format!("oci://{reg}/skiff/foreign:v1")],
+        "component.wasm",
+    );
+    // A plain component artifact without Skiff's manifest layer.
+    push_raw(
+        registry.addr,
+        "skiff/bare:v1",
+        &[("application/wasm", &common::example("hello"), None)],
+    )
+    .await;
+    fails(
+        work,
+        &["deploy", &format!("oci://{reg}/skiff/bare:v1")],
+        "no skiff.toml layer",
+    );
+    // A layer of another media type.
+    push_raw(
+        registry.addr,
+        "skiff/odd:v1",
+        &[("application/vnd.oci.image.layer.v1.tar", b"tar", None)],
+    )
+    .await;
+    fails(
+        work,
+        &["deploy", &format!("oci://{reg}/skiff/odd:v1")],
+        "oci://",
+    );
+
+    // The registry's copy of the component tampered with: its bytes no
+    // longer match the digest the manifest names.
+    let (_, body) = registry_get(registry.addr, "/v2/skiff/hello/manifests/v1").await;
+    let manifest: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let hex = layer.strip_prefix("sha256:").unwrap();
+    let blob = registry
+        ._dir
+        .path()
+        .join("data/docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    fails(
+        work,
+        &["deploy", &format!("oci://{reg}/skiff/hello:v1")],
+        "digest",
+    );
+
+    assert_eq!(
+        hello_says(ingress).await,
+        "Hello from Skiff! version=1.0.0\n"
+    );
+    let history = ok(work, &["rollout", "history", "hello"]);
+    assert_eq!(history.lines().count(), 2, "one revision only:\n{history}");
+    drop(up);
+}
