@@ -15,7 +15,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::root;
@@ -25,27 +25,13 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A ChromeDriver process on a free loopback port.
 struct Driver {
-    child: Child,
+    _child: common::KillOnDrop,
     url: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Starts ChromeDriver, or `None` (outside CI) when it is not installed.
 async fn driver() -> Option<Driver> {
-    let Some(path) = common::on_path("chromedriver") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install chromium and chromium-driver (see .ci/run)"
-        );
-        eprintln!("chromedriver is not installed: skipping the browser test");
-        return None;
-    };
+    let path = common::required_program("chromedriver", "chromium and chromium-driver")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -58,7 +44,7 @@ async fn driver() -> Option<Driver> {
         .spawn()
         .unwrap();
     let driver = Driver {
-        child,
+        _child: common::KillOnDrop(child),
         url: format!("http://127.0.0.1:{port}"),
     };
     common::poll(DEADLINE, "chromedriver accepting connections", || async {

@@ -12,7 +12,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,28 +21,14 @@ use http::{Method, StatusCode};
 
 /// A registry process on a free loopback port, storing in a temp dir.
 struct Registry {
-    child: Child,
+    _child: common::KillOnDrop,
     addr: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    dir: tempfile::TempDir,
 }
 
 /// A registry; with `htpasswd`, one that asks for basic auth.
 async fn registry(htpasswd: Option<&str>) -> Option<Registry> {
-    let Some(program) = common::on_path("docker-registry") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install docker-registry (see .ci/run)"
-        );
-        eprintln!("docker-registry is not installed: skipping the registry test");
-        return None;
-    };
+    let program = common::required_program("docker-registry", "docker-registry")?;
     let dir = tempfile::tempdir().unwrap();
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -75,9 +61,9 @@ async fn registry(htpasswd: Option<&str>) -> Option<Registry> {
         .spawn()
         .unwrap();
     let registry = Registry {
-        child,
+        _child: common::KillOnDrop(child),
         addr,
-        _dir: dir,
+        dir,
     };
     common::poll(
         Duration::from_secs(30),
@@ -457,7 +443,7 @@ async fn tampered_and_foreign_artifacts_are_refused_and_the_app_keeps_serving() 
     let layer = manifest["layers"][0]["digest"].as_str().unwrap();
     let hex = layer.strip_prefix("sha256:").unwrap();
     let blob = registry
-        ._dir
+        .dir
         .path()
         .join("data/docker/registry/v2/blobs/sha256")
         .join(&hex[..2])

@@ -92,6 +92,31 @@ pub fn hello_manifest_unhealthy(dir: &Path, version: &str) -> std::path::PathBuf
     app
 }
 
+/// A helper program a test needs (`package` is the Debian package that
+/// `.ci/run` installs): its path, or `None` outside CI when it is missing
+/// (the test is skipped, loudly). Under CI its absence is a failure.
+pub fn required_program(program: &str, package: &str) -> Option<PathBuf> {
+    let found = on_path(program);
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install {package} (see .ci/run)"
+        );
+        eprintln!("{program} is not installed ({package}): skipping this test");
+    }
+    found
+}
+
+/// A child process killed and reaped when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `program` as found on the `PATH`, if it is installed.
 pub fn on_path(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?

@@ -97,20 +97,29 @@ async fn events() -> Response {
 }
 
 async fn app(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    let known = state.informer.read().apps.contains_key(&name);
-    if known {
-        shell(StatusCode::OK, "app", &name)
-    } else {
-        shell(StatusCode::NOT_FOUND, "missing-app", &name)
-    }
+    known_or_404(&state, "app", &name, |p| p.apps.contains_key(&name)).await
 }
 
 async fn node(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    let known = state.informer.read().nodes.contains_key(&name);
-    if known {
-        shell(StatusCode::OK, "node", &name)
+    known_or_404(&state, "node", &name, |p| p.nodes.contains_key(&name)).await
+}
+
+/// The `page` shell when `known` finds `name` in the controller's picture
+/// (once it holds this controller's own writes), else its 404 page.
+async fn known_or_404(
+    state: &AppState,
+    page: &str,
+    name: &str,
+    known: impl Fn(&crate::informer::Picture) -> bool,
+) -> Response {
+    state
+        .informer
+        .caught_up(std::time::Duration::from_secs(1))
+        .await;
+    if known(&state.informer.read()) {
+        shell(StatusCode::OK, page, name)
     } else {
-        shell(StatusCode::NOT_FOUND, "missing-node", &name)
+        shell(StatusCode::NOT_FOUND, &format!("missing-{page}"), name)
     }
 }
 
