@@ -299,19 +299,42 @@ fn progress_bar() -> skiff_sdk::client::Progress {
     })
 }
 
-/// `skiff deploy`: build, upload, apply, follow.
+/// `skiff deploy`: build, upload, apply, follow. From `oci://…`, the
+/// controller takes the component and files from the registry itself
+/// (pinned to the manifest digest the tag names now); only a job is pulled
+/// and uploaded here.
 pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> {
-    let (built, source) = match args.dir.to_str().filter(|d| d.starts_with("oci://")) {
-        Some(reference) => {
-            let (built, pinned) = crate::oci::pull(reference, None, &args.insecure).await?;
-            eprintln!("pulled {pinned}");
-            (built, Some(pinned.to_string()))
+    if let Some(reference) = args.dir.to_str().filter(|d| d.starts_with("oci://")) {
+        let image = crate::oci::open(reference, &args.insecure).await?;
+        eprintln!("resolved {}", image.pinned);
+        let pinned = image.pinned.to_string();
+        if image.manifest.job.is_none() {
+            let client = connect.client()?;
+            let spec = image
+                .manifest
+                .to_spec(skiff_sdk::Digest::of(b""), BTreeMap::new());
+            let name = image.manifest.name.clone();
+            return apply_and_follow(&client, args, &name, &spec, Some(&pinned)).await;
         }
-        None if args.dir.extension().is_some_and(|e| e == BUNDLE_EXTENSION) => {
-            (unbundle(&args.dir, None)?, None)
-        }
-        None => (build(&args.dir, args.no_build)?, None),
+        let built = image.pull(None).await?;
+        return upload_and_apply(connect, args, built, Some(pinned)).await;
+    }
+    let built = if args.dir.extension().is_some_and(|e| e == BUNDLE_EXTENSION) {
+        unbundle(&args.dir, None)?
+    } else {
+        build(&args.dir, args.no_build)?
     };
+    upload_and_apply(connect, args, built, None).await
+}
+
+/// Uploads what was built, then applies it (an app: and follows its
+/// rollout).
+async fn upload_and_apply(
+    connect: &Connect,
+    args: &DeployArgs,
+    built: Built,
+    source: Option<String>,
+) -> anyhow::Result<()> {
     let client = connect.client()?;
     let name = built.manifest.name.clone();
     eprintln!(
@@ -343,11 +366,27 @@ pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> 
     }
     let mut spec = built.manifest.to_spec(artifact.digest, files);
     spec.source = source;
-    let seen = latest_event(&client, &name).await;
-    let applied = if args.approve_capabilities {
-        client.apply_app_approved(&name, &spec).await
-    } else {
-        client.apply_app(&name, &spec).await
+    apply_and_follow(&client, args, &name, &spec, None).await
+}
+
+/// Applies `spec` (with its component taken from `image` when given),
+/// then follows the rollout unless told not to.
+async fn apply_and_follow(
+    client: &skiff_sdk::Client,
+    args: &DeployArgs,
+    name: &str,
+    spec: &skiff_sdk::api::AppSpec,
+    image: Option<&str>,
+) -> anyhow::Result<()> {
+    let seen = latest_event(client, name).await;
+    let applied = match image {
+        Some(reference) => {
+            client
+                .apply_app_image(name, spec, reference, args.approve_capabilities)
+                .await
+        }
+        None if args.approve_capabilities => client.apply_app_approved(name, spec).await,
+        None => client.apply_app(name, spec).await,
     };
     let app = match applied {
         Err(skiff_sdk::ClientError::Api { body, .. })
@@ -366,12 +405,12 @@ pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> 
     }
     eprintln!(
         "applied {name}: revision {}, {} replica(s), artifact {}",
-        app.revision, app.spec.replicas, artifact.digest
+        app.revision, app.spec.replicas, app.spec.artifact
     );
     if args.no_wait {
         return Ok(());
     }
-    follow_rollout(&client, &name, seen, args.timeout).await
+    follow_rollout(client, name, seen, args.timeout).await
 }
 
 /// Prints the app's events from `seen` on until every replica runs the

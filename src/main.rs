@@ -50,6 +50,14 @@ enum Command {
     /// Build the app in DIR (or take a bundle) and publish it to an OCI
     /// registry: REGISTRY/REPO:TAG. Prints the pushed digest.
     Push(oci::PushArgs),
+    /// Credentials the controller (and the nodes that need them) pull from
+    /// a registry with.
+    Registry {
+        #[command(subcommand)]
+        command: oci::RegistryCommand,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
     /// List apps.
     Apps {
         #[command(flatten)]
@@ -275,6 +283,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Events { args, connect } => c::events(&connect, &args).await,
         Command::Run { args, connect } => jobs::run(&connect, &args).await,
         Command::Push(args) => oci::push(&args).await,
+        Command::Registry { command, connect } => oci::registry_command(&connect, command).await,
         Command::Jobs { connect } => jobs::jobs(&connect).await,
         Command::Job { name, connect } => jobs::job(&connect, &name).await,
     }

@@ -13,15 +13,20 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
-use skiff_sdk::oci::{FILE_LAYER, MANIFEST_LAYER, OciRef, TITLE, WASM_CONFIG, WASM_LAYER};
+use oci_client::Reference;
+use oci_client::client::{Config, ImageLayer};
+use skiff_sdk::oci::{
+    Credentials, FILE_LAYER, MANIFEST_LAYER, OciRef, Registry, RegistryError, TITLE, WASM_CONFIG,
+    WASM_LAYER,
+};
 
 use skiff_sdk::bundle::BUNDLE_EXTENSION;
 
 use crate::Failure;
 use crate::deploy::{Built, Kind};
+
+/// Largest layer read from a registry (as the controller's artifact limit).
+const MAX_LAYER_BYTES: u64 = 64 << 20;
 
 /// `skiff push [DIR | FILE.skiff] REGISTRY/REPO:TAG`.
 #[derive(Debug, Args)]
@@ -45,82 +50,30 @@ pub fn reference(text: &str) -> anyhow::Result<OciRef> {
     OciRef::parse(text).map_err(|e| Failure::Usage(e.to_string()).into())
 }
 
-fn client(reference: &OciRef, insecure: &[String]) -> Client {
-    let mut plain: Vec<String> = insecure.to_vec();
-    if reference.is_loopback() {
-        plain.push(reference.registry.clone());
-    }
-    Client::new(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(plain),
-        ..ClientConfig::default()
-    })
-}
-
-fn auth() -> RegistryAuth {
+/// The credentials from `SKIFF_REGISTRY_USERNAME` and
+/// `SKIFF_REGISTRY_PASSWORD`, if both are set.
+fn credentials() -> Option<Credentials> {
     match (
         std::env::var("SKIFF_REGISTRY_USERNAME"),
         std::env::var("SKIFF_REGISTRY_PASSWORD"),
     ) {
-        (Ok(user), Ok(password)) => RegistryAuth::Basic(user, password),
-        _ => RegistryAuth::Anonymous,
+        (Ok(username), Ok(password)) => Some(Credentials { username, password }),
+        _ => None,
     }
 }
 
-fn oci_reference(reference: &OciRef) -> anyhow::Result<Reference> {
-    reference
-        .plain()
-        .parse::<Reference>()
-        .map_err(|e| Failure::Usage(format!("{reference}: {e}")).into())
+fn registry(reference: &OciRef, insecure: &[String]) -> Registry {
+    Registry::new(reference, insecure, credentials().as_ref())
 }
 
-/// What went wrong talking to the registry, naming it (never the secret).
-fn registry_error(
-    reference: &OciRef,
-    doing: &str,
-    e: oci_client::errors::OciDistributionError,
-) -> anyhow::Error {
-    use oci_client::errors::OciDistributionError as E;
-    use oci_client::errors::OciErrorCode as Code;
-    let refused = || {
-        let given = std::env::var_os("SKIFF_REGISTRY_USERNAME").is_some();
-        format!(
-            "the registry {} refused {} (SKIFF_REGISTRY_USERNAME and SKIFF_REGISTRY_PASSWORD)",
-            reference.registry,
-            if given {
-                "the credentials"
-            } else {
-                "anonymous access: it needs credentials"
-            }
-        )
+/// What went wrong talking to the registry, as a usage error naming the
+/// reference and the registry (never the secret).
+fn failed(reference: &OciRef, doing: &str, e: RegistryError) -> anyhow::Error {
+    let hint = match &e {
+        RegistryError::Refused { .. } => " (SKIFF_REGISTRY_USERNAME and SKIFF_REGISTRY_PASSWORD)",
+        _ => "",
     };
-    let why = match &e {
-        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => refused(),
-        E::ServerError {
-            code: 401 | 403, ..
-        } => refused(),
-        E::RegistryError { envelope, .. }
-            if envelope
-                .errors
-                .iter()
-                .any(|e| matches!(e.code, Code::Unauthorized | Code::Denied)) =>
-        {
-            refused()
-        }
-        E::ImageManifestNotFoundError(_) => "no such repository or tag".to_owned(),
-        E::RegistryError { envelope, .. }
-            if envelope
-                .errors
-                .iter()
-                .any(|e| matches!(e.code, Code::ManifestUnknown | Code::NameUnknown)) =>
-        {
-            "no such repository or tag".to_owned()
-        }
-        E::RequestError(r) if r.is_connect() || r.is_timeout() => {
-            format!("cannot reach the registry {} ({r})", reference.registry)
-        }
-        other => other.to_string(),
-    };
-    Failure::Usage(format!("{doing} {reference}: {why}")).into()
+    Failure::Usage(format!("{doing} {reference}: {e}{hint}")).into()
 }
 
 /// The Wasm OCI config for a component (deterministic: the same component
@@ -174,21 +127,25 @@ pub async fn push(args: &PushArgs) -> anyhow::Result<()> {
         WASM_CONFIG.to_owned(),
         None,
     );
-    let registry = client(&target, &args.insecure);
-    let image = oci_reference(&target)?;
+    let registry = registry(&target, &args.insecure);
+    let (client, auth) = registry.parts();
+    let image = target
+        .plain()
+        .parse::<Reference>()
+        .map_err(|e| Failure::Usage(format!("{target}: {e}")))?;
     eprintln!(
         "pushing {} ({}) to {target}",
         built.manifest.name,
         crate::commands::human_bytes(built.bytes.len() as u64)
     );
-    registry
-        .push(&image, &layers, config, &auth(), None)
+    client
+        .push(&image, &layers, config, auth, None)
         .await
-        .map_err(|e| registry_error(&target, "pushing", e))?;
+        .map_err(|e| failed(&target, "pushing", registry.error(e)))?;
     let digest = registry
-        .fetch_manifest_digest(&image, &auth())
+        .resolve(&target)
         .await
-        .map_err(|e| registry_error(&target, "resolving", e))?;
+        .map_err(|e| failed(&target, "resolving", e))?;
     eprintln!("pushed {}", target.pinned(&digest));
     println!(
         "{}",
@@ -197,91 +154,127 @@ pub async fn push(args: &PushArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads the app at `reference` back from its registry: the tag resolved
-/// to a manifest digest first, so everything read is of that one manifest.
-/// Returns the app as a build would, and the pinned reference.
-pub async fn pull(
-    text: &str,
-    kind: Option<Kind>,
-    insecure: &[String],
-) -> anyhow::Result<(Built, OciRef)> {
+/// An app image in a registry, opened: its reference pinned to the
+/// manifest digest its tag named (everything read is of that one
+/// manifest), its layers, and its `skiff.toml`.
+pub struct Image {
+    registry: Registry,
+    /// The reference, pinned.
+    pub pinned: OciRef,
+    layers: Vec<oci_client::manifest::OciDescriptor>,
+    /// The app's manifest, from its `skiff.toml` layer.
+    pub manifest: skiff_sdk::manifest::Manifest,
+    manifest_file: PathBuf,
+    manifest_text: String,
+}
+
+/// Opens the app image `text` names: resolves its tag, reads its manifest
+/// and its `skiff.toml`, and refuses layers of media types Skiff does not
+/// push.
+pub async fn open(text: &str, insecure: &[String]) -> anyhow::Result<Image> {
     let wanted = reference(text)?;
-    let registry = client(&wanted, insecure);
-    let digest = match &wanted.digest {
-        Some(digest) => digest.clone(),
-        None => registry
-            .fetch_manifest_digest(&oci_reference(&wanted)?, &auth())
-            .await
-            .map_err(|e| registry_error(&wanted, "resolving", e))?,
-    };
+    let registry = registry(&wanted, insecure);
+    let digest = registry
+        .resolve(&wanted)
+        .await
+        .map_err(|e| failed(&wanted, "resolving", e))?;
     let pinned = wanted.pinned(&digest);
     let image = registry
-        .pull(
-            &oci_reference(&pinned)?,
-            &auth(),
-            vec![WASM_LAYER, MANIFEST_LAYER, FILE_LAYER],
-        )
+        .manifest(&pinned)
         .await
-        .map_err(|e| registry_error(&pinned, "pulling", e))?;
-    if image.digest.as_deref().is_some_and(|d| d != digest) {
-        return Err(Failure::Usage(format!(
-            "{pinned}: the registry answered a different manifest ({})",
-            image.digest.unwrap_or_default()
-        ))
-        .into());
-    }
+        .map_err(|e| failed(&pinned, "pulling", e))?;
     let invalid =
         |why: String| -> anyhow::Error { Failure::Usage(format!("{pinned}: {why}")).into() };
-    let mut component = None;
-    let mut manifest_text = None;
-    let mut files = BTreeMap::new();
-    for layer in image.layers {
-        let title = layer
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(TITLE))
-            .cloned();
-        match layer.media_type.as_str() {
-            WASM_LAYER if component.is_none() => component = Some(layer.data.to_vec()),
-            WASM_LAYER => return Err(invalid("more than one application/wasm layer".into())),
-            MANIFEST_LAYER => {
-                manifest_text = Some(
-                    String::from_utf8(layer.data.to_vec())
-                        .map_err(|_| invalid("its skiff.toml layer is not UTF-8 text".into()))?,
-                );
-            }
-            _ => {
-                let Some(title) = title.filter(|t| safe_relative(t)) else {
-                    return Err(invalid(
-                        "a file layer without a safe relative path in its title annotation".into(),
-                    ));
-                };
-                files.insert(PathBuf::from(title), layer.data.to_vec());
-            }
-        }
+    if let Some(layer) = image.layers.iter().find(|l| {
+        !matches!(
+            l.media_type.as_str(),
+            WASM_LAYER | MANIFEST_LAYER | FILE_LAYER
+        )
+    }) {
+        return Err(invalid(format!(
+            "a layer of media type {}: not an app pushed with `skiff push`",
+            layer.media_type
+        )));
     }
-    let bytes = component.ok_or_else(|| invalid("no application/wasm layer".into()))?;
-    let manifest_text = manifest_text.ok_or_else(|| {
-        invalid(format!(
+    let Some(layer) = image.layers.iter().find(|l| l.media_type == MANIFEST_LAYER) else {
+        return Err(invalid(format!(
             "no skiff.toml layer ({MANIFEST_LAYER}): push the app with `skiff push`"
-        ))
-    })?;
+        )));
+    };
+    let data = pull_layer(&registry, &pinned, layer).await?;
+    let manifest_text = String::from_utf8(data)
+        .map_err(|_| invalid("its skiff.toml layer is not UTF-8 text".into()))?;
     let manifest_file = PathBuf::from(format!("{pinned}!skiff.toml"));
     let manifest = skiff_sdk::manifest::Manifest::parse(&manifest_file, &manifest_text)
         .map_err(|e| Failure::Usage(e.to_string()))?;
-    let path = PathBuf::from(format!("{pinned}!component.wasm"));
-    crate::deploy::check_component(&path, &bytes, kind.unwrap_or_else(|| Kind::of(&manifest)))?;
-    Ok((
-        Built {
-            manifest,
-            manifest_file,
-            manifest_text,
+    Ok(Image {
+        registry,
+        pinned,
+        layers: image.layers,
+        manifest,
+        manifest_file,
+        manifest_text,
+    })
+}
+
+/// One layer's bytes, checked against its digest.
+async fn pull_layer(
+    registry: &Registry,
+    pinned: &OciRef,
+    layer: &oci_client::manifest::OciDescriptor,
+) -> anyhow::Result<Vec<u8>> {
+    let digest: skiff_sdk::Digest = layer
+        .digest
+        .parse()
+        .map_err(|e| Failure::Usage(format!("{pinned}: layer digest {}: {e}", layer.digest)))?;
+    registry
+        .blob(pinned, &digest, MAX_LAYER_BYTES)
+        .await
+        .map_err(|e| failed(pinned, "pulling", e))
+}
+
+impl Image {
+    /// Pulls the component and the files, as a build would give them (the
+    /// component checked to be what `kind` runs).
+    pub async fn pull(self, kind: Option<Kind>) -> anyhow::Result<Built> {
+        let pinned = &self.pinned;
+        let invalid =
+            |why: String| -> anyhow::Error { Failure::Usage(format!("{pinned}: {why}")).into() };
+        let mut component = None;
+        let mut files = BTreeMap::new();
+        for layer in &self.layers {
+            match layer.media_type.as_str() {
+                WASM_LAYER if component.is_some() => {
+                    return Err(invalid("more than one application/wasm layer".into()));
+                }
+                WASM_LAYER => component = Some(pull_layer(&self.registry, pinned, layer).await?),
+                FILE_LAYER => {
+                    let title = layer.annotations.as_ref().and_then(|a| a.get(TITLE));
+                    let Some(title) = title.filter(|t| safe_relative(t)) else {
+                        return Err(invalid(
+                            "a file layer without a safe relative path in its title annotation"
+                                .into(),
+                        ));
+                    };
+                    let data = pull_layer(&self.registry, pinned, layer).await?;
+                    files.insert(PathBuf::from(title), data);
+                }
+                _ => {}
+            }
+        }
+        let bytes = component.ok_or_else(|| invalid("no application/wasm layer".into()))?;
+        let path = PathBuf::from(format!("{pinned}!component.wasm"));
+        let kind = kind.unwrap_or_else(|| Kind::of(&self.manifest));
+        crate::deploy::check_component(&path, &bytes, kind)?;
+        Ok(Built {
+            manifest: self.manifest,
+            manifest_file: self.manifest_file,
+            manifest_text: self.manifest_text,
             path,
             bytes,
             files,
-        },
-        pinned,
-    ))
+        })
+    }
 }
 
 /// A relative path with no `..`, root or prefix.
@@ -291,4 +284,84 @@ fn safe_relative(path: &str) -> bool {
         && path
             .components()
             .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
+/// `skiff registry …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum RegistryCommand {
+    /// Store credentials for REGISTRY in the controller: the user name from
+    /// --username (or SKIFF_REGISTRY_USERNAME), the password or token read
+    /// from stdin with --password-stdin (or SKIFF_REGISTRY_PASSWORD).
+    Login {
+        /// The registry, `host[:port]`.
+        registry: String,
+        /// The user name.
+        #[arg(long, short = 'u')]
+        username: Option<String>,
+        /// Read the password (or token) from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Forget the credentials stored for REGISTRY.
+    Logout {
+        /// The registry, `host[:port]`.
+        registry: String,
+    },
+    /// List the registries with stored credentials (user names only).
+    List,
+}
+
+/// Runs a `skiff registry` command.
+pub async fn registry_command(
+    connect: &crate::client::Connect,
+    command: RegistryCommand,
+) -> anyhow::Result<()> {
+    let client = connect.client()?;
+    match command {
+        RegistryCommand::Login {
+            registry,
+            username,
+            password_stdin,
+        } => {
+            let username = username
+                .or_else(|| std::env::var("SKIFF_REGISTRY_USERNAME").ok())
+                .ok_or_else(|| {
+                    Failure::Usage(
+                        "give the user name with --username (or SKIFF_REGISTRY_USERNAME)".into(),
+                    )
+                })?;
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                line.trim_end_matches(['\r', '\n']).to_owned()
+            } else {
+                std::env::var("SKIFF_REGISTRY_PASSWORD").map_err(|_| {
+                    Failure::Usage(
+                        "give the password on stdin with --password-stdin (or SKIFF_REGISTRY_PASSWORD)"
+                            .into(),
+                    )
+                })?
+            };
+            let login = client
+                .registry_login(&registry, &Credentials { username, password })
+                .await?;
+            eprintln!(
+                "credentials for {} stored as {} (the controller and the nodes running its apps pull with them)",
+                login.registry, login.username
+            );
+            println!("{}", serde_json::to_string(&login)?);
+        }
+        RegistryCommand::Logout { registry } => {
+            client.registry_logout(&registry).await?;
+            eprintln!("credentials for {registry} removed");
+        }
+        RegistryCommand::List => {
+            let logins = client.registry_logins().await?;
+            println!("{:<32} USERNAME", "REGISTRY");
+            for login in logins {
+                println!("{:<32} {}", login.registry, login.username);
+            }
+        }
+    }
+    Ok(())
 }

@@ -316,17 +316,237 @@ async fn a_registry_with_htpasswd_auth_takes_the_right_credentials_only() {
     assert!(!err.contains("s3cret-pass") && !out.contains("s3cret-pass"));
     let up = common::skiff_up(work);
     let ingress = up.ingress();
+    let token =
+        std::fs::read_to_string(work.join(up.ready["admin_token_file"].as_str().unwrap())).unwrap();
+    let admin = skiff_sdk::Client::new(&format!("http://{}", up.addr()))
+        .unwrap()
+        .with_token(&token);
+    let reg = registry.addr.to_string();
     let deploy = format!("oci://{tag}");
+    let creds = Some(("skiff", "s3cret-pass"));
+    // The CLI reads the app's skiff.toml with its own credentials ...
     let (code, _, err) = skiff_as(work, &["deploy", &deploy], None);
     assert_ne!(code, 0);
     assert!(err.contains("refused anonymous access"), "{err}");
-    let (code, _, err) = skiff_as(work, &["deploy", &deploy], Some(("skiff", "s3cret-pass")));
+    // ... the controller pulls with those `skiff registry login` stored.
+    let (code, _, err) = skiff_as(work, &["deploy", &deploy], creds);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("refused anonymous access") && err.contains("skiff registry login"),
+        "{err}"
+    );
+    let (code, _, err) = login(work, &reg, "wrong-pass");
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = skiff_as(work, &["deploy", &deploy], creds);
+    assert_ne!(code, 0);
+    assert!(err.contains("refused the credentials"), "{err}");
+    assert!(!err.contains("wrong-pass"), "the secret leaked: {err}");
+    let (code, _, err) = login(work, &reg, "s3cret-pass");
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = skiff_as(work, &["deploy", &deploy], creds);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         hello_says(ingress).await,
         "Hello from Skiff! version=1.0.0\n"
     );
+
+    // The node pulled the component from the registry itself, with the
+    // credentials the controller handed it, and wrote them nowhere on its
+    // disk; no listing shows the password.
+    assert!(layer_pulls(&admin, "registry").await >= 1);
+    assert_eq!(layer_pulls(&admin, "controller").await, 0);
+    let listed = ok(work, &["registry", "list"]);
+    assert!(
+        listed.contains(&reg) && listed.contains("skiff"),
+        "{listed}"
+    );
+    let logins = serde_json::to_string(&admin.registry_logins().await.unwrap()).unwrap();
+    assert!(
+        !listed.contains("s3cret") && !logins.contains("s3cret"),
+        "{logins}"
+    );
+    assert_eq!(
+        files_containing(&work.join("skiff-data/nodes"), b"s3cret-pass"),
+        Vec::<String>::new()
+    );
+    // Only a node running an app from that registry gets them.
+    let nodes = admin.nodes().await.unwrap();
+    let other = admin
+        .node_registry_credentials(&nodes[0].name, "127.0.0.1:1")
+        .await
+        .unwrap_err();
+    assert_eq!(other.status(), Some(StatusCode::FORBIDDEN), "{other}");
+    ok(work, &["registry", "logout", &reg]);
+    assert_eq!(admin.registry_logins().await.unwrap(), vec![]);
     drop(up);
+}
+
+/// `skiff registry login REGISTRY --username skiff --password-stdin`.
+fn login(dir: &Path, registry: &str, password: &str) -> (i32, String, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args([
+            "registry",
+            "login",
+            registry,
+            "--username",
+            "skiff",
+            "--password-stdin",
+        ])
+        .current_dir(dir)
+        .env_remove("SKIFF_CONTROLLER")
+        .env_remove("SKIFF_TOKEN")
+        .env_remove("SKIFF_DATA_DIR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+/// The files under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if std::fs::read(&path)
+                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+            {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// Layers every node counted fetching, `from` the registry or the
+/// controller.
+async fn layer_pulls(admin: &skiff_sdk::Client, from: &str) -> u64 {
+    let key = format!("skiff_node_layer_pulls_total{{from=\"{from}\"}} ");
+    let mut total = 0;
+    for node in admin.nodes().await.unwrap() {
+        let metrics = admin.node_metrics(&node.name).await.unwrap();
+        total += metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap());
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_pull_from_the_registry_and_a_stopped_registry_stops_no_rollout() {
+    let Some(registry) = registry(None).await else {
+        return;
+    };
+    let reg = registry.addr.to_string();
+    let hello = common::example("hello");
+    let echo = common::example("echo");
+    push_raw(
+        registry.addr,
+        "skiff/app:v1",
+        &[("application/wasm", &hello, None)],
+    )
+    .await;
+    push_raw(
+        registry.addr,
+        "skiff/app:v2",
+        &[("application/wasm", &echo, None)],
+    )
+    .await;
+    let cluster =
+        common::cluster::Cluster::start(&[("n1", "zone=a"), ("n2", "zone=b"), ("n3", "zone=c")])
+            .await;
+    let admin = &cluster.admin;
+    let spec = common::cluster::hello_spec(skiff_sdk::Digest::of(b""), 1);
+
+    // An app spec naming the image by tag: pinned when applied, and the
+    // nodes pull the component from the registry, not the controller.
+    let app = admin
+        .apply_app_image("app", &spec, &format!("oci://{reg}/skiff/app:v1"), false)
+        .await
+        .unwrap();
+    let source = app.spec.source.clone().unwrap();
+    assert!(
+        source.starts_with(&format!("oci://{reg}/skiff/app:v1@sha256:")),
+        "{source}"
+    );
+    assert_eq!(app.spec.artifact, skiff_sdk::Digest::of(&hello));
+    cluster.wait_revision("app", app.revision, 3).await;
+    assert!(layer_pulls(admin, "registry").await >= 1);
+    assert_eq!(layer_pulls(admin, "controller").await, 0);
+
+    // v2 read once by the controller (an app with no replicas), then the
+    // registry stops while app serves under load.
+    let mut canary = spec.clone();
+    canary.replicas = 0;
+    let read = admin
+        .apply_app_image(
+            "canary",
+            &canary,
+            &format!("oci://{reg}/skiff/app:v2"),
+            false,
+        )
+        .await
+        .unwrap();
+    let v2 = read.spec.source.clone().unwrap();
+    let load = common::cluster::Load::start(&cluster.ingresses(), "app.localhost", 2).await;
+    drop(registry);
+
+    // By tag, the registry must be asked: a clear 422 naming it.
+    let refused = admin
+        .apply_app_image("app", &spec, &format!("oci://{reg}/skiff/app:v2"), false)
+        .await
+        .unwrap_err();
+    match &refused {
+        skiff_sdk::ClientError::Api { status, body, .. } => {
+            assert_eq!(*status, StatusCode::UNPROCESSABLE_ENTITY);
+            assert_eq!(body.error.field.as_deref(), Some("artifact"));
+            assert!(
+                body.error
+                    .message
+                    .contains(&format!("cannot reach the registry {reg}")),
+                "{}",
+                body.error.message
+            );
+        }
+        other => panic!("expected a 422, got {other}"),
+    }
+    // Pinned to what the controller read before: the rollout completes,
+    // the nodes taking the controller's copy, and no request fails.
+    let rolled = admin
+        .apply_app_image("app", &spec, &v2, false)
+        .await
+        .unwrap();
+    assert_eq!(rolled.spec.artifact, skiff_sdk::Digest::of(&echo));
+    cluster.wait_revision("app", rolled.revision, 3).await;
+    let seen = load.stop().await;
+    let failed = seen.failed.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(seen.ok.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(layer_pulls(admin, "controller").await >= 1);
+    // echo answers GET / with an empty body; hello never does.
+    assert_eq!(cluster.get("n1", "app", "/").await.text(), "");
 }
 
 /// Pushes `layers` (media type, bytes) as an image with the Wasm config.
@@ -409,7 +629,7 @@ async fn tampered_and_foreign_artifacts_are_refused_and_the_app_keeps_serving() 
     fails(
         work,
         &["deploy", &format!("oci://{reg}/skiff/foreign:v1")],
-        "component.wasm",
+        "not a valid Wasm component",
     );
     // A plain component artifact without Skiff's manifest layer.
     push_raw(
@@ -436,18 +656,30 @@ async fn tampered_and_foreign_artifacts_are_refused_and_the_app_keeps_serving() 
         "oci://",
     );
 
-    // The registry's copy of the component tampered with: its bytes no
-    // longer match the digest the manifest names.
-    let (_, body) = registry_get(registry.addr, "/v2/skiff/hello/manifests/v1").await;
-    let manifest: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
-    let hex = layer.strip_prefix("sha256:").unwrap();
+    // The registry's copy of a component tampered with before anything
+    // read it: its bytes no longer match the digest the manifest names.
+    // The controller refuses it and keeps nothing of it.
+    let echo = common::example("echo");
+    push_raw(
+        registry.addr,
+        "skiff/tampered:v1",
+        &[
+            ("application/wasm", &echo, None),
+            (
+                skiff_sdk::oci::MANIFEST_LAYER,
+                &manifest_toml,
+                Some("skiff.toml"),
+            ),
+        ],
+    )
+    .await;
+    let hex = skiff_sdk::Digest::of(&echo).hex();
     let blob = registry
         .dir
         .path()
         .join("data/docker/registry/v2/blobs/sha256")
         .join(&hex[..2])
-        .join(hex)
+        .join(&hex)
         .join("data");
     let mut bytes = std::fs::read(&blob).unwrap();
     let last = bytes.len() - 1;
@@ -455,7 +687,7 @@ async fn tampered_and_foreign_artifacts_are_refused_and_the_app_keeps_serving() 
     std::fs::write(&blob, bytes).unwrap();
     fails(
         work,
-        &["deploy", &format!("oci://{reg}/skiff/hello:v1")],
+        &["deploy", &format!("oci://{reg}/skiff/tampered:v1")],
         "digest",
     );
 

@@ -49,6 +49,9 @@ pub struct ControllerConfig {
     pub domain: String,
     /// What one client may make the API hold.
     pub limits: Limits,
+    /// Registries (`host[:port]`) reached over plain HTTP although not on
+    /// a loopback address.
+    pub insecure_registries: Vec<String>,
 }
 
 impl std::fmt::Debug for ControllerConfig {
@@ -83,6 +86,7 @@ impl ControllerConfig {
             lease_ttl: crate::lease::DEFAULT_LEASE_TTL,
             domain: crate::api::DEFAULT_DOMAIN.to_owned(),
             limits: Limits::default(),
+            insecure_registries: Vec::new(),
         }
     }
 
@@ -158,6 +162,7 @@ impl Controller {
             max_artifact_bytes: usize::try_from(config.max_artifact_bytes).unwrap_or(usize::MAX),
             node_grace: config.node_grace,
             domain: config.domain.clone(),
+            insecure_registries: config.insecure_registries.clone(),
         };
         let leases = Leases::new(config.node_grace);
         let informer = Informer::new(store.clone(), leases.clone());

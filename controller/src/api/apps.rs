@@ -165,9 +165,18 @@ pub async fn apply(
     body: JsonBody<AppSpec>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.require_admin()?;
-    let mut spec = body.decode()?;
+    let (mut spec, image) = super::images::decode_spec(body)?;
     check_name(&name)?;
     let expected = if_match(&headers)?;
+    if let Some(reference) = image {
+        check_spec(&spec)?;
+        let imported = super::images::import(&state, &reference).await?;
+        spec.artifact = imported.artifact;
+        spec.source = Some(imported.source);
+        if spec.files.is_empty() {
+            spec.files = imported.files;
+        }
+    }
     normalize_hosts(&mut spec);
     validate_spec(&state, &spec).await?;
     check_hosts_free(&state, &name, &spec).await?;

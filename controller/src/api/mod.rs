@@ -6,11 +6,13 @@ mod artifacts;
 mod node_proxy;
 pub use apps::check_spec;
 mod endpoints;
+mod images;
 mod inspected;
 mod jobs;
 mod logs;
 mod nodes;
 pub mod paging;
+mod registries;
 mod system;
 
 use std::sync::Arc;
@@ -54,6 +56,9 @@ pub struct ApiConfig {
     pub node_grace: Duration,
     /// The domain apps are reached under on the nodes (`<app>.<domain>`).
     pub domain: String,
+    /// Registries (`host[:port]`) reached over plain HTTP although not on a
+    /// loopback address.
+    pub insecure_registries: Vec<String>,
 }
 
 /// Default [`ApiConfig::domain`]: `*.localhost` resolves to loopback without
@@ -66,6 +71,7 @@ impl Default for ApiConfig {
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             node_grace: crate::DEFAULT_NODE_GRACE,
             domain: DEFAULT_DOMAIN.to_owned(),
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -110,6 +116,8 @@ pub struct AppState {
     pub runs: Arc<crate::jobs::RunBell>,
     /// Artifacts already found fit for an app or a job.
     pub(crate) inspected: Arc<inspected::Inspected>,
+    /// The layers of OCI images already read, by pinned reference.
+    pub(crate) images: Arc<images::Imports>,
 }
 
 impl AppState {
@@ -124,6 +132,7 @@ impl AppState {
             informer,
             credentials: Arc::default(),
             inspected: Arc::default(),
+            images: Arc::default(),
             runs: Arc::default(),
             sent: Arc::default(),
             store,
@@ -371,6 +380,7 @@ async fn count_responses(
         nodes::drain, nodes::delete, nodes::assignments, nodes::metrics, nodes::replicas, endpoints::watch,
         system::events,
         jobs::apply, jobs::list, jobs::show, jobs::delete, jobs::runs, jobs::run_logs, jobs::node_runs, jobs::report,
+        registries::login, registries::list, registries::logout, registries::for_node,
     ),
     components(schemas(artifacts::ArtifactKind)),
     modifiers(&BearerAuth, &CommonErrors),
@@ -504,6 +514,15 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/{name}/assignments", get(nodes::assignments))
         .route("/nodes/{name}/metrics", get(nodes::metrics))
         .route("/nodes/{name}/replicas", get(nodes::replicas))
+        .route(
+            "/nodes/{name}/registries/{registry}/credentials",
+            get(registries::for_node),
+        )
+        .route("/registries", get(registries::list))
+        .route(
+            "/registries/{registry}",
+            put(registries::login).delete(registries::logout),
+        )
         .route("/endpoints", get(endpoints::watch))
         .route("/events", get(system::events))
         .route("/openapi.json", get(system::openapi))

@@ -13,10 +13,12 @@
 //!   the current one.
 
 mod jobs;
+mod registries;
 mod rows;
 mod sql;
 
 pub use jobs::{Firing, JobChange, JobProgress, JobStore, NewRun};
+pub use registries::CredentialStore;
 
 use async_trait::async_trait;
 use skiff_sdk::Digest;
@@ -275,7 +277,7 @@ pub struct NewEvent {
 
 /// The controller's state, in domain words. One method, one transaction.
 #[async_trait]
-pub trait Store: JobStore + Send + Sync + 'static {
+pub trait Store: JobStore + CredentialStore + Send + Sync + 'static {
     /// Stores the hashes of the admin and join tokens unless tokens exist
     /// already; returns whether these were stored (the first start).
     async fn install_tokens(&self, admin_hash: &str, join_hash: &str) -> Result<bool>;

@@ -186,6 +186,28 @@ impl NodeRouter {
             "Forwards that failed (upstream-failed).",
             &load(&self.stats.failed),
         );
+        let pulls = &self.pulls;
+        family(
+            "skiff_node_layer_pulls_total",
+            "counter",
+            "Layers (components and files) fetched, by where from: the OCI registry an app came from, or the controller.",
+            &[
+                (
+                    "{from=\"registry\"}".to_owned(),
+                    pulls.from_registry.load(Ordering::Relaxed),
+                ),
+                (
+                    "{from=\"controller\"}".to_owned(),
+                    pulls.from_controller.load(Ordering::Relaxed),
+                ),
+            ],
+        );
+        family(
+            "skiff_node_registry_failures_total",
+            "counter",
+            "Registry pulls that failed (the controller's copy was used).",
+            &load(&pulls.registry_failures),
+        );
         let _ = write!(
             out,
             "# HELP skiff_node_request_duration_seconds Time from a request's arrival to the end of the guest's handler, for requests that ran an instance.\n\

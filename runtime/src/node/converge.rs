@@ -244,8 +244,14 @@ impl Agent {
         // Load every revision's component (and files), then plan.
         let mut loads = Vec::with_capacity(replicas.len());
         for &a in replicas {
-            let load = match self.load(runtime, &a.spec.artifact).await {
-                Load::Ready => self.mount_files(&a.spec.files).await,
+            let load = match self
+                .load(runtime, &a.spec.artifact, a.spec.source.as_deref())
+                .await
+            {
+                Load::Ready => {
+                    self.mount_files(&a.spec.files, a.spec.source.as_deref())
+                        .await
+                }
                 other => other,
             };
             loads.push((a, load));

@@ -1,6 +1,6 @@
 //! What the agent fetches and frees on disk: components and static files,
-//! fetched by digest from the controller, and the disk no assignment needs
-//! any more.
+//! fetched by digest (from the OCI registry an app came from, else from
+//! the controller: see `pull`), and the disk no assignment needs any more.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -27,21 +27,30 @@ pub(super) enum Load {
 impl Agent {
     /// Makes sure an app's static files are laid out on disk (fetched by
     /// digest, like components).
-    pub(super) async fn mount_files(&self, files: &BTreeMap<String, Digest>) -> Load {
+    pub(super) async fn mount_files(
+        &self,
+        files: &BTreeMap<String, Digest>,
+        source: Option<&str>,
+    ) -> Load {
         if files.is_empty() || self.state.mount_dir(files).is_dir() {
             return Load::Ready;
         }
-        let session = lock(&self.session).clone();
-        let Some(client) = session else {
-            return Load::Missing("waiting for the controller to fetch the app's files".into());
-        };
         let mut contents = BTreeMap::new();
         for digest in files.values() {
             if contents.contains_key(digest) {
                 continue;
             }
+            if let Some(bytes) = self.registry_copy(source, digest).await {
+                contents.insert(*digest, bytes.into());
+                continue;
+            }
+            let session = lock(&self.session).clone();
+            let Some(client) = session else {
+                return Load::Missing("waiting for the controller to fetch the app's files".into());
+            };
             match client.download_artifact(digest).await {
                 Ok(bytes) => {
+                    self.pulled_from_controller();
                     contents.insert(*digest, bytes);
                 }
                 Err(e @ ClientError::DigestMismatch { .. }) => return Load::Failed(e.to_string()),
@@ -60,14 +69,19 @@ impl Agent {
     }
 
     /// Makes sure a component is here and loaded.
-    pub(super) async fn load(&self, runtime: &Arc<Runtime>, digest: &Digest) -> Load {
+    pub(super) async fn load(
+        &self,
+        runtime: &Arc<Runtime>,
+        digest: &Digest,
+        source: Option<&str>,
+    ) -> Load {
         if let Some(known) = lock(&self.loaded).get(digest) {
             return match known {
                 Ok(_) => Load::Ready,
                 Err(why) => Load::Failed(why.clone()),
             };
         }
-        match self.fetch_component(runtime, digest).await {
+        match self.fetch_component(runtime, digest, source).await {
             Load::Ready => {}
             not_here => return not_here,
         }
@@ -86,9 +100,20 @@ impl Agent {
 
     /// Makes sure a component is stored here (fetched by digest from the
     /// controller), without loading it.
-    pub(super) async fn fetch_component(&self, runtime: &Arc<Runtime>, digest: &Digest) -> Load {
+    pub(super) async fn fetch_component(
+        &self,
+        runtime: &Arc<Runtime>,
+        digest: &Digest,
+        source: Option<&str>,
+    ) -> Load {
         if runtime.has_component(digest) {
             return Load::Ready;
+        }
+        if let Some(bytes) = self.registry_copy(source, digest).await {
+            return match runtime.store_component(&bytes) {
+                Ok(_) => Load::Ready,
+                Err(e) => Load::Missing(format!("storing the artifact: {}", error_chain(&e))),
+            };
         }
         let session = lock(&self.session).clone();
         let Some(client) = session else {
@@ -96,7 +121,10 @@ impl Agent {
         };
         match client.download_artifact(digest).await {
             Ok(bytes) => match runtime.store_component(&bytes) {
-                Ok(_) => Load::Ready,
+                Ok(_) => {
+                    self.pulled_from_controller();
+                    Load::Ready
+                }
                 Err(e) => Load::Missing(format!("storing the artifact: {}", error_chain(&e))),
             },
             Err(e @ ClientError::DigestMismatch { .. }) => Load::Failed(e.to_string()),

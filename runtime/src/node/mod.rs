@@ -36,6 +36,7 @@ mod cron;
 pub mod disk;
 mod fetch;
 mod health;
+mod pull;
 pub mod router;
 mod runs;
 mod wake;
@@ -100,6 +101,9 @@ pub struct NodeConfig {
     pub pooling: bool,
     /// What one client may make the ingress hold.
     pub limits: Limits,
+    /// Registries (`host[:port]`) reached over plain HTTP although not on
+    /// a loopback address.
+    pub insecure_registries: Vec<String>,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -118,6 +122,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("cache_bytes", &self.cache_bytes)
             .field("pooling", &self.pooling)
             .field("limits", &self.limits)
+            .field("insecure_registries", &self.insecure_registries)
             .finish_non_exhaustive()
     }
 }
@@ -147,6 +152,7 @@ impl NodeConfig {
             cache_bytes: DEFAULT_CACHE_BYTES,
             pooling: true,
             limits: Limits::default(),
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -300,6 +306,8 @@ pub struct Agent {
     workers: Mutex<workers::Workers>,
     /// Cancelled when the node shuts down: stops runs and workers.
     stopping: CancellationToken,
+    /// Clients of the registries apps come from (see `pull`).
+    registries: pull::Registries,
     /// This agent, for the tasks it spawns.
     me: std::sync::Weak<Agent>,
     /// The node-local schedules it fires (see `cron`), as stored.
@@ -353,6 +361,7 @@ impl Agent {
             local: Mutex::new(HashMap::new()),
             runs: Mutex::new(runs::Runs::default()),
             runs_report: Notify::new(),
+            registries: pull::Registries::default(),
         }))
     }
 

@@ -88,6 +88,8 @@ pub struct NodeRouter {
     client: HttpClient<HttpConnector, BoxBody<Bytes, hyper::Error>>,
     turn: AtomicUsize,
     pub(super) stats: ForwardStats,
+    /// Where layers came from (see `pull`).
+    pub(super) pulls: super::pull::PullStats,
     pub(super) logs_key: String,
     /// Apps that may sleep, to their activation timeout (ms).
     activatable: RwLock<HashMap<String, u64>>,
@@ -123,6 +125,7 @@ impl NodeRouter {
                 .build(connector),
             turn: AtomicUsize::new(0),
             stats: ForwardStats::default(),
+            pulls: super::pull::PullStats::default(),
             logs_key: {
                 use rand::RngCore as _;
                 let mut bytes = [0u8; 32];

@@ -186,7 +186,10 @@ impl Agent {
     async fn carry_out(self: &Arc<Self>, run: &RunAssignment) {
         let runtime = self.router.runtime().clone();
         loop {
-            match self.fetch_component(&runtime, &run.spec.artifact).await {
+            match self
+                .fetch_component(&runtime, &run.spec.artifact, None)
+                .await
+            {
                 Load::Ready => break,
                 Load::Failed(why) => {
                     let end = CommandEnd {

@@ -102,7 +102,10 @@ impl Agent {
         let (mut failures, mut restarts) = (0u32, 0u32);
         self.set_state(&a.id, ReplicaState::Starting, None);
         loop {
-            match self.fetch_component(&runtime, &a.spec.artifact).await {
+            match self
+                .fetch_component(&runtime, &a.spec.artifact, a.spec.source.as_deref())
+                .await
+            {
                 Load::Ready => {}
                 Load::Failed(why) => {
                     self.set_state(&a.id, ReplicaState::Failed, Some(why));

@@ -190,8 +190,13 @@ fn default_replicas() -> u32 {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppSpec {
-    /// The component to run (uploaded with `POST /v1/artifacts`).
-    #[schema(value_type = String, pattern = r"^sha256:[0-9a-f]{64}$")]
+    /// The component to run: uploaded with `POST /v1/artifacts`, named by
+    /// its digest. An apply may instead name an image in an OCI registry,
+    /// `oci://REGISTRY/REPO:TAG` or `…@sha256:…`: the controller resolves
+    /// the tag, keeps a copy of the component and the files the image holds
+    /// (used as `files` when the spec names none), and stores the
+    /// component's digest here and the pinned reference in `source`.
+    #[schema(value_type = String, pattern = r"^(sha256:[0-9a-f]{64}|oci://.+)$")]
     pub artifact: Digest,
     /// Desired number of replicas.
     #[serde(default = "default_replicas")]

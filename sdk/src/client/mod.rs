@@ -32,6 +32,7 @@
 
 mod agent;
 mod jobs;
+mod registries;
 
 use std::time::Duration;
 
@@ -454,6 +455,42 @@ impl Client {
             Method::PUT,
             &format!("/v1/apps/{name}?approve_capabilities=true"),
             Some(spec),
+        )
+        .await
+    }
+
+    /// Creates or updates an app whose component is the OCI image
+    /// `reference` (`oci://…`): the controller resolves its tag, keeps a
+    /// copy of the image's component and files (the files used when `spec`
+    /// names none), and pins the revision to the manifest digest. The
+    /// spec's own `artifact` and `source` are not sent.
+    pub async fn apply_app_image(
+        &self,
+        name: &str,
+        spec: &AppSpec,
+        reference: &str,
+        approve_capabilities: bool,
+    ) -> Result<App, ClientError> {
+        let call = "applying an app";
+        let mut body = serde_json::to_value(spec).map_err(|e| ClientError::Unexpected {
+            call,
+            status: StatusCode::OK,
+            detail: format!("encoding the request: {e}"),
+        })?;
+        if let Some(fields) = body.as_object_mut() {
+            fields.insert("artifact".into(), reference.into());
+            fields.remove("source");
+        }
+        let query = if approve_capabilities {
+            "?approve_capabilities=true"
+        } else {
+            ""
+        };
+        self.json(
+            call,
+            Method::PUT,
+            &format!("/v1/apps/{name}{query}"),
+            Some(&body),
         )
         .await
     }

@@ -681,6 +681,7 @@ mod apply;
 mod artifacts;
 mod jobs;
 mod reads;
+mod registries;
 mod store_impl;
 
 /// An event about app `name`.

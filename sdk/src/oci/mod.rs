@@ -11,6 +11,9 @@
 
 use std::fmt;
 
+mod registry;
+pub use registry::{Credentials, Registry, RegistryError, RegistryLogin};
+
 /// The config media type of a Wasm component artifact.
 pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 /// The media type of the component layer.
