@@ -143,6 +143,22 @@ pub fn build_as(
             path.display()
         ))
     })?;
+    let bytes = if manifest.dependencies.is_empty() {
+        bytes
+    } else {
+        let composed = crate::compose::compose(&file, &manifest, bytes)?;
+        eprintln!(
+            "composed {} with {}",
+            manifest.name,
+            manifest
+                .dependencies
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        composed
+    };
     let imports = check_component(&path, &bytes, kind)?;
     eprintln!(
         "built {}: {}, {} component; imports {}",
@@ -181,6 +197,7 @@ pub(crate) fn check_component(
 ) -> anyhow::Result<Vec<String>> {
     skiff_sdk::component::validate_component(bytes)
         .map_err(|why| Failure::Build(format!("{}: {why}", path.display())))?;
+    crate::compose::check_imports(path, bytes)?;
     let interface = Interface::of(bytes);
     let exports = || {
         if interface.exports.is_empty() {

@@ -3,6 +3,7 @@
 
 mod client;
 mod commands;
+mod compose;
 mod controller;
 mod deploy;
 mod flags;

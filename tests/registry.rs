@@ -699,3 +699,62 @@ async fn tampered_and_foreign_artifacts_are_refused_and_the_app_keeps_serving() 
     assert_eq!(history.lines().count(), 2, "one revision only:\n{history}");
     drop(up);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_from_a_registry_is_pinned_by_skiff_lock() {
+    let Some(registry) = registry(None).await else {
+        return;
+    };
+    common::examples_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let reg = registry.addr.to_string();
+    let greeter = common::example("greeter");
+    push_raw(
+        registry.addr,
+        "deps/greeter:v1",
+        &[("application/wasm", &greeter, None)],
+    )
+    .await;
+    let app = common::greet_manifest(
+        work,
+        "greet",
+        &format!(
+            "\"{}\" = {{ oci = \"oci://{reg}/deps/greeter:v1\" }}",
+            common::GREETER
+        ),
+    );
+    let out = work.join("greet.skiff");
+    let package = [
+        "package",
+        app.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--no-build",
+    ];
+    let first = ok(work, &package);
+    let lock = std::fs::read_to_string(app.join("skiff.lock")).unwrap();
+    assert!(
+        lock.contains(&format!("source = \"oci://{reg}/deps/greeter:v1@sha256:"))
+            && lock.contains(&skiff_sdk::Digest::of(&greeter).to_string()),
+        "{lock}"
+    );
+
+    // The tag moves to a component that does not export the interface:
+    // the lock keeps the build on what it pinned.
+    push_raw(
+        registry.addr,
+        "deps/greeter:v1",
+        &[("application/wasm", &common::example("hello"), None)],
+    )
+    .await;
+    assert_eq!(ok(work, &package), first);
+    // Without the lock the tag is resolved again, and the component it
+    // names now is refused, naming the interface.
+    std::fs::remove_file(app.join("skiff.lock")).unwrap();
+    fails(
+        work,
+        &package,
+        &format!("does not export {}", common::GREETER),
+    );
+}

@@ -152,6 +152,9 @@ pub struct Manifest {
     /// continuously, restarted when it exits.
     #[serde(default)]
     pub worker: Option<WorkerSection>,
+    /// Components composed into this one, by the interface each provides.
+    #[serde(default)]
+    pub dependencies: BTreeMap<String, Dependency>,
 }
 
 /// `[worker]`: a command each replica runs continuously. Without
@@ -497,6 +500,16 @@ impl Manifest {
                 ));
             }
         }
+        for (interface, dependency) in &self.dependencies {
+            if let Some(problem) = dependency.problem(interface) {
+                let span = text.find(&format!("\"{interface}\"")).map(|i| i..i);
+                return Err(error(
+                    span,
+                    Some(format!("dependencies.\"{interface}\"")),
+                    problem,
+                ));
+            }
+        }
         if self.job.is_some() && self.worker.is_some() {
             let span = text.find("[worker]").map(|i| i..i);
             return Err(error(
@@ -725,6 +738,9 @@ fn find_key(text: &str, key: &str) -> Option<usize> {
     }
     None
 }
+
+mod dependencies;
+pub use dependencies::{Dependency, is_interface_name};
 
 #[cfg(test)]
 mod tests;

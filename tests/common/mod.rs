@@ -78,6 +78,38 @@ pub fn hello_manifest(dir: &Path, version: &str) -> std::path::PathBuf {
     app
 }
 
+/// The interface the greet example imports and greeter provides.
+pub const GREETER: &str = "example:greeting/greeter";
+
+/// greet's manifest in `dir/name`, its component path absolute and its
+/// `[dependencies]` replaced by `dependencies` (TOML lines).
+pub fn greet_manifest(dir: &Path, name: &str, dependencies: &str) -> PathBuf {
+    let app = dir.join(name);
+    std::fs::create_dir_all(&app).unwrap();
+    let text = std::fs::read_to_string(root().join("examples/greet/skiff.toml")).unwrap();
+    let (head, _) = text.split_once("[dependencies]").unwrap();
+    let (_, tail) = text.split_once("[resources]").unwrap();
+    let manifest = format!("{head}[dependencies]\n{dependencies}\n\n[resources]{tail}")
+        .replace(
+            "../target/wasm32-wasip2/release/greet.wasm",
+            example_path("greet").to_str().unwrap(),
+        )
+        .lines()
+        .filter(|l| !l.starts_with("build ="))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(app.join("skiff.toml"), manifest).unwrap();
+    app
+}
+
+/// `"example:greeting/greeter" = { path = "<the example named>" }`.
+pub fn provided_by(example: &str) -> String {
+    format!(
+        "\"{GREETER}\" = {{ path = {:?} }}",
+        example_path(example).to_str().unwrap()
+    )
+}
+
 /// [`hello_manifest`] with a health check that always fails (a path
 /// hello answers 404, checked every 100 ms): its rollout never completes.
 pub fn hello_manifest_unhealthy(dir: &Path, version: &str) -> std::path::PathBuf {
