@@ -3,6 +3,12 @@
 //! - deploy-to-first-200: from the `PUT /v1/apps/{name}` call to the first
 //!   200 through a node's ingress, with the artifact already compiled on
 //!   every node, and with a new artifact (fetched and compiled on the way);
+//! - deploy-to-first-200 on 3 nodes, a new artifact each time: from the
+//!   apply to a replica Ready on each of the 3 nodes and a 200 through each,
+//!   the artifact uploaded to the controller beforehand ("from controller"),
+//!   or pushed to a loopback `docker-registry` and named by tag ("from
+//!   registry": the controller resolves and copies it, the nodes pull it
+//!   from the registry);
 //! - node-failure-to-recovered: from `kill -9` of a node to the desired
 //!   count Ready again on the survivors.
 //!
@@ -34,27 +40,13 @@ fn summary(what: &str, mut samples: Vec<Duration>, target: Option<Duration>) {
         None => String::new(),
     };
     println!(
-        "{what:<40} n={:<3} p50 {:>8.1} ms  p90 {:>8.1} ms  max {:>8.1} ms{verdict}",
+        "{what:<48} n={:<3} p50 {:>8.1} ms  p90 {:>8.1} ms  p99 {:>8.1} ms  max {:>8.1} ms{verdict}",
         samples.len(),
         p50.as_secs_f64() * 1000.0,
         percentile(&samples, 0.9).as_secs_f64() * 1000.0,
+        percentile(&samples, 0.99).as_secs_f64() * 1000.0,
         samples[samples.len() - 1].as_secs_f64() * 1000.0
     );
-}
-
-/// The component with a custom section appended: valid, same behaviour,
-/// new digest.
-fn variant(component: &[u8], n: u32) -> Vec<u8> {
-    let name = b"skiff-bench";
-    let payload = n.to_le_bytes();
-    let size = 1 + name.len() + payload.len();
-    let mut out = component.to_vec();
-    out.push(0); // custom section
-    out.push(u8::try_from(size).unwrap());
-    out.push(u8::try_from(name.len()).unwrap());
-    out.extend_from_slice(name);
-    out.extend_from_slice(&payload);
-    out
 }
 
 async fn deploy_to_first_200(cluster: &Cluster, app: &str, artifact: Digest) -> Duration {
@@ -74,6 +66,109 @@ async fn deploy_to_first_200(cluster: &Cluster, app: &str, artifact: Digest) -> 
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// From the apply (`apply` is what the row measures) to a replica of
+/// `app` Ready on each node and a 200 through each node's ingress.
+async fn to_first_200_on_3_nodes<F: std::future::Future<Output = ()>>(
+    cluster: &Cluster,
+    app: &str,
+    apply: F,
+) -> Duration {
+    let start = Instant::now();
+    apply.await;
+    loop {
+        let replicas = cluster.admin.replicas(app).await.unwrap();
+        let nodes: std::collections::BTreeSet<&str> = replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::Ready)
+            .map(|r| r.node.as_str())
+            .collect();
+        if nodes.len() == 3 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{app} never ran on 3 nodes"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for node in ["n1", "n2", "n3"] {
+        while cluster.get(node, app, "/").await.status != StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    start.elapsed()
+}
+
+/// The "from controller" and "from registry" rows: a new artifact each
+/// time, 3 replicas (one per node, by zone).
+async fn from_controller_and_registry(cluster: &Cluster, deploys: u32) {
+    let hello = common::example("hello");
+    let spec = |artifact: Digest| -> AppSpec {
+        serde_json::from_value(serde_json::json!({
+            "artifact": artifact, "replicas": 3, "quota": small_quota(),
+        }))
+        .unwrap()
+    };
+    let mut controller = Vec::new();
+    for i in 0..deploys {
+        let bytes = Bytes::from(common::variant(&hello, 1000 + i));
+        let artifact = cluster.admin.upload_artifact(bytes).await.unwrap();
+        let app = format!("fc{i}");
+        let apply = async {
+            cluster
+                .admin
+                .apply_app(&app, &spec(artifact.digest))
+                .await
+                .unwrap();
+        };
+        controller.push(to_first_200_on_3_nodes(cluster, &app, apply).await);
+        cluster.admin.delete_app(&app).await.unwrap();
+    }
+    summary(
+        "deploy from controller -> first 200 on 3 nodes",
+        controller,
+        None,
+    );
+
+    let Some(registry) = common::registry::registry(None).await else {
+        println!(
+            "deploy from registry -> first 200 on 3 nodes: skipped (docker-registry not installed)"
+        );
+        return;
+    };
+    let mut pulled = Vec::new();
+    for i in 0..deploys {
+        let tag = format!("bench/hello:v{i}");
+        let bytes = common::variant(&hello, 2000 + i);
+        common::registry::push_raw(registry.addr, &tag, &[("application/wasm", &bytes, None)])
+            .await;
+        let app = format!("fr{i}");
+        let reference = format!("oci://{}/{tag}", registry.addr);
+        let apply = async {
+            cluster
+                .admin
+                .apply_app_image(&app, &spec(Digest::of(b"")), &reference, false)
+                .await
+                .unwrap();
+        };
+        pulled.push(to_first_200_on_3_nodes(cluster, &app, apply).await);
+        cluster.admin.delete_app(&app).await.unwrap();
+    }
+    summary("deploy from registry -> first 200 on 3 nodes", pulled, None);
+    let mut from = std::collections::BTreeMap::<String, u64>::new();
+    for node in ["n1", "n2", "n3"] {
+        let metrics = cluster.admin.node_metrics(node).await.unwrap();
+        for line in metrics.lines() {
+            if let Some(rest) = line.strip_prefix("skiff_node_layer_pulls_total{from=\"")
+                && let Some((source, n)) = rest.split_once("\"} ")
+            {
+                *from.entry(source.to_owned()).or_default() += n.trim().parse::<u64>().unwrap();
+            }
+        }
+    }
+    println!("  layers the nodes fetched, by source: {from:?}");
 }
 
 #[tokio::main]
@@ -104,7 +199,7 @@ async fn main() {
     for i in 0..deploys.min(5) {
         let artifact = cluster
             .admin
-            .upload_artifact(Bytes::from(variant(&hello, i)))
+            .upload_artifact(Bytes::from(common::variant(&hello, i)))
             .await
             .unwrap();
         let app = format!("n{i}");
@@ -112,6 +207,8 @@ async fn main() {
         cluster.admin.delete_app(&app).await.unwrap();
     }
     summary("deploy-to-first-200, new artifact", fresh, None);
+
+    from_controller_and_registry(&cluster, deploys.min(10)).await;
 
     let mut recovery = Vec::new();
     for _ in 0..3 {

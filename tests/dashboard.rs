@@ -254,9 +254,14 @@ async fn the_dashboard_shows_and_manages_what_the_cli_does() {
     .await;
     screenshot(&page, "app").await;
 
-    // A rollout whose new replicas never pass their health check stays in
-    // progress: the page shows old → new and what still serves.
-    let stuck = common::hello_manifest_unhealthy(work, "stuck");
+    // A rollout whose new replica cannot be placed (it would reserve more
+    // memory than the node has) stays in progress: the page shows old → new
+    // and what still serves.
+    let stuck = common::hello_manifest(work, "stuck");
+    let manifest = std::fs::read_to_string(stuck.join("skiff.toml"))
+        .unwrap()
+        .replace("memory = \"16Mi\"", "memory = \"2Gi\"\nreserve = \"2Gi\"");
+    std::fs::write(stuck.join("skiff.toml"), manifest).unwrap();
     skiff(work, &["deploy", "--no-wait", stuck.to_str().unwrap()]);
     let progress = wait_text(
         &page,

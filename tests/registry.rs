@@ -13,79 +13,11 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use bytes::Bytes;
+use common::registry::{push_raw, registry};
 use common::send;
 use http::{Method, StatusCode};
-
-/// A registry process on a free loopback port, storing in a temp dir.
-struct Registry {
-    _child: common::KillOnDrop,
-    addr: std::net::SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-/// A registry; with `htpasswd`, one that asks for basic auth.
-async fn registry(htpasswd: Option<&str>) -> Option<Registry> {
-    let program = common::required_program("docker-registry", "docker-registry")?;
-    let dir = tempfile::tempdir().unwrap();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let config = dir.path().join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{}",
-            dir.path().join("data").display(),
-            match htpasswd {
-                Some(_) => format!(
-                    "auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n",
-                    dir.path().join("htpasswd").display()
-                ),
-                None => String::new(),
-            }
-        ),
-    )
-    .unwrap();
-    if let Some(line) = htpasswd {
-        std::fs::write(dir.path().join("htpasswd"), format!("{line}\n")).unwrap();
-    }
-    let child = Command::new(program)
-        .arg("serve")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let registry = Registry {
-        _child: common::KillOnDrop(child),
-        addr,
-        dir,
-    };
-    common::poll(
-        Duration::from_secs(30),
-        "the registry answering /v2/",
-        || async {
-            match tokio::net::TcpStream::connect(addr).await {
-                Ok(_) => {
-                    let reply = send(addr, "localhost", Method::GET, "/v2/", Bytes::new()).await;
-                    // 401 when it asks for auth: up all the same.
-                    if reply.status == StatusCode::OK || reply.status == StatusCode::UNAUTHORIZED {
-                        Ok(())
-                    } else {
-                        Err(reply.status.to_string())
-                    }
-                }
-                Err(e) => Err(e.to_string()),
-            }
-        },
-    )
-    .await;
-    Some(registry)
-}
 
 /// `skiff <args>` in `dir`: (exit code, stdout, stderr).
 fn skiff(dir: &Path, args: &[&str]) -> (i32, String, String) {
@@ -247,6 +179,20 @@ async fn push_then_deploy_from_a_registry_by_tag_and_by_digest() {
     );
     let history = ok(work, &["rollout", "history", "hello"]);
     assert!(history.contains(&format!("@{digest2}")), "{history}");
+    // Roll back to the revision before (the moved tag's 2.0.0), pinned as
+    // it was applied.
+    ok(work, &["rollout", "undo", "hello"]);
+    ok(work, &["rollout", "status", "hello"]);
+    assert_eq!(
+        hello_says(ingress).await,
+        "Hello from Skiff! version=2.0.0\n"
+    );
+    ok(work, &["rollout", "undo", "hello"]);
+    ok(work, &["rollout", "status", "hello"]);
+    assert_eq!(
+        hello_says(ingress).await,
+        "Hello from Skiff! version=1.0.0\n"
+    );
 
     // Bad input: each a clear error, and hello keeps serving.
     fails(
@@ -263,6 +209,11 @@ async fn push_then_deploy_from_a_registry_by_tag_and_by_digest() {
         work,
         &["deploy", "oci://127.0.0.1:1/skiff/hello:v1"],
         "cannot reach the registry 127.0.0.1:1",
+    );
+    fails(
+        work,
+        &["deploy", "oci://no-such-registry.invalid/skiff/hello:v1"],
+        "cannot reach the registry no-such-registry.invalid",
     );
     fails(
         work,
@@ -316,11 +267,7 @@ async fn a_registry_with_htpasswd_auth_takes_the_right_credentials_only() {
     assert!(!err.contains("s3cret-pass") && !out.contains("s3cret-pass"));
     let up = common::skiff_up(work);
     let ingress = up.ingress();
-    let token =
-        std::fs::read_to_string(work.join(up.ready["admin_token_file"].as_str().unwrap())).unwrap();
-    let admin = skiff_sdk::Client::new(&format!("http://{}", up.addr()))
-        .unwrap()
-        .with_token(&token);
+    let admin = common::cluster::admin_client_in(work, &up);
     let reg = registry.addr.to_string();
     let deploy = format!("oci://{tag}");
     let creds = Some(("skiff", "s3cret-pass"));
@@ -450,40 +397,38 @@ async fn layer_pulls(admin: &skiff_sdk::Client, from: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_pull_from_the_registry_and_a_stopped_registry_stops_no_rollout() {
+async fn nodes_pull_from_the_registry_and_a_registry_stopped_mid_rollout_stops_nothing() {
     let Some(registry) = registry(None).await else {
         return;
     };
     let reg = registry.addr.to_string();
     let hello = common::example("hello");
     let echo = common::example("echo");
-    push_raw(
-        registry.addr,
-        "skiff/app:v1",
-        &[("application/wasm", &hello, None)],
-    )
-    .await;
-    push_raw(
-        registry.addr,
-        "skiff/app:v2",
-        &[("application/wasm", &echo, None)],
-    )
-    .await;
+    let hello3 = common::variant(&hello, 3);
+    for (tag, component) in [("v1", &hello), ("v2", &echo), ("v3", &hello3)] {
+        push_raw(
+            registry.addr,
+            &format!("skiff/app:{tag}"),
+            &[("application/wasm", component, None)],
+        )
+        .await;
+    }
     let cluster =
         common::cluster::Cluster::start(&[("n1", "zone=a"), ("n2", "zone=b"), ("n3", "zone=c")])
             .await;
     let admin = &cluster.admin;
     let spec = common::cluster::hello_spec(skiff_sdk::Digest::of(b""), 1);
+    let image = |tag: &str| format!("oci://{reg}/skiff/app:{tag}");
 
     // An app spec naming the image by tag: pinned when applied, and the
     // nodes pull the component from the registry, not the controller.
     let app = admin
-        .apply_app_image("app", &spec, &format!("oci://{reg}/skiff/app:v1"), false)
+        .apply_app_image("app", &spec, &image("v1"), false)
         .await
         .unwrap();
     let source = app.spec.source.clone().unwrap();
     assert!(
-        source.starts_with(&format!("oci://{reg}/skiff/app:v1@sha256:")),
+        source.starts_with(&format!("{}@sha256:", image("v1"))),
         "{source}"
     );
     assert_eq!(app.spec.artifact, skiff_sdk::Digest::of(&hello));
@@ -491,26 +436,31 @@ async fn nodes_pull_from_the_registry_and_a_stopped_registry_stops_no_rollout() 
     assert!(layer_pulls(admin, "registry").await >= 1);
     assert_eq!(layer_pulls(admin, "controller").await, 0);
 
-    // v2 read once by the controller (an app with no replicas), then the
-    // registry stops while app serves under load.
+    // v3 read once by the controller (an app with no replicas, so no node
+    // has it). Under load, v2 is applied by tag and the registry stops
+    // while it rolls out: it completes, from the controller's copy where a
+    // node had not pulled yet.
     let mut canary = spec.clone();
     canary.replicas = 0;
-    let read = admin
-        .apply_app_image(
-            "canary",
-            &canary,
-            &format!("oci://{reg}/skiff/app:v2"),
-            false,
-        )
+    let v3 = admin
+        .apply_app_image("canary", &canary, &image("v3"), false)
+        .await
+        .unwrap()
+        .spec
+        .source
+        .unwrap();
+    let load = common::cluster::Load::start(&cluster.ingresses(), "app.localhost", 2).await;
+    let v2 = admin
+        .apply_app_image("app", &spec, &image("v2"), false)
         .await
         .unwrap();
-    let v2 = read.spec.source.clone().unwrap();
-    let load = common::cluster::Load::start(&cluster.ingresses(), "app.localhost", 2).await;
     drop(registry);
+    assert_eq!(v2.spec.artifact, skiff_sdk::Digest::of(&echo));
+    cluster.wait_revision("app", v2.revision, 3).await;
 
     // By tag, the registry must be asked: a clear 422 naming it.
     let refused = admin
-        .apply_app_image("app", &spec, &format!("oci://{reg}/skiff/app:v2"), false)
+        .apply_app_image("app", &spec, &image("v2"), false)
         .await
         .unwrap_err();
     match &refused {
@@ -527,14 +477,20 @@ async fn nodes_pull_from_the_registry_and_a_stopped_registry_stops_no_rollout() 
         }
         other => panic!("expected a 422, got {other}"),
     }
-    // Pinned to what the controller read before: the rollout completes,
-    // the nodes taking the controller's copy, and no request fails.
+    // Pinned to what the controller read before: every node takes the
+    // controller's copy. Then a rollback, still without the registry.
+    let before = layer_pulls(admin, "controller").await;
     let rolled = admin
-        .apply_app_image("app", &spec, &v2, false)
+        .apply_app_image("app", &spec, &v3, false)
         .await
         .unwrap();
-    assert_eq!(rolled.spec.artifact, skiff_sdk::Digest::of(&echo));
+    assert_eq!(rolled.spec.artifact, skiff_sdk::Digest::of(&hello3));
     cluster.wait_revision("app", rolled.revision, 3).await;
+    assert!(layer_pulls(admin, "controller").await > before);
+    let back = admin.rollback("app", None).await.unwrap();
+    assert_eq!(back.spec.artifact, skiff_sdk::Digest::of(&echo));
+    cluster.wait_revision("app", back.revision, 3).await;
+
     let seen = load.stop().await;
     let failed = seen.failed.lock().unwrap().clone();
     assert!(
@@ -544,49 +500,8 @@ async fn nodes_pull_from_the_registry_and_a_stopped_registry_stops_no_rollout() 
         &failed[..failed.len().min(5)]
     );
     assert!(seen.ok.load(std::sync::atomic::Ordering::Relaxed) > 0);
-    assert!(layer_pulls(admin, "controller").await >= 1);
     // echo answers GET / with an empty body; hello never does.
     assert_eq!(cluster.get("n1", "app", "/").await.text(), "");
-}
-
-/// Pushes `layers` (media type, bytes) as an image with the Wasm config.
-async fn push_raw(
-    registry: std::net::SocketAddr,
-    tag: &str,
-    layers: &[(&str, &[u8], Option<&str>)],
-) {
-    use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-    let client = oci_client::Client::new(ClientConfig {
-        protocol: ClientProtocol::Http,
-        ..ClientConfig::default()
-    });
-    let layers: Vec<ImageLayer> = layers
-        .iter()
-        .map(|(media, bytes, title)| {
-            ImageLayer::new(
-                bytes.to_vec(),
-                (*media).to_owned(),
-                title.map(|t| {
-                    std::collections::BTreeMap::from([(
-                        skiff_sdk::oci::TITLE.to_owned(),
-                        t.to_owned(),
-                    )])
-                }),
-            )
-        })
-        .collect();
-    let config = Config::new(b"{}".to_vec(), skiff_sdk::oci::WASM_CONFIG.to_owned(), None);
-    let reference: oci_client::Reference = format!("{registry}/{tag}").parse().unwrap();
-    client
-        .push(
-            &reference,
-            &layers,
-            config,
-            &oci_client::secrets::RegistryAuth::Anonymous,
-            None,
-        )
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -690,6 +605,12 @@ async fn tampered_and_foreign_artifacts_are_refused_and_the_app_keeps_serving() 
         &["deploy", &format!("oci://{reg}/skiff/tampered:v1")],
         "digest",
     );
+    let admin = common::cluster::admin_client_in(work, &up);
+    let kept = admin
+        .download_artifact(&skiff_sdk::Digest::of(&echo))
+        .await
+        .unwrap_err();
+    assert_eq!(kept.status(), Some(StatusCode::NOT_FOUND), "{kept}");
 
     assert_eq!(
         hello_says(ingress).await,

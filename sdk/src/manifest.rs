@@ -50,6 +50,9 @@
 //!
 //! [capabilities]                 # denied unless granted; see skiff_sdk::capability
 //! allowed_outbound_hosts = ["https://api.example.com", "https://*.example.org:8443"]
+//!
+//! [dependencies]                 # imported interfaces the host does not provide
+//! "example:greeting/greeter" = { path = "../greeter/greeter.wasm" }   # or oci = "oci://…"
 //! ```
 //!
 //! A `[job]` table makes it a job instead of an app: a `wasi:cli/run`

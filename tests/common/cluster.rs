@@ -255,8 +255,14 @@ pub fn start_controller(dir: &std::path::Path, listen: &str, extra: &[String]) -
 }
 
 pub fn admin_client(controller: &SkiffProcess) -> Client {
-    let token =
-        std::fs::read_to_string(controller.ready["admin_token_file"].as_str().unwrap()).unwrap();
+    admin_client_in(std::path::Path::new(""), controller)
+}
+
+/// An admin client of the controller `process` runs (a `skiff controller`
+/// or `skiff up`) started in `dir` (its token file may be relative to it).
+pub fn admin_client_in(dir: &std::path::Path, controller: &SkiffProcess) -> Client {
+    let file = dir.join(controller.ready["admin_token_file"].as_str().unwrap());
+    let token = std::fs::read_to_string(file).unwrap();
     Client::new(&format!("http://{}", controller.addr()))
         .unwrap()
         .with_token(&token)

@@ -20,6 +20,7 @@ use skiff_sdk::Quota;
 pub mod cluster;
 pub mod poll;
 pub mod raw;
+pub mod registry;
 #[allow(unused_imports)] // not every test crate waits
 pub use poll::{eventually, poll};
 use tokio_util::sync::CancellationToken;
@@ -76,6 +77,21 @@ pub fn hello_manifest(dir: &Path, version: &str) -> std::path::PathBuf {
         .join("\n");
     std::fs::write(app.join("skiff.toml"), manifest).unwrap();
     app
+}
+
+/// The component with a custom section appended: valid, the same
+/// behaviour, a new digest.
+pub fn variant(component: &[u8], n: u32) -> Vec<u8> {
+    let name = b"skiff-variant";
+    let payload = n.to_le_bytes();
+    let size = 1 + name.len() + payload.len();
+    let mut out = component.to_vec();
+    out.push(0); // custom section
+    out.push(u8::try_from(size).unwrap());
+    out.push(u8::try_from(name.len()).unwrap());
+    out.extend_from_slice(name);
+    out.extend_from_slice(&payload);
+    out
 }
 
 /// The interface the greet example imports and greeter provides.
