@@ -368,3 +368,50 @@ async fn new_build_package_deploy_curl_scale_logs_and_roll_back_through_the_cli(
     fails(elsewhere.path(), &["apps"], 2, "no admin token");
     drop(up);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_stuck_in_its_health_check_holds_up_no_other_app() {
+    common::examples_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let up = common::skiff_up(work);
+    let ingress = up.ingress();
+    let v1 = common::hello_manifest(work, "1.0.0");
+    ok(work, &["deploy", v1.to_str().unwrap()]);
+
+    // Revision 2 keeps failing its health check, given up only after 1,000
+    // checks a second apart: its rollout stays in progress ...
+    let stuck = common::hello_manifest_unhealthy(work, "stuck");
+    let manifest = std::fs::read_to_string(stuck.join("skiff.toml"))
+        .unwrap()
+        .replace(
+            "interval = \"100ms\"",
+            "interval = \"1s\"\nfailure_threshold = 1000",
+        );
+    std::fs::write(stuck.join("skiff.toml"), manifest).unwrap();
+    ok(work, &["deploy", "--no-wait", stuck.to_str().unwrap()]);
+
+    // ... while another app on the same node deploys and serves at once,
+    // and hello keeps serving revision 1.
+    let other = common::hello_manifest(work, "other");
+    let manifest = std::fs::read_to_string(other.join("skiff.toml"))
+        .unwrap()
+        .replace("name = \"hello\"", "name = \"other\"");
+    std::fs::write(other.join("skiff.toml"), manifest).unwrap();
+    ok(
+        work,
+        &["deploy", "--timeout", "30s", other.to_str().unwrap()],
+    );
+    assert_eq!(
+        get(ingress, "other").await.text(),
+        "Hello from Skiff! version=other\n"
+    );
+    assert_eq!(
+        get(ingress, "hello").await.text(),
+        "Hello from Skiff! version=1.0.0\n"
+    );
+    let app = ok(work, &["app", "hello", "-o", "json"]);
+    let app: serde_json::Value = serde_json::from_str(&app).unwrap();
+    assert_eq!(app["app"]["revision"], 2, "{app}");
+    drop(up);
+}

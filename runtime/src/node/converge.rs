@@ -12,9 +12,25 @@ use skiff_sdk::capability::OutboundRules;
 use tokio_util::sync::CancellationToken;
 
 use super::fetch::Load;
-use super::{Agent, health::health_gate, lock, sleep_or_shutdown};
+use super::{Agent, gates, lock, sleep_or_shutdown};
 use crate::{Capabilities, Deployment, Runtime};
 use skiff_sdk::error_chain;
+
+/// Whether a new revision's health gate runs inline or in the background
+/// (see `gates`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gating {
+    Inline,
+    Background,
+}
+
+/// What starting a revision came to.
+enum Started {
+    /// It serves.
+    Serving,
+    /// Its health gate is still running.
+    Checking,
+}
 
 /// How often replicas whose artifact could not be fetched are retried.
 const PENDING_RETRY: Duration = Duration::from_secs(2);
@@ -67,7 +83,10 @@ impl Agent {
                 (rx.borrow_and_update().clone(), unconverged.take())
             };
             let pending = match &current {
-                Some(assignments) => self.converge_apps(assignments, apps.as_ref()).await,
+                Some(assignments) => {
+                    self.converge_apps(assignments, apps.as_ref(), Gating::Background)
+                        .await
+                }
                 None => Vec::new(),
             };
             let retry = !pending.is_empty();
@@ -76,6 +95,7 @@ impl Agent {
             }
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { return },
+                () = self.gate_done.notified() => {}
                 () = tokio::time::sleep(PENDING_RETRY), if retry => {}
                 () = shutdown.cancelled() => return,
             }
@@ -106,8 +126,13 @@ impl Agent {
 
     /// Brings the runtime in line with all of `assignments`; returns
     /// whether some replica still waits for its artifact.
+    /// Health gates run inline: used before the ingress opens, so a
+    /// restarted node serves from its first request.
     pub(super) async fn converge(&self, assignments: &Assignments) -> bool {
-        !self.converge_apps(assignments, None).await.is_empty()
+        !self
+            .converge_apps(assignments, None, Gating::Inline)
+            .await
+            .is_empty()
     }
 
     /// Brings `apps` (all: `None`) in line with `assignments`; returns the
@@ -116,6 +141,7 @@ impl Agent {
         &self,
         assignments: &Assignments,
         apps: Option<&HashSet<String>>,
+        gating: Gating,
     ) -> Vec<String> {
         let mut ended = Vec::new();
         let assignments = &*self.effective(assignments, &mut ended);
@@ -127,7 +153,7 @@ impl Agent {
             }
             apps => apps,
         };
-        let pending = self.converge_on(assignments, apps).await;
+        let pending = self.converge_on(assignments, apps, gating).await;
         self.remember_dormant(assignments, apps);
         // Held requests look again at what serves now.
         self.router.routes_changed();
@@ -141,6 +167,7 @@ impl Agent {
         &self,
         assignments: &Assignments,
         apps: Option<&HashSet<String>>,
+        gating: Gating,
     ) -> Vec<String> {
         let runtime = self.router.runtime().clone();
         let wanted = |app: &str| apps.is_none_or(|apps| apps.contains(app));
@@ -164,6 +191,7 @@ impl Agent {
         };
         for app in gone {
             lock(&self.judged).remove(&app);
+            lock(&self.gates).stop(&app);
             if runtime.remove(&app) {
                 tracing::info!(%app, "app no longer assigned here: removed");
             }
@@ -228,7 +256,7 @@ impl Agent {
                 runtime.remove(app);
                 continue;
             }
-            if self.converge_app(&runtime, app, &http).await {
+            if self.converge_app(&runtime, app, &http, gating).await {
                 pending.push(app.to_owned());
             }
         }
@@ -240,6 +268,7 @@ impl Agent {
         runtime: &Arc<Runtime>,
         app: &str,
         replicas: &[&Assignment],
+        gating: Gating,
     ) -> bool {
         // Load every revision's component (and files), then plan.
         let mut loads = Vec::with_capacity(replicas.len());
@@ -270,15 +299,18 @@ impl Agent {
                 // Already serving (re-deploying the same spec is a no-op).
                 runtime
                     .deploy(self.app_spec(app, serving[0], serving.len()))
+                    .map(|()| Started::Serving)
                     .map_err(|e| error_chain(&e))
             } else {
                 for a in serving {
                     self.set_state(&a.id, ReplicaState::Starting, None);
                 }
-                self.start_revision(runtime, app, serving).await
+                self.start_revision(runtime, app, serving, gating).await
             };
             match started {
-                Ok(()) => {
+                // What serves now keeps serving; the gate wakes the loop.
+                Ok(Started::Checking) => return true,
+                Ok(Started::Serving) => {
                     for a in &candidate.up_to {
                         self.set_state(&a.id, ReplicaState::Ready, None);
                     }
@@ -303,38 +335,34 @@ impl Agent {
     /// health check, answering 2xx on it. Until then the previous revision
     /// (if any) keeps serving; a candidate with a health check is tried
     /// under a name no request can route to.
+    /// In the background (see `gates`), a revision whose gate is still
+    /// running is `Checking`.
     async fn start_revision(
         &self,
         runtime: &Arc<Runtime>,
         app: &str,
         serving: &[&Assignment],
-    ) -> Result<(), String> {
+        gating: Gating,
+    ) -> Result<Started, String> {
         let first = serving[0];
         let spec = self.app_spec(app, first, serving.len());
         if let Some(health) = &first.spec.health {
-            let candidate = format!("{app}@{}", first.revision);
-            runtime
-                .deploy(Deployment {
-                    name: candidate.clone(),
-                    ..spec.clone()
-                })
-                .map_err(|e| error_chain(&e))?;
-            let checked = async {
-                runtime
-                    .instantiate_once(&candidate)
-                    .await
-                    .map_err(|e| error_chain(&e))?;
-                health_gate(runtime, &candidate, app, health).await
+            match gating {
+                Gating::Inline => {
+                    let candidate = format!("{app}@{}", first.revision);
+                    gates::check(runtime, &candidate, app, spec.clone(), health).await?;
+                }
+                Gating::Background => match self.gate_verdict(runtime, app, first, &spec, health) {
+                    None => return Ok(Started::Checking),
+                    Some(verdict) => verdict?,
+                },
             }
-            .await;
-            runtime.remove(&candidate);
-            checked?;
         }
         runtime.deploy(spec).map_err(|e| error_chain(&e))?;
         runtime
             .instantiate_once(app)
             .await
-            .map(drop)
+            .map(|_| Started::Serving)
             .map_err(|e| error_chain(&e))
     }
 

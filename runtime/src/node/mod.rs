@@ -35,6 +35,7 @@ mod converge;
 mod cron;
 pub mod disk;
 mod fetch;
+mod gates;
 mod health;
 mod pull;
 pub mod router;
@@ -308,6 +309,10 @@ pub struct Agent {
     stopping: CancellationToken,
     /// Clients of the registries apps come from (see `pull`).
     registries: pull::Registries,
+    /// Health gates running in the background, per app (see `gates`).
+    gates: Mutex<gates::Gates>,
+    /// Wakes the converge loop when a gate has its verdict.
+    gate_done: Notify,
     /// This agent, for the tasks it spawns.
     me: std::sync::Weak<Agent>,
     /// The node-local schedules it fires (see `cron`), as stored.
@@ -362,6 +367,8 @@ impl Agent {
             runs: Mutex::new(runs::Runs::default()),
             runs_report: Notify::new(),
             registries: pull::Registries::default(),
+            gates: Mutex::new(gates::Gates::default()),
+            gate_done: Notify::new(),
         }))
     }
 
