@@ -95,6 +95,10 @@ async fn to_first_200_on_3_nodes<F: std::future::Future<Output = ()>>(
     }
     for node in ["n1", "n2", "n3"] {
         while cluster.get(node, app, "/").await.status != StatusCode::OK {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{app} never answered through {node}"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }

@@ -184,13 +184,9 @@ fn fetch(
     let wanted = OciRef::parse(text).map_err(|e| failed(e.0))?;
     // A tag is pinned by the lock while the reference is the same.
     let pinned_before = locked
-        .filter(|l| l.source.starts_with("oci://"))
         .and_then(|l| OciRef::parse(&l.source).ok())
         .filter(|l| {
-            OciRef {
-                digest: wanted.digest.clone().or(l.digest.clone()),
-                ..wanted.clone()
-            } == *l
+            wanted.digest.is_none() && l.digest.as_ref().is_some_and(|d| wanted.pinned(d) == *l)
         });
     let registry = Registry::new(&wanted, &[], None);
     let pull = async {

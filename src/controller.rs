@@ -57,16 +57,8 @@ pub struct ControllerArgs {
     /// host under it.
     #[arg(long, env = "SKIFF_DOMAIN", default_value = skiff_controller::api::DEFAULT_DOMAIN)]
     pub(crate) domain: String,
-    /// A registry (`host[:port]`) reached over plain HTTP although it is
-    /// not on a loopback address (for apps whose artifact is `oci://…`).
-    /// Repeatable.
-    #[arg(
-        long = "insecure-registry",
-        value_name = "HOST[:PORT]",
-        env = "SKIFF_INSECURE_REGISTRIES",
-        value_delimiter = ','
-    )]
-    pub(crate) insecure_registries: Vec<String>,
+    #[command(flatten)]
+    pub(crate) insecure: crate::oci::InsecureRegistries,
     /// Identity in the leader lease (default: hostname and pid).
     #[arg(long, env = "SKIFF_CONTROLLER_ID")]
     pub(crate) id: Option<String>,
@@ -90,7 +82,7 @@ pub async fn start(
         lease_ttl: args.lease_ttl.0,
         domain: args.domain.clone(),
         limits: args.limits.limits(),
-        insecure_registries: args.insecure_registries.clone(),
+        insecure_registries: args.insecure.hosts.clone(),
         ..ControllerConfig::new(
             &args.data_dir,
             args.id

@@ -59,10 +59,8 @@ pub struct DeployArgs {
     /// How long to follow the rollout before giving up, e.g. `2m`.
     #[arg(long, default_value = "2m", value_parser = quantity::parse_duration)]
     pub timeout: Duration,
-    /// A registry (`host[:port]`) reached over plain HTTP although it is
-    /// not on a loopback address (for `oci://` sources). Repeatable.
-    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
-    pub insecure: Vec<String>,
+    #[command(flatten)]
+    pub insecure: crate::oci::InsecureRegistries,
 }
 
 /// A built, checked component.
@@ -322,7 +320,7 @@ fn progress_bar() -> skiff_sdk::client::Progress {
 /// and uploaded here.
 pub async fn deploy(connect: &Connect, args: &DeployArgs) -> anyhow::Result<()> {
     if let Some(reference) = args.dir.to_str().filter(|d| d.starts_with("oci://")) {
-        let image = crate::oci::open(reference, &args.insecure).await?;
+        let image = crate::oci::open(reference, &args.insecure.hosts).await?;
         eprintln!("resolved {}", image.pinned);
         let pinned = image.pinned.to_string();
         if image.manifest.job.is_none() {

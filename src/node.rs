@@ -72,15 +72,8 @@ pub struct NodeArgs {
     /// Do not use the pooling allocator (for hosts with little address space).
     #[arg(long, env = "SKIFF_NO_POOLING")]
     pub(crate) no_pooling: bool,
-    /// A registry (`host[:port]`) this node pulls from over plain HTTP
-    /// although it is not on a loopback address. Repeatable.
-    #[arg(
-        long = "insecure-registry",
-        value_name = "HOST[:PORT]",
-        env = "SKIFF_INSECURE_REGISTRIES",
-        value_delimiter = ','
-    )]
-    pub(crate) insecure_registries: Vec<String>,
+    #[command(flatten)]
+    pub(crate) insecure: crate::oci::InsecureRegistries,
     #[command(flatten)]
     pub(crate) limits: crate::serve::LimitArgs,
 }
@@ -153,7 +146,7 @@ pub async fn start(args: &NodeArgs, shutdown: &CancellationToken) -> anyhow::Res
         cache_bytes: args.cache_size.0,
         pooling: !args.no_pooling,
         limits: args.limits.limits(),
-        insecure_registries: args.insecure_registries.clone(),
+        insecure_registries: args.insecure.hosts.clone(),
         ..NodeConfig::new(&name, memory, &args.controller, join_token, &data_dir)
     };
     let listener = tokio::net::TcpListener::bind(args.listen)

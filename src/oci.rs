@@ -39,10 +39,23 @@ pub struct PushArgs {
     /// Use the component as it is; do not run the build command.
     #[arg(long)]
     pub no_build: bool,
+    #[command(flatten)]
+    pub insecure: InsecureRegistries,
+}
+
+/// `--insecure-registry`, the same on every command that reaches a
+/// registry (`push`, `deploy`, `controller`, `node`).
+#[derive(Clone, Debug, Default, Args)]
+pub struct InsecureRegistries {
     /// A registry (`host[:port]`) reached over plain HTTP although it is
-    /// not on a loopback address. Repeatable.
-    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
-    pub insecure: Vec<String>,
+    /// not on a loopback address (those always are). Repeatable.
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST[:PORT]",
+        env = "SKIFF_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub hosts: Vec<String>,
 }
 
 /// Parses a reference the user typed, as a usage error naming it.
@@ -127,7 +140,7 @@ pub async fn push(args: &PushArgs) -> anyhow::Result<()> {
         WASM_CONFIG.to_owned(),
         None,
     );
-    let registry = registry(&target, &args.insecure);
+    let registry = registry(&target, &args.insecure.hosts);
     let (client, auth) = registry.parts();
     let image = target
         .plain()

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,37 +15,16 @@ use http::{Method, StatusCode};
 
 /// `skiff <args>` run in `dir`; returns (exit code, stdout, stderr).
 fn skiff(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("SKIFF_CONTROLLER")
-        .env_remove("SKIFF_TOKEN")
-        .env_remove("SKIFF_DATA_DIR")
-        // The hello build command runs cargo for the examples workspace.
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("RUSTFLAGS")
-        .output()
-        .unwrap();
-    (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
+    let mut command = common::skiff_command(dir);
+    command.args(args);
+    common::outcome(command)
 }
 
 /// `skiff <args>` with its stdout a pipe whose reader is already gone (as
 /// `| head` once it has its lines); returns (exit code, stderr).
 fn with_stdout_closed(dir: &Path, args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+    let mut child = common::skiff_command(dir)
         .args(args)
-        .current_dir(dir)
-        .env_remove("SKIFF_CONTROLLER")
-        .env_remove("SKIFF_TOKEN")
-        .env_remove("SKIFF_DATA_DIR")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

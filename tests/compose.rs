@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use bytes::Bytes;
 use http::Method;
@@ -20,19 +19,9 @@ const INTERFACE: &str = common::GREETER;
 
 /// `skiff <args>` in `dir`: (exit code, stdout, stderr).
 fn skiff(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("SKIFF_CONTROLLER")
-        .env_remove("SKIFF_TOKEN")
-        .env_remove("SKIFF_DATA_DIR")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut command = common::skiff_command(dir);
+    command.args(args);
+    common::outcome(command)
 }
 
 fn fails(dir: &Path, args: &[&str], messages: &[&str]) {

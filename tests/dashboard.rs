@@ -139,20 +139,11 @@ async fn screenshot(page: &Client, name: &str) {
 
 /// `skiff <args>` in `dir`, which must succeed; its stdout.
 fn skiff(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("SKIFF_CONTROLLER")
-        .env_remove("SKIFF_TOKEN")
-        .env_remove("SKIFF_DATA_DIR")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skiff {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut command = common::skiff_command(dir);
+    command.args(args);
+    let (code, out, err) = common::outcome(command);
+    assert_eq!(code, 0, "skiff {args:?}: {err}");
+    out
 }
 
 fn app_json(dir: &Path) -> serde_json::Value {

@@ -12,7 +12,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 
 use bytes::Bytes;
 use common::registry::{push_raw, registry};
@@ -26,32 +26,14 @@ fn skiff(dir: &Path, args: &[&str]) -> (i32, String, String) {
 
 /// [`skiff`] with registry credentials `(user, password)`.
 fn skiff_as(dir: &Path, args: &[&str], login: Option<(&str, &str)>) -> (i32, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_skiff"));
-    command
-        .env_remove("SKIFF_REGISTRY_USERNAME")
-        .env_remove("SKIFF_REGISTRY_PASSWORD");
+    let mut command = common::skiff_command(dir);
     if let Some((user, password)) = login {
         command
             .env("SKIFF_REGISTRY_USERNAME", user)
             .env("SKIFF_REGISTRY_PASSWORD", password);
     }
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = command
-        .args(args)
-        .current_dir(dir)
-        .env_remove("SKIFF_CONTROLLER")
-        .env_remove("SKIFF_TOKEN")
-        .env_remove("SKIFF_DATA_DIR")
-        .output()
-        .unwrap();
-    (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
+    command.args(args);
+    common::outcome(command)
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
@@ -331,7 +313,7 @@ async fn a_registry_with_htpasswd_auth_takes_the_right_credentials_only() {
 /// `skiff registry login REGISTRY --username skiff --password-stdin`.
 fn login(dir: &Path, registry: &str, password: &str) -> (i32, String, String) {
     use std::io::Write as _;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+    let mut child = common::skiff_command(dir)
         .args([
             "registry",
             "login",
@@ -340,25 +322,17 @@ fn login(dir: &Path, registry: &str, password: &str) -> (i32, String, String) {
             "skiff",
             "--password-stdin",
         ])
-        .current_dir(dir)
-        .env_remove("SKIFF_CONTROLLER")
-        .env_remove("SKIFF_TOKEN")
-        .env_remove("SKIFF_DATA_DIR")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = child.wait_with_output().unwrap();
+    let out = child.wait_with_output().unwrap();
     (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
 

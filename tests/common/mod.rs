@@ -174,6 +174,36 @@ pub fn on_path(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// `skiff` run as a user would in `dir`: none of this process's controller,
+/// token, data directory or registry credentials, nor cargo's target
+/// directory or flags (build commands run cargo for the examples).
+pub fn skiff_command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    command.current_dir(dir);
+    for var in [
+        "SKIFF_CONTROLLER",
+        "SKIFF_TOKEN",
+        "SKIFF_DATA_DIR",
+        "SKIFF_REGISTRY_USERNAME",
+        "SKIFF_REGISTRY_PASSWORD",
+        "CARGO_TARGET_DIR",
+        "RUSTFLAGS",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+/// Runs `command` to its end: (exit code, stdout, stderr).
+pub fn outcome(mut command: Command) -> (i32, String, String) {
+    let out = command.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `skiff up` in `dir` on free loopback ports, one node declaring 1 GiB.
 pub fn skiff_up(dir: &Path) -> SkiffProcess {
     let mut up = Command::new(env!("CARGO_BIN_EXE_skiff"));

@@ -175,30 +175,38 @@ async fn read_layout(
 pub async fn import(state: &AppState, text: &str) -> Result<Imported, ApiError> {
     let reference =
         OciRef::parse(text).map_err(|e| ApiError::invalid("invalid_field", "artifact", e.0))?;
-    let credentials = state
-        .store
-        .registry_credentials(&reference.registry)
-        .await
-        .map_err(ApiError::store("reading registry credentials"))?;
-    let registry = Registry::new(
-        &reference,
-        &state.config.insecure_registries,
-        credentials.as_ref(),
-    );
+    // Made only if the registry must be asked: an image read before whose
+    // layers are all stored needs none.
+    let registry = tokio::sync::OnceCell::new();
+    let registry = || {
+        registry.get_or_try_init(|| async {
+            let credentials = state
+                .store
+                .registry_credentials(&reference.registry)
+                .await
+                .map_err(ApiError::store("reading registry credentials"))?;
+            Ok::<_, ApiError>(Registry::new(
+                &reference,
+                &state.config.insecure_registries,
+                credentials.as_ref(),
+            ))
+        })
+    };
     let limit = state.config.max_artifact_bytes as u64;
     let known = reference
         .digest
         .as_ref()
         .and_then(|_| state.images.lock().get(&Imports::key(&reference)).cloned());
     let (pinned, layers) = match known {
-        Some(layers) => (reference, layers),
+        Some(layers) => (reference.clone(), layers),
         None => {
+            let registry = registry().await?;
             let digest = registry
                 .resolve(&reference)
                 .await
                 .map_err(|e| failed(&reference, e))?;
             let pinned = reference.pinned(&digest);
-            let layers = read_layout(&registry, &pinned, limit).await?;
+            let layers = read_layout(registry, &pinned, limit).await?;
             (pinned, layers)
         }
     };
@@ -211,7 +219,8 @@ pub async fn import(state: &AppState, text: &str) -> Result<Imported, ApiError> 
             .map_err(ApiError::store("looking up an artifact"))?
             .is_some();
         if !stored {
-            let bytes = registry
+            let bytes = registry()
+                .await?
                 .blob(&pinned, &layer.digest, limit)
                 .await
                 .map_err(|e| failed(&pinned, e))?;
